@@ -1,0 +1,257 @@
+"""Domain errors and the one place that renders every error as RFC 9457 problem details.
+
+Services raise `DomainError` subclasses; DRF's and Django's own exceptions are translated
+here too, so a client always gets `application/problem+json` with a stable `code`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import OperationalError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://flight-bookings.example/problems/"
+
+
+class DomainError(Exception):
+    """A business rule said no. Each subclass has its HTTP status and stable code."""
+
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+    default_detail: str = "The request could not be processed."
+    retry_after: int | None = None
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = None) -> None:
+        self.detail = detail or self.default_detail
+        if retry_after is not None:
+            self.retry_after = retry_after
+        super().__init__(self.detail)
+
+
+class NotFound(DomainError):
+    status, code, title = 404, "not_found", "Not found"
+    default_detail = "No such resource."
+
+
+class InsufficientSeats(DomainError):
+    status, code, title = 409, "insufficient_seats", "Not enough seats"
+    default_detail = "The flight does not have enough seats left."
+
+
+class CapacityExceeded(DomainError):
+    status, code, title = 409, "capacity_exceeded", "Seats above capacity"
+    default_detail = "Giving back these seats would take the flight above its capacity."
+
+
+class ReservationConflict(DomainError):
+    status, code, title = 409, "reservation_conflict", "Reservation conflict"
+    default_detail = "This reservation reference is already used differently."
+
+
+class ResourceBusy(DomainError):
+    status, code, title = 409, "resource_busy", "Resource busy"
+    default_detail = "Another request holds this resource. Retry shortly."
+    retry_after = 1
+
+
+class ServiceUnavailable(DomainError):
+    status, code, title = 503, "service_unavailable", "Service unavailable"
+    default_detail = "A dependency of the service is unavailable. Retry shortly."
+    retry_after = 5
+
+
+class InvalidCredentials(DomainError):
+    status, code, title = 401, "not_authenticated", "Not authenticated"
+    default_detail = "Unable to log in with the provided credentials."
+
+
+# DRF exception class -> (code, title). Checked in order, so subclasses come first.
+_DRF_CODES: list[tuple[type[drf_exceptions.APIException], str, str]] = [
+    (drf_exceptions.ValidationError, "validation_error", "Invalid input"),
+    (drf_exceptions.ParseError, "validation_error", "Malformed request body"),
+    (drf_exceptions.NotAuthenticated, "not_authenticated", "Not authenticated"),
+    (drf_exceptions.AuthenticationFailed, "not_authenticated", "Not authenticated"),
+    (drf_exceptions.PermissionDenied, "permission_denied", "Permission denied"),
+    (drf_exceptions.NotFound, "not_found", "Not found"),
+    (drf_exceptions.MethodNotAllowed, "method_not_allowed", "Method not allowed"),
+    (drf_exceptions.NotAcceptable, "not_acceptable", "Not acceptable"),
+    (drf_exceptions.UnsupportedMediaType, "unsupported_media_type", "Unsupported media type"),
+    (drf_exceptions.Throttled, "throttled", "Too many requests"),
+]
+
+
+def problem_body(
+    *, status: int, code: str, title: str, detail: str, errors: list[dict] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return body
+
+
+def flatten_validation_errors(detail: Any, prefix: str = "") -> list[dict[str, str | None]]:
+    """Turn DRF's nested error structure into `[{"field": "a.b", "message": "..."}]`."""
+    if isinstance(detail, dict):
+        items: list[dict[str, str | None]] = []
+        for key, value in detail.items():
+            if key in ("non_field_errors", "__all__"):
+                field = prefix or None
+            else:
+                field = f"{prefix}.{key}" if prefix else str(key)
+            items.extend(flatten_validation_errors(value, field or ""))
+        return items
+    if isinstance(detail, list):
+        if all(not isinstance(item, (dict, list)) for item in detail):
+            return [{"field": prefix or None, "message": str(item)} for item in detail]
+        items = []
+        for index, item in enumerate(detail):
+            items.extend(flatten_validation_errors(item, f"{prefix}[{index}]" if prefix else str(index)))
+        return items
+    return [{"field": prefix or None, "message": str(detail)}]
+
+
+def problem_response(
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    errors: list[dict] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    response = Response(
+        problem_body(status=status, code=code, title=title, detail=detail, errors=errors),
+        status=status,
+        headers=headers,
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+    return response
+
+
+def _is_lock_contention(error: OperationalError) -> bool:
+    cause = error.__cause__
+    sqlstate = getattr(cause, "sqlstate", None)
+    # 55P03 lock_not_available (lock_timeout), 40P01 deadlock_detected.
+    if sqlstate in ("55P03", "40P01"):
+        return True
+    return "database is locked" in str(error)
+
+
+def problem_exception_handler(exc: Exception, context: dict) -> Response:
+    """DRF's EXCEPTION_HANDLER: every exception a view raises becomes problem details."""
+    if isinstance(exc, Http404):
+        exc = NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
+    elif isinstance(exc, OperationalError):
+        if _is_lock_contention(exc):
+            logger.warning("lock wait ran out: %s", exc)
+            exc = ResourceBusy()
+        else:
+            logger.error("database unavailable: %s", exc)
+            exc = ServiceUnavailable("The database is unavailable. Retry shortly.")
+
+    if isinstance(exc, DomainError):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = "Token"
+        return problem_response(status=exc.status, code=exc.code, title=exc.title, detail=exc.detail, headers=headers)
+
+    if isinstance(exc, drf_exceptions.APIException):
+        code, title = next(
+            ((code, title) for cls, code, title in _DRF_CODES if isinstance(exc, cls)),
+            ("error", "Error"),
+        )
+        headers: dict[str, str] = {}
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header
+        if getattr(exc, "wait", None) is not None:
+            headers["Retry-After"] = str(max(1, int(exc.wait)))
+        if isinstance(exc, drf_exceptions.ValidationError):
+            return problem_response(
+                status=400,
+                code=code,
+                title=title,
+                detail="The request has invalid fields; see `errors`.",
+                errors=flatten_validation_errors(exc.detail),
+                headers=headers,
+            )
+        if isinstance(exc, drf_exceptions.ParseError):
+            # A malformed body is one more kind of invalid input, so it carries `errors` too.
+            return problem_response(
+                status=400,
+                code=code,
+                title=title,
+                detail=str(exc.detail),
+                errors=[{"field": None, "message": str(exc.detail)}],
+                headers=headers,
+            )
+        return problem_response(status=exc.status_code, code=code, title=title, detail=str(exc.detail), headers=headers)
+
+    logger.exception("unhandled error in %s", context.get("view").__class__.__name__)
+    return problem_response(
+        status=500,
+        code="internal_error",
+        title="Internal server error",
+        detail="Something went wrong on our side. It has been logged.",
+    )
+
+
+# Django-level handlers, for errors raised outside DRF views (unknown URLs, middleware). -----
+
+
+def _json_problem(status: int, code: str, title: str, detail: str) -> JsonResponse:
+    return JsonResponse(
+        problem_body(status=status, code=code, title=title, detail=detail),
+        status=status,
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """Catch-all for unknown URLs under /api/: problem+json, whatever DEBUG says."""
+    return _json_problem(404, "not_found", "Not found", f"No endpoint at {request.path}.")
+
+
+def _wants_problem(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if not _wants_problem(request):
+        return defaults.bad_request(request, exception)
+    return _json_problem(400, "bad_request", "Bad request", "The request could not be understood.")
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if not _wants_problem(request):
+        return defaults.permission_denied(request, exception)
+    return _json_problem(403, "permission_denied", "Permission denied", "You may not do this.")
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if not _wants_problem(request):
+        return defaults.page_not_found(request, exception)
+    return api_not_found(request)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if not _wants_problem(request):
+        return defaults.server_error(request)
+    return _json_problem(500, "internal_error", "Internal server error", "Something went wrong on our side.")

@@ -1,0 +1,36 @@
+"""Liveness and readiness probes for load balancers and orchestrators."""
+
+import logging
+
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+
+logger = logging.getLogger(__name__)
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """The process is up and answering."""
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """The database answers. 503 tells the balancer to send traffic elsewhere."""
+    checks = {"database": _database_ok()}
+    ready = all(checks.values())
+    return JsonResponse(
+        {
+            "status": "ok" if ready else "unavailable",
+            "checks": {k: "ok" if v else "failing" for k, v in checks.items()},
+        },
+        status=200 if ready else 503,
+    )
+
+
+def _database_ok() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            return cursor.fetchone() == (1,)
+    except Exception:  # Any failure means "not ready"; the reason goes to the log.
+        logger.exception("readiness: database check failed")
+        return False

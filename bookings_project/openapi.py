@@ -1,0 +1,86 @@
+"""Shared OpenAPI pieces: the problem-details schemas and the error responses per status."""
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
+from rest_framework import serializers
+
+from bookings_project.errors import PROBLEM_CONTENT_TYPE
+
+ID_PATH_PARAMETER = OpenApiParameter(
+    "id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The resource's integer id."
+)
+
+
+class FieldErrorSerializer(serializers.Serializer):
+    field = serializers.CharField(allow_null=True, help_text="Dotted path of the field; null for the whole body.")
+    message = serializers.CharField()
+
+
+class ProblemSerializer(serializers.Serializer):
+    """RFC 9457 problem details with a stable machine-readable `code`."""
+
+    type = serializers.CharField()
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    errors = FieldErrorSerializer(many=True, required=False)
+
+
+_DESCRIPTIONS = {
+    400: "Invalid input (`validation_error`).",
+    401: "No or bad credentials (`not_authenticated`).",
+    403: "Not allowed (`permission_denied`).",
+    404: "Unknown id, or one that is not yours (`not_found`).",
+    405: "Method not allowed (`method_not_allowed`).",
+    409: "Conflict with the resource's current state.",
+    415: "Only `application/json` bodies are accepted (`unsupported_media_type`).",
+    503: "A dependency is unavailable; retry after `Retry-After` seconds.",
+}
+
+
+def problem(status: int, description: str | None = None, codes: tuple[str, ...] = ()) -> OpenApiResponse:
+    text = description or _DESCRIPTIONS.get(status, "Error.")
+    if codes:
+        text += " Codes: " + ", ".join(f"`{code}`" for code in codes) + "."
+    examples = [
+        OpenApiExample(
+            code,
+            value={
+                "type": f"https://flight-bookings.example/problems/{code}",
+                "title": code.replace("_", " ").capitalize(),
+                "status": status,
+                "detail": "…",
+                "code": code,
+            },
+            response_only=True,
+            status_codes=[str(status)],
+        )
+        for code in codes
+    ]
+    return OpenApiResponse(ProblemSerializer, description=text, examples=examples)
+
+
+def problem_responses(*items: int | tuple[int, OpenApiResponse]) -> dict:
+    """`{(status, "application/problem+json"): response}` for `@extend_schema(responses=...)`.
+
+    Give a bare status for its standard description, or `(status, problem(...))`.
+    """
+    responses = {}
+    for item in items:
+        status, response = item if isinstance(item, tuple) else (item, problem(item))
+        responses[(status, PROBLEM_CONTENT_TYPE)] = response
+    return responses
+
+
+class ServiceTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "flights.authentication.ServiceTokenAuthentication"
+    name = "serviceToken"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The shared FLIGHT_SERVICE_TOKEN of a Bookings service calling this Flights service.",
+        }

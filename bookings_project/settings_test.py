@@ -1,0 +1,19 @@
+"""Settings for the test suite: the production settings with test-only conveniences."""
+
+from bookings_project.settings import *  # noqa: F403
+from bookings_project.settings import DATABASES
+
+# A file, not :memory:, so that threaded tests share one SQLite database.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}  # noqa: F405
+
+# Serve static files from the apps' folders, with no collectstatic step.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
+
+# Hashing passwords slowly protects nothing in a test.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,62 @@
+from django.db import models
+from django.db.models import F, Q
+
+
+class Flight(models.Model):
+    flight_number = models.CharField(max_length=10)
+    departure_airport = models.CharField(max_length=3, help_text="IATA code, e.g. BOM")
+    arrival_airport = models.CharField(max_length=3, help_text="IATA code, e.g. DEL")
+    departure_time = models.DateTimeField()
+    arrival_time = models.DateTimeField()
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+    capacity = models.PositiveIntegerField()
+    available_seats = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["departure_time", "id"]
+        indexes = [models.Index(fields=["departure_time", "id"], name="flight_departure_idx")]
+        constraints = [
+            # The database itself refuses an oversold or overfilled flight.
+            models.CheckConstraint(
+                condition=Q(available_seats__gte=0) & Q(available_seats__lte=F("capacity")),
+                name="flight_available_seats_within_capacity",
+            ),
+            models.CheckConstraint(condition=Q(price__gte=0), name="flight_price_not_negative"),
+            models.CheckConstraint(
+                condition=Q(arrival_time__gt=F("departure_time")), name="flight_arrives_after_departure"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.flight_number} {self.departure_airport}→{self.arrival_airport} {self.departure_time:%Y-%m-%d %H:%M}"
+        )
+
+
+class SeatHold(models.Model):
+    """The ledger: one row per reservation reference (e.g. one per booking).
+
+    A reference is reserved at most once and released at most once. A release of a
+    reference that was never reserved writes a RELEASED tombstone and moves no seat, so a
+    reserve that arrives late (a request that timed out on the client but still ran) finds
+    the tombstone and is refused instead of taking seats that nobody will give back.
+    """
+
+    class State(models.TextChoices):
+        HELD = "held", "Held"
+        RELEASED = "released", "Released"
+
+    flight = models.ForeignKey(Flight, on_delete=models.PROTECT, related_name="holds")
+    ref = models.CharField(max_length=100, unique=True)
+    seats = models.PositiveIntegerField()
+    state = models.CharField(max_length=10, choices=State.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["flight", "state"], name="seathold_flight_state_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.ref}: {self.seats} seat(s) {self.state}"

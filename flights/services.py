@@ -1,0 +1,132 @@
+"""Writes to flight inventory. Each function is one short transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from bookings_project.db import bound_lock_wait
+from bookings_project.errors import CapacityExceeded, InsufficientSeats, NotFound, ReservationConflict
+from flights.models import Flight, SeatHold
+
+
+@dataclass(frozen=True)
+class SeatChangeResult:
+    flight: Flight
+    hold: SeatHold | None
+
+
+def flight_create(
+    *,
+    flight_number: str,
+    departure_airport: str,
+    arrival_airport: str,
+    departure_time: dt.datetime,
+    arrival_time: dt.datetime,
+    price: Decimal,
+    capacity: int,
+) -> Flight:
+    """A new flight starts with every seat available."""
+    return Flight.objects.create(
+        flight_number=flight_number,
+        departure_airport=departure_airport,
+        arrival_airport=arrival_airport,
+        departure_time=departure_time,
+        arrival_time=arrival_time,
+        price=price,
+        capacity=capacity,
+        available_seats=capacity,
+    )
+
+
+def _flight_for_update(flight_id: int) -> Flight:
+    """Lock the flight's row for the rest of the transaction. Every seat change goes here."""
+    try:
+        return Flight.objects.select_for_update().get(pk=flight_id)
+    except Flight.DoesNotExist:
+        raise NotFound(f"Flight {flight_id} does not exist.") from None
+
+
+def flight_seats_change(
+    *, flight_id: int, seats: int, decrease: bool, reservation: str | None = None
+) -> SeatChangeResult:
+    """Take (`decrease`) or give back seats, under the flight's row lock.
+
+    With a `reservation` reference the change goes through the hold ledger and applies at
+    most once per reference: a repeated reserve or release answers as the first did.
+    """
+    with transaction.atomic():
+        bound_lock_wait()
+        flight = _flight_for_update(flight_id)
+        if reservation is None:
+            _apply(flight, -seats if decrease else seats)
+            return SeatChangeResult(flight=flight, hold=None)
+        hold = SeatHold.objects.select_for_update().filter(ref=reservation).first()
+        if hold is not None and hold.flight_id != flight.pk:
+            raise ReservationConflict(f"Reservation {reservation!r} belongs to another flight.")
+        if decrease:
+            hold = _reserve(flight, hold, reservation, seats)
+        else:
+            hold = _release(flight, hold, reservation, seats)
+        return SeatChangeResult(flight=flight, hold=hold)
+
+
+def _reserve(flight: Flight, hold: SeatHold | None, ref: str, seats: int) -> SeatHold:
+    if hold is not None:
+        if hold.state == SeatHold.State.RELEASED:
+            raise ReservationConflict(f"Reservation {ref!r} was already released; it cannot be reserved again.")
+        if hold.seats != seats:
+            raise ReservationConflict(f"Reservation {ref!r} holds {hold.seats} seat(s), not {seats}.")
+        return hold  # A repeat: already applied once.
+    _apply(flight, -seats)
+    return _new_hold(flight=flight, ref=ref, seats=seats, state=SeatHold.State.HELD)
+
+
+def _release(flight: Flight, hold: SeatHold | None, ref: str, seats: int) -> SeatHold:
+    if hold is None:
+        # Never reserved (or not yet arrived): move no seat, leave a tombstone so that a
+        # late reserve with this reference is refused.
+        return _new_hold(flight=flight, ref=ref, seats=0, state=SeatHold.State.RELEASED)
+    if hold.state == SeatHold.State.RELEASED:
+        return hold  # A repeat: already applied once.
+    if hold.seats != seats:
+        raise ReservationConflict(f"Reservation {ref!r} holds {hold.seats} seat(s), not {seats}.")
+    _apply(flight, hold.seats)
+    hold.state = SeatHold.State.RELEASED
+    hold.released_at = timezone.now()
+    hold.save(update_fields=["state", "released_at"])
+    return hold
+
+
+def _apply(flight: Flight, delta: int) -> None:
+    """Move `delta` seats on a flight whose row this transaction holds locked."""
+    if flight.available_seats + delta < 0:
+        raise InsufficientSeats(f"Flight {flight.pk} has {flight.available_seats} seat(s) left; {-delta} requested.")
+    if flight.available_seats + delta > flight.capacity:
+        raise CapacityExceeded(
+            f"Flight {flight.pk} has {flight.available_seats} of {flight.capacity} seats available; "
+            f"giving back {delta} would exceed its capacity."
+        )
+    flight.available_seats += delta
+    flight.save(update_fields=["available_seats", "updated_at"])
+
+
+def _new_hold(*, flight: Flight, ref: str, seats: int, state: str) -> SeatHold:
+    try:
+        # A savepoint, so that losing the uniqueness race leaves the outer block usable.
+        with transaction.atomic():
+            return SeatHold.objects.create(
+                flight=flight,
+                ref=ref,
+                seats=seats,
+                state=state,
+                released_at=timezone.now() if state == SeatHold.State.RELEASED else None,
+            )
+    except IntegrityError:
+        # The same reference was written meanwhile for another flight (same-flight writers
+        # are serialised by the flight's row lock, so only a cross-flight reuse gets here).
+        raise ReservationConflict(f"Reservation {ref!r} belongs to another flight.") from None

@@ -1,0 +1,59 @@
+"""Every error, DRF's and Django's included, is problem+json with a stable code."""
+
+import pytest
+from django.test import override_settings
+
+from tests.helpers import assert_problem
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize("debug", [False, True])
+@pytest.mark.parametrize("path", ["/api/v1/nothing-here", "/api/v2/flights", "/api/", "/api/v1/flights/1/nope"])
+def test_unknown_api_url_is_problem_json(user_client, path, debug):
+    with override_settings(DEBUG=debug):
+        body = assert_problem(user_client.get(path), 404, "not_found")
+    assert path in body["detail"]
+
+
+def test_unknown_url_outside_the_api_is_an_ordinary_page(client):
+    response = client.get("/no-such-page")
+    assert response.status_code == 404
+    assert "problem" not in response["Content-Type"]
+
+
+def test_not_acceptable_is_problem_json(user_client, flight):
+    response = user_client.get(f"/api/v1/flights/{flight.pk}", HTTP_ACCEPT="application/xml")
+    assert_problem(response, 406, "not_acceptable")
+
+
+def test_disallowed_host_under_api_is_problem_json(client):
+    response = client.get("/api/v1/flights", HTTP_HOST="evil.example")
+    assert_problem(response, 400, "bad_request")
+
+
+def test_an_unexpected_error_is_a_logged_problem_500(user_client, monkeypatch, caplog):
+    """A bug must still answer problem+json (and be logged), never an HTML page."""
+    from flights import selectors
+
+    def broken():
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(selectors, "flight_list", broken)
+    body = assert_problem(user_client.get("/api/v1/flights"), 500, "internal_error")
+    assert "boom" not in body["detail"]
+    assert any("unhandled error" in record.message for record in caplog.records)
+
+
+def test_a_database_outage_is_503_with_retry_after(user_client, monkeypatch):
+    from django.db import OperationalError
+
+    from flights import selectors
+
+    def down():
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(selectors, "flight_list", down)
+    response = user_client.get("/api/v1/flights")
+    assert_problem(response, 503, "service_unavailable")
+    assert response["Retry-After"] == "5"

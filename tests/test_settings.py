@@ -1,0 +1,88 @@
+"""Settings come from the environment, and production refuses unsafe ones.
+
+Each case starts a fresh `manage.py` process, since settings are read once at start-up.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD_SECRET = "x" * 20 + "-a-long-random-production-secret-key-" + "y" * 20
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "DEBUG", "SECRET_KEY", "DJANGO_ENV"}}
+    clean["DJANGO_SETTINGS_MODULE"] = "bookings_project.settings"
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_production_refuses_debug():
+    result = manage("check", DJANGO_ENV="production", SECRET_KEY=GOOD_SECRET, DEBUG="true")
+    assert result.returncode != 0
+    assert "DEBUG must be off" in result.stderr
+
+
+@pytest.mark.parametrize("secret", [None, "short"])
+def test_production_refuses_the_default_or_a_weak_secret(secret):
+    env = {"DJANGO_ENV": "production"} | ({"SECRET_KEY": secret} if secret else {})
+    result = manage("check", **env)
+    assert result.returncode != 0
+    assert "Set SECRET_KEY" in result.stderr
+
+
+def test_deploy_checks_are_clean_in_production():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", DJANGO_ENV="production", SECRET_KEY=GOOD_SECRET)
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_development_runs_with_the_defaults():
+    assert manage("check").returncode == 0
+
+
+def test_empty_database_url_means_the_sqlite_default():
+    code = "from django.conf import settings; d = settings.DATABASES['default']; print(d['ENGINE'], d['OPTIONS'])"
+    result = manage("shell", "--no-imports", "-c", code, DATABASE_URL="")
+    assert result.returncode == 0, result.stderr
+    assert "sqlite3" in result.stdout
+    assert "'transaction_mode': 'IMMEDIATE'" in result.stdout
+    assert "journal_mode=WAL" in result.stdout
+
+
+def test_database_url_selects_postgresql():
+    code = "from django.conf import settings; d = settings.DATABASES['default']; print(d['ENGINE'], d['NAME'])"
+    result = manage("shell", "--no-imports", "-c", code, DATABASE_URL="postgres://u:p@db.internal:5432/bookings")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["django.db.backends.postgresql", "bookings"]
+
+
+def test_the_example_environment_starts():
+    """`cp .env.example .env` must give a working development set-up."""
+    example = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            example[key] = value
+    assert {"SECRET_KEY", "DATABASE_URL", "FLIGHT_SERVICE_URL", "BOOKING_HOLD_MINUTES", "CURRENCY"} <= set(example)
+    result = manage("check", **example)
+    assert result.returncode == 0, result.stderr
+
+
+def test_env_example_names_every_key_the_settings_read():
+    import re
+
+    read = set(re.findall(r"""env\.\w+\(\s*["']([A-Z_]+)["']""", (ROOT / "bookings_project/settings.py").read_text()))
+    documented = set(re.findall(r"^#?\s*([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert read, "no env reads found: the pattern is stale"
+    assert read - documented == set()
