@@ -12,7 +12,8 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.views import defaults
+from django.views import csrf, defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
@@ -224,6 +225,7 @@ def _json_problem(status: int, code: str, title: str, detail: str) -> JsonRespon
     )
 
 
+@csrf_exempt  # Unsafe methods to unknown URLs must get the 404, not a CSRF page.
 def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
     """Catch-all for unknown URLs under /api/: problem+json, whatever DEBUG says."""
     return _json_problem(404, "not_found", "Not found", f"No endpoint at {request.path}.")
@@ -249,6 +251,13 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
     if not _wants_problem(request):
         return defaults.page_not_found(request, exception)
     return api_not_found(request)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: problem+json under /api/, Django's page elsewhere."""
+    if not _wants_problem(request):
+        return csrf.csrf_failure(request, reason)
+    return _json_problem(403, "permission_denied", "Permission denied", f"CSRF check failed: {reason}")
 
 
 def handler500(request: HttpRequest) -> HttpResponse:

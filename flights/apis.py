@@ -36,7 +36,7 @@ SEED_FLIGHT_EXAMPLE = {
     list=extend_schema(
         summary="List flights",
         description="Paginated, by departure time.",
-        responses={200: FlightSerializer(many=True), **problem_responses(401, 404)},
+        responses={200: FlightSerializer(many=True), **problem_responses(400, 401, 404)},
     ),
     retrieve=extend_schema(
         summary="Get a flight",

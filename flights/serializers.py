@@ -3,6 +3,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
+from bookings_project.fields import MoneyField, SeedBooleanField, StrictIntegerField, StrictRegexField
 from flights.models import Flight, SeatHold
 
 IATA_CODE = r"^[A-Za-z]{3}$"
@@ -40,13 +41,13 @@ class FlightSerializer(serializers.ModelSerializer):
 
 
 class FlightCreateSerializer(serializers.Serializer):
-    flightNumber = serializers.RegexField(FLIGHT_NUMBER, max_length=10)
-    departureAirport = serializers.RegexField(IATA_CODE, help_text="IATA airport code, e.g. BOM.")
-    arrivalAirport = serializers.RegexField(IATA_CODE, help_text="IATA airport code, e.g. DEL.")
+    flightNumber = StrictRegexField(FLIGHT_NUMBER, max_length=10)
+    departureAirport = StrictRegexField(IATA_CODE, help_text="IATA airport code, e.g. BOM.")
+    arrivalAirport = StrictRegexField(IATA_CODE, help_text="IATA airport code, e.g. DEL.")
     departureTime = serializers.DateTimeField()
     arrivalTime = serializers.DateTimeField()
-    price = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0)
-    capacity = serializers.IntegerField(min_value=1, max_value=MAX_CAPACITY)
+    price = MoneyField()
+    capacity = StrictIntegerField(min_value=1, max_value=MAX_CAPACITY)
 
     def validate(self, attrs: dict) -> dict:
         if attrs["departureAirport"].upper() == attrs["arrivalAirport"].upper():
@@ -69,12 +70,12 @@ class FlightCreateSerializer(serializers.Serializer):
 
 
 class SeatsChangeSerializer(serializers.Serializer):
-    seats = serializers.IntegerField(min_value=1, max_value=settings.MAX_SEATS_PER_CHANGE)
-    dec = serializers.BooleanField(
+    seats = StrictIntegerField(min_value=1, max_value=settings.MAX_SEATS_PER_CHANGE)
+    dec = SeedBooleanField(
         default=True,
         help_text='true takes seats, false gives them back. Like the seed, 0, 1, "true" and "false" are understood.',
     )
-    reservation = serializers.RegexField(
+    reservation = StrictRegexField(
         RESERVATION_REF,
         required=False,
         help_text=(

@@ -16,6 +16,14 @@ def test_unknown_api_url_is_problem_json(user_client, path, debug):
     assert path in body["detail"]
 
 
+def test_unsafe_method_to_an_unknown_api_url_with_a_session_is_404_not_csrf(user):
+    from rest_framework.test import APIClient
+
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    assert_problem(client.patch("/api/v1/flights/null,null/seats", {"seats": 1}, format="json"), 404, "not_found")
+
+
 def test_unknown_url_outside_the_api_is_an_ordinary_page(client):
     response = client.get("/no-such-page")
     assert response.status_code == 404

@@ -55,6 +55,9 @@ def test_list_page_size_is_capped(user_client):
     assert len(response.json()["results"]) == 2
     assert response.json()["next"] is not None
     assert_problem(user_client.get("/api/v1/flights", {"page": 99}), 404, "not_found")
+    for bad in ["null", "0", "101", "-1", "2.5", "٣"]:
+        body = assert_problem(user_client.get("/api/v1/flights", {"pageSize": bad}), 400, "validation_error")
+        assert body["errors"][0]["field"] == "pageSize"
 
 
 def test_retrieve(user_client, flight):
@@ -114,6 +117,14 @@ def test_anonymous_cannot_create(anon_client):
         ({"price": "1.001"}, "price"),
         ({"price": "NaN"}, "price"),
         ({"price": "1e400"}, "price"),
+        ({"price": "."}, "price"),
+        ({"price": ""}, "price"),
+        ({"price": True}, "price"),
+        ({"price": 100000000}, "price"),
+        ({"capacity": "120"}, "capacity"),
+        ({"capacity": 1.5}, "capacity"),
+        ({"capacity": True}, "capacity"),
+        ({"flightNumber": 808}, "flightNumber"),
         ({"departureAirport": "BOMBAY"}, "departureAirport"),
         ({"arrivalAirport": "BOM"}, "arrivalAirport"),
         ({"arrivalTime": "2027-01-10T09:00:00Z"}, "arrivalTime"),
@@ -128,6 +139,13 @@ def test_create_rejects_bad_input(staff_client, change, field):
     )
     assert field in {error["field"] for error in body["errors"]}, body
     assert not Flight.objects.exists()
+
+
+@pytest.mark.parametrize("price", [5000, 5000.5, "5000", "5000.50", 0])
+def test_price_may_be_a_json_number_or_a_decimal_string(staff_client, price):
+    response = staff_client.post("/api/v1/flights", {**NEW_FLIGHT, "price": price}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["price"] == f"{float(price):.2f}"
 
 
 def test_missing_fields_are_listed(staff_client):
@@ -209,13 +227,23 @@ def test_giving_back_more_than_capacity_is_409(staff_client, flight):
         {"seats": -1},
         {"seats": 10**20},
         {"seats": "many"},
+        {"seats": "3"},
+        {"seats": None},
+        {"seats": 2.5},
         {},
         {"seats": 1, "dec": "maybe"},
+        {"seats": 1, "dec": "yes"},
+        {"seats": 1, "dec": 2},
+        {"seats": 1, "dec": None},
         {"seats": 1, "reservation": "no spaces"},
+        {"seats": 1, "reservation": 123},
+        {"seats": 1, "reservation": ""},
     ],
 )
 def test_bad_seat_change_is_400(staff_client, flight, body):
     assert_problem(staff_client.patch(seats_url(flight.pk), body, format="json"), 400, "validation_error")
+    flight.refresh_from_db()
+    assert flight.available_seats == 20
 
 
 def test_customers_cannot_change_seats(user_client, flight):

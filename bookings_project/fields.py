@@ -1,0 +1,85 @@
+"""Serializer fields that accept exactly what the OpenAPI schema says, and nothing else.
+
+DRF's stock fields are lenient (`"3"` for an integer, `"yes"` for a boolean, `12` for a
+string), so a request the schema calls invalid would be accepted. These keep the
+schema and the behaviour the same.
+"""
+
+import re
+from decimal import Decimal
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+MONEY_STRING = re.compile(r"[0-9]{1,8}(\.[0-9]{1,2})?")
+MONEY_MAX = Decimal("99999999.99")
+
+
+class StrictCharField(serializers.CharField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictRegexField(serializers.RegexField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: not a string, not a boolean, not a fraction."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        if isinstance(data, float) and not data.is_integer():
+            self.fail("invalid")
+        return super().to_internal_value(int(data))
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "boolean"},
+            {"type": "integer", "enum": [0, 1]},
+            {"type": "string", "enum": ["true", "false"]},
+        ]
+    }
+)
+class SeedBooleanField(serializers.BooleanField):
+    """A boolean as the seed understood it: true/false, 0/1, "true"/"false"."""
+
+    ACCEPTED = {True: True, False: False, "true": True, "false": False}
+
+    def to_internal_value(self, data):
+        if isinstance(data, int) and not isinstance(data, bool) and data in (0, 1):
+            return bool(data)
+        if isinstance(data, (bool, str)) and data in self.ACCEPTED:
+            return self.ACCEPTED[data]
+        self.fail("invalid", input=data)
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "number", "minimum": 0, "maximum": float(MONEY_MAX), "multipleOf": 0.01},
+            {"type": "string", "pattern": rf"^{MONEY_STRING.pattern}$"},
+        ],
+        "example": "11000.00",
+    }
+)
+class MoneyField(serializers.DecimalField):
+    """An amount: a JSON number or a decimal string, at most two places, never negative."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_digits=10, decimal_places=2, min_value=Decimal("0"), max_value=MONEY_MAX, **kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, float, str)):
+            self.fail("invalid")
+        if isinstance(data, str) and not MONEY_STRING.fullmatch(data):
+            self.fail("invalid")
+        return super().to_internal_value(data)
