@@ -65,3 +65,18 @@ def test_a_database_outage_is_503_with_retry_after(user_client, monkeypatch):
     response = user_client.get("/api/v1/flights")
     assert_problem(response, 503, "service_unavailable")
     assert response["Retry-After"] == "5"
+
+
+def test_sqlite_busy_is_409_resource_busy_with_retry_after(user_client, monkeypatch):
+    """SQLite's writer lock timing out means "busy, retry", not "down"."""
+    from django.db import OperationalError
+
+    from flights import selectors
+
+    def busy():
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(selectors, "flight_list", busy)
+    response = user_client.get("/api/v1/flights")
+    assert_problem(response, 409, "resource_busy")
+    assert response["Retry-After"] == "1"

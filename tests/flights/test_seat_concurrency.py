@@ -1,7 +1,9 @@
-"""Concurrency on PostgreSQL: real threads, real transactions, exact counts.
+"""Concurrency: real threads, real transactions, exact counts.
 
 Each thread has its own database connection (Django's connections are per thread), so the
-requests race exactly as they would across gunicorn workers.
+requests race exactly as they would across gunicorn workers. The races run on both
+databases: PostgreSQL serialises them with the row lock, SQLite with BEGIN IMMEDIATE. The
+control and the lock timeout are about PostgreSQL's row locks and run only there.
 """
 
 import threading
@@ -19,7 +21,7 @@ from flights.models import Flight, SeatHold
 from tests.factories import make_flight
 from tests.helpers import assert_ledger_invariant
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 THREADS = 50
 SEATS = 20
@@ -88,6 +90,7 @@ def test_one_reference_sent_by_fifty_retries_is_held_once(staff_user):
     assert flight.available_seats == SEATS - 1
 
 
+@pytest.mark.postgres
 def test_control_without_the_row_lock_the_race_test_catches_overselling(monkeypatch):
     """Proof that the race tests above can fail: take the lock away and they would.
 
@@ -120,6 +123,7 @@ def test_control_without_the_row_lock_the_race_test_catches_overselling(monkeypa
     assert flight.available_seats != 0  # lost updates: the final-count assertion would fail
 
 
+@pytest.mark.postgres
 @override_settings(LOCK_TIMEOUT_MS=200)
 def test_a_lock_wait_that_runs_out_answers_409_with_retry_after(staff_client):
     """A row held locked elsewhere: the request gives up after LOCK_TIMEOUT_MS, not hangs."""
