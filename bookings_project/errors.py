@@ -136,13 +136,12 @@ def problem_response(
     errors: list[dict] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    response = Response(
+    return Response(
         problem_body(status=status, code=code, title=title, detail=detail, errors=errors),
         status=status,
         headers=headers,
         content_type=PROBLEM_CONTENT_TYPE,
     )
-    return response
 
 
 def _is_lock_contention(error: OperationalError) -> bool:
@@ -169,10 +168,12 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
             exc = ServiceUnavailable("The database is unavailable. Retry shortly.")
 
     if isinstance(exc, DomainError):
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+        domain_headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
         if exc.status == 401:
-            headers["WWW-Authenticate"] = "Token"
-        return problem_response(status=exc.status, code=exc.code, title=exc.title, detail=exc.detail, headers=headers)
+            domain_headers["WWW-Authenticate"] = "Token"
+        return problem_response(
+            status=exc.status, code=exc.code, title=exc.title, detail=exc.detail, headers=domain_headers
+        )
 
     if isinstance(exc, drf_exceptions.APIException):
         code, title = next(

@@ -63,15 +63,7 @@ class FlightViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         examples=[
             OpenApiExample(
                 "New flight",
-                value={
-                    "flightNumber": "UK808",
-                    "departureAirport": "BOM",
-                    "arrivalAirport": "DEL",
-                    "departureTime": "2027-01-10T10:00:00Z",
-                    "arrivalTime": "2027-01-10T12:10:00Z",
-                    "price": "5500.00",
-                    "capacity": 120,
-                },
+                value={k: v for k, v in SEED_FLIGHT_EXAMPLE.items() if k not in ("id", "totalSeats")},
                 request_only=True,
             )
         ],

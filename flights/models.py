@@ -1,15 +1,20 @@
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import F, Q
+
+MAX_CAPACITY = 1000
+
+iata_code = RegexValidator(r"^[A-Z]{3}$", "An IATA airport code: three capital letters.")
 
 
 class Flight(models.Model):
     flight_number = models.CharField(max_length=10)
-    departure_airport = models.CharField(max_length=3, help_text="IATA code, e.g. BOM")
-    arrival_airport = models.CharField(max_length=3, help_text="IATA code, e.g. DEL")
+    departure_airport = models.CharField(max_length=3, validators=[iata_code], help_text="IATA code, e.g. BOM")
+    arrival_airport = models.CharField(max_length=3, validators=[iata_code], help_text="IATA code, e.g. DEL")
     departure_time = models.DateTimeField()
     arrival_time = models.DateTimeField()
     price = models.DecimalField(max_digits=10, decimal_places=2)
-    capacity = models.PositiveIntegerField()
+    capacity = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(MAX_CAPACITY)])
     available_seats = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

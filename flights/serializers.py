@@ -4,12 +4,11 @@ from django.conf import settings
 from rest_framework import serializers
 
 from bookings_project.fields import MoneyField, SeedBooleanField, StrictIntegerField, StrictRegexField
-from flights.models import Flight, SeatHold
+from flights.models import MAX_CAPACITY, Flight, SeatHold
 
 IATA_CODE = r"^[A-Za-z]{3}$"
 FLIGHT_NUMBER = r"^[A-Za-z0-9]{2,10}$"
 RESERVATION_REF = r"^[A-Za-z0-9._:-]{1,100}$"
-MAX_CAPACITY = 1000
 
 
 class FlightSerializer(serializers.ModelSerializer):

@@ -53,30 +53,23 @@ def test_an_unexpected_error_is_a_logged_problem_500(user_client, monkeypatch, c
     assert any("unhandled error" in record.message for record in caplog.records)
 
 
-def test_a_database_outage_is_503_with_retry_after(user_client, monkeypatch):
+@pytest.mark.parametrize(
+    "message, status, code, retry_after",
+    [
+        ("connection refused", 503, "service_unavailable", "5"),
+        # SQLite's writer lock timing out means "busy, retry", not "down".
+        ("database is locked", 409, "resource_busy", "1"),
+    ],
+)
+def test_database_errors_invite_a_retry(user_client, monkeypatch, message, status, code, retry_after):
     from django.db import OperationalError
 
     from flights import selectors
 
-    def down():
-        raise OperationalError("connection refused")
+    def fail():
+        raise OperationalError(message)
 
-    monkeypatch.setattr(selectors, "flight_list", down)
+    monkeypatch.setattr(selectors, "flight_list", fail)
     response = user_client.get("/api/v1/flights")
-    assert_problem(response, 503, "service_unavailable")
-    assert response["Retry-After"] == "5"
-
-
-def test_sqlite_busy_is_409_resource_busy_with_retry_after(user_client, monkeypatch):
-    """SQLite's writer lock timing out means "busy, retry", not "down"."""
-    from django.db import OperationalError
-
-    from flights import selectors
-
-    def busy():
-        raise OperationalError("database is locked")
-
-    monkeypatch.setattr(selectors, "flight_list", busy)
-    response = user_client.get("/api/v1/flights")
-    assert_problem(response, 409, "resource_busy")
-    assert response["Retry-After"] == "1"
+    assert_problem(response, status, code)
+    assert response["Retry-After"] == retry_after

@@ -61,3 +61,26 @@ def test_admin_adds_a_flight_with_every_seat_available(admin_client_):
     assert response.status_code == 302, response.content.decode()[:2000]
     flight = Flight.objects.get(flight_number="AI101")
     assert (flight.capacity, flight.available_seats) == (150, 150)
+
+
+def test_admin_refuses_a_flight_that_lands_before_it_leaves(admin_client_):
+    response = admin_client_.post(
+        "/admin/flights/flight/add/",
+        {
+            "flight_number": "AI101",
+            "departure_airport": "del",
+            "arrival_airport": "BOM",
+            "departure_time_0": "2027-02-01",
+            "departure_time_1": "07:00:00",
+            "arrival_time_0": "2027-02-01",
+            "arrival_time_1": "06:00:00",
+            "price": "6200.00",
+            "capacity": "0",
+            "holds-TOTAL_FORMS": "0",
+            "holds-INITIAL_FORMS": "0",
+        },
+    )
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert {"departure_airport", "capacity", "__all__"} <= set(errors), errors
+    assert not Flight.objects.exists()
