@@ -56,6 +56,9 @@ class FlightViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     def get_queryset(self):
         return selectors.flight_list()
 
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(FlightSerializer(selectors.flight_get(flight_id=int(pk))).data)
+
     @extend_schema(
         summary="Create a flight (staff)",
         request=FlightCreateSerializer,

@@ -64,6 +64,8 @@ def test_retrieve(user_client, flight):
     response = user_client.get(f"/api/v1/flights/{flight.pk}")
     assert response.status_code == 200
     assert response.json()["totalSeats"] == 20
+    body = assert_problem(user_client.get(f"/api/v1/flights/{flight.pk + 1}"), 404, "not_found")
+    assert body["detail"] == f"Flight {flight.pk + 1} does not exist."
 
 
 @pytest.mark.parametrize("flight_id", ["999999", "9" * 19, "abc", "-1"])
