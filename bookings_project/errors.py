@@ -185,26 +185,15 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
             headers["WWW-Authenticate"] = exc.auth_header
         if getattr(exc, "wait", None) is not None:
             headers["Retry-After"] = str(max(1, int(exc.wait)))
+        detail, errors = str(exc.detail), None
         if isinstance(exc, drf_exceptions.ValidationError):
-            return problem_response(
-                status=400,
-                code=code,
-                title=title,
-                detail="The request has invalid fields; see `errors`.",
-                errors=flatten_validation_errors(exc.detail),
-                headers=headers,
-            )
-        if isinstance(exc, drf_exceptions.ParseError):
+            detail, errors = "The request has invalid fields; see `errors`.", flatten_validation_errors(exc.detail)
+        elif isinstance(exc, drf_exceptions.ParseError):
             # A malformed body is one more kind of invalid input, so it carries `errors` too.
-            return problem_response(
-                status=400,
-                code=code,
-                title=title,
-                detail=str(exc.detail),
-                errors=[{"field": None, "message": str(exc.detail)}],
-                headers=headers,
-            )
-        return problem_response(status=exc.status_code, code=code, title=title, detail=str(exc.detail), headers=headers)
+            errors = [{"field": None, "message": detail}]
+        return problem_response(
+            status=exc.status_code, code=code, title=title, detail=detail, errors=errors, headers=headers
+        )
 
     logger.exception("unhandled error in %s", context.get("view").__class__.__name__)
     return problem_response(

@@ -15,18 +15,21 @@ MONEY_STRING = re.compile(r"[0-9]{1,8}(\.[0-9]{1,2})?")
 MONEY_MAX = Decimal("99999999.99")
 
 
-class StrictCharField(serializers.CharField):
+class _StringOnly:
+    """Refuse non-strings: DRF's string fields would take `12` and make it `"12"`."""
+
     def to_internal_value(self, data):
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
 
 
-class StrictRegexField(serializers.RegexField):
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
+class StrictCharField(_StringOnly, serializers.CharField):
+    pass
+
+
+class StrictRegexField(_StringOnly, serializers.RegexField):
+    pass
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -52,12 +55,11 @@ class StrictIntegerField(serializers.IntegerField):
 class SeedBooleanField(serializers.BooleanField):
     """A boolean as the seed understood it: true/false, 0/1, "true"/"false"."""
 
+    # 1 == True and 0 == False in Python, so the integers 0 and 1 find their entries too.
     ACCEPTED = {True: True, False: False, "true": True, "false": False}
 
     def to_internal_value(self, data):
-        if isinstance(data, int) and not isinstance(data, bool) and data in (0, 1):
-            return bool(data)
-        if isinstance(data, (bool, str)) and data in self.ACCEPTED:
+        if isinstance(data, (bool, int, str)) and data in self.ACCEPTED:
             return self.ACCEPTED[data]
         self.fail("invalid", input=data)
 

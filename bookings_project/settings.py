@@ -198,7 +198,6 @@ SPECTACULAR_SETTINGS = {
 FLIGHT_SERVICE_URL = env.str("FLIGHT_SERVICE_URL", default="")
 FLIGHT_SERVICE_TOKEN = env.str("FLIGHT_SERVICE_TOKEN", default="")
 FLIGHT_SERVICE_TIMEOUT = env.float("FLIGHT_SERVICE_TIMEOUT", default=5.0)
-MAX_SEATS_PER_CHANGE = 1000
 
 
 # Bookings and payments ---------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """Flight resources on the wire: camelCase, as the seed's clients send and read them."""
 
-from django.conf import settings
 from rest_framework import serializers
 
 from bookings_project.fields import MoneyField, SeedBooleanField, StrictIntegerField, StrictRegexField
@@ -69,7 +68,7 @@ class FlightCreateSerializer(serializers.Serializer):
 
 
 class SeatsChangeSerializer(serializers.Serializer):
-    seats = StrictIntegerField(min_value=1, max_value=settings.MAX_SEATS_PER_CHANGE)
+    seats = StrictIntegerField(min_value=1, max_value=MAX_CAPACITY)
     dec = SeedBooleanField(
         default=True,
         help_text='true takes seats, false gives them back. Like the seed, 0, 1, "true" and "false" are understood.',
