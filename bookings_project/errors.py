@@ -71,6 +71,33 @@ class ServiceUnavailable(DomainError):
     retry_after = 5
 
 
+class FlightServiceUnavailable(DomainError):
+    """The Flights service did not give a definite answer (timeout, refused, 5xx, garbage).
+
+    `maybe_applied` says whether a seat change may have taken effect anyway: false only
+    when the request provably never reached the service (connection refused).
+    """
+
+    status, code, title = 503, "flight_service_unavailable", "Flights service unavailable"
+    default_detail = "The Flights service is unavailable or did not answer in time. Retry shortly."
+    retry_after = 5
+
+    def __init__(self, detail: str | None = None, *, maybe_applied: bool = True) -> None:
+        super().__init__(detail)
+        self.maybe_applied = maybe_applied
+
+
+class UserMismatch(DomainError):
+    status, code, title = 403, "user_mismatch", "User mismatch"
+    default_detail = "userId must be your own id; only staff may act for another user."
+
+
+class PaymentInProgress(DomainError):
+    status, code, title = 409, "payment_in_progress", "Payment in progress"
+    default_detail = "A payment for this booking is in progress. Retry once it has finished."
+    retry_after = 5
+
+
 class InvalidCredentials(DomainError):
     status, code, title = 401, "not_authenticated", "Not authenticated"
     default_detail = "Unable to log in with the provided credentials."
@@ -144,7 +171,7 @@ def problem_response(
     )
 
 
-def _is_lock_contention(error: OperationalError) -> bool:
+def is_lock_contention(error: OperationalError) -> bool:
     cause = error.__cause__
     sqlstate = getattr(cause, "sqlstate", None)
     # 55P03 lock_not_available (lock_timeout), 40P01 deadlock_detected.
@@ -160,7 +187,7 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
     elif isinstance(exc, OperationalError):
-        if _is_lock_contention(exc):
+        if is_lock_contention(exc):
             logger.warning("lock wait ran out: %s", exc)
             exc = ResourceBusy()
         else:

@@ -2,6 +2,7 @@
 
 import logging
 
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
@@ -14,8 +15,15 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """The database answers. 503 tells the balancer to send traffic elsewhere."""
+    """The database (and a remote Flights service, when configured) answer.
+
+    503 tells the balancer to send traffic elsewhere.
+    """
     checks = {"database": _database_ok()}
+    if settings.FLIGHT_SERVICE_URL:
+        from bookings.flights_gateway import get_flight_gateway
+
+        checks["flights"] = get_flight_gateway().is_ready()
     ready = all(checks.values())
     return JsonResponse(
         {

@@ -4,12 +4,14 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from bookings.apis import BookingViewSet
 from bookings_project import errors, health
 from bookings_project.auth import TokenView
 from flights.apis import FlightViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("flights", FlightViewSet, basename="flight")
+router.register("bookings", BookingViewSet, basename="booking")
 
 api_v1 = [
     path("auth/token", TokenView.as_view(), name="auth-token"),

@@ -1,0 +1,137 @@
+"""Bookings API (DESIGN §3.3): thin views over bookings.services and bookings.selectors."""
+
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from bookings import selectors, services
+from bookings.filters import BookingFilter
+from bookings.models import Booking
+from bookings.permissions import IsPerson
+from bookings.serializers import BookingCreateSerializer, BookingSerializer
+from bookings_project.openapi import ID_PATH_PARAMETER, problem, problem_responses
+
+ID_PATTERN = "[0-9]{1,18}"
+
+# The seed's example flow: flight 123 at 5500.00 a seat, 2 seats, user 456, booking 789.
+SEED_BOOKING_REQUEST = {"flightId": 123, "userId": 456, "numberOfSeats": 2}
+SEED_BOOKING = {
+    "id": 789,
+    "flightId": 123,
+    "userId": 456,
+    "numberOfSeats": 2,
+    "totalCost": "11000.00",
+    "status": "INITIATED",
+    "createdAt": "2027-01-02T09:00:00Z",
+    "updatedAt": "2027-01-02T09:00:00Z",
+    "expiresAt": "2027-01-02T09:10:00Z",
+    "cancelReason": None,
+}
+SEED_CANCELLED = {**SEED_BOOKING, "status": "CANCELLED", "updatedAt": "2027-01-02T09:03:00Z", "cancelReason": "user"}
+
+_FLIGHT_UNAVAILABLE = (
+    503,
+    problem(
+        503,
+        "The Flights service did not answer, or not in time. Nothing is held for you; retry after `Retry-After`.",
+        codes=("flight_service_unavailable",),
+    ),
+)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List bookings",
+        description="Your bookings, newest first (staff see everyone's). Filter by `status`, `flightId`, `userId`.",
+        responses={200: BookingSerializer(many=True), **problem_responses(400, 401, 403, 404)},
+    ),
+    retrieve=extend_schema(
+        summary="Get a booking",
+        parameters=[ID_PATH_PARAMETER],
+        responses={200: BookingSerializer, **problem_responses(401, 403, 404)},
+        examples=[OpenApiExample("Seed booking", value=SEED_BOOKING, response_only=True)],
+    ),
+)
+class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = BookingSerializer
+    permission_classes = [IsPerson]
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = BookingFilter
+    lookup_value_regex = ID_PATTERN
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # Schema generation has no user.
+            return Booking.objects.none()
+        return selectors.booking_list(user=self.request.user)
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(BookingSerializer(selectors.booking_get(user=request.user, booking_id=int(pk))).data)
+
+    @extend_schema(
+        summary="Book seats on a flight",
+        description=(
+            "Writes the booking and reserves its seats with the Flights service; the seats are held until "
+            "`expiresAt` (`BOOKING_HOLD_MINUTES`). Pay before then. `noOfSeats` is accepted for `numberOfSeats`."
+        ),
+        request=BookingCreateSerializer,
+        responses={
+            201: BookingSerializer,
+            **problem_responses(
+                400,
+                401,
+                (403, problem(403, "`userId` is someone else's and you are not staff.", codes=("user_mismatch",))),
+                (404, problem(404, "No such flight (or no such user, for staff).", codes=("not_found",))),
+                (409, problem(409, codes=("insufficient_seats", "resource_busy", "reservation_conflict"))),
+                415,
+                _FLIGHT_UNAVAILABLE,
+            ),
+        },
+        examples=[
+            OpenApiExample("Seed booking", value=SEED_BOOKING_REQUEST, request_only=True),
+            OpenApiExample("Older clients' alias", value={"flightId": 123, "noOfSeats": 2}, request_only=True),
+            OpenApiExample("Created", value=SEED_BOOKING, response_only=True, status_codes=["201"]),
+        ],
+    )
+    def create(self, request: Request) -> Response:
+        serializer = BookingCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        owner = services.booking_owner(caller=request.user, user_id=data.get("userId"))
+        booking = services.booking_create(user=owner, flight_id=data["flightId"], seats=data["numberOfSeats"])
+        return Response(BookingSerializer(booking).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Cancel a booking",
+        description=(
+            "Cancels the booking and gives its seats back to the flight. Cancelling twice answers the same "
+            "cancelled booking. PATCH (the seed's) and POST both work; no body is needed."
+        ),
+        parameters=[ID_PATH_PARAMETER],
+        request=None,
+        responses={
+            200: OpenApiResponse(BookingSerializer, description="The booking, CANCELLED."),
+            **problem_responses(
+                401,
+                403,
+                404,
+                (
+                    409,
+                    problem(
+                        409,
+                        "A payment is in flight, or the booking is busy.",
+                        codes=("payment_in_progress", "resource_busy"),
+                    ),
+                ),
+            ),
+        },
+        examples=[OpenApiExample("Cancelled", value=SEED_CANCELLED, response_only=True, status_codes=["200"])],
+    )
+    @action(detail=True, methods=["patch", "post"], url_path="cancel")
+    def cancel(self, request: Request, pk: str) -> Response:
+        booking = selectors.booking_get(user=request.user, booking_id=int(pk))
+        reason = Booking.CancelReason.USER if booking.user_id == request.user.pk else Booking.CancelReason.STAFF
+        cancellation = services.booking_cancel(booking_id=booking.pk, reason=reason)
+        return Response(BookingSerializer(cancellation.booking).data)

@@ -1,0 +1,346 @@
+"""The one way bookings reach flight inventory (DESIGN §1): a small port, two adapters.
+
+- `InProcessFlightGateway` (default) calls the `flights` app's services; each call is its
+  own transaction, exactly as if the service were remote.
+- `HttpFlightGateway` (when `FLIGHT_SERVICE_URL` is set) speaks the Flights API over HTTP:
+  ours, or the seed's Node Flights Service with its envelope and quirks.
+
+Both raise only domain errors: `NotFound`, `InsufficientSeats`, `ReservationConflict`,
+`CapacityExceeded`, `ResourceBusy` are definite refusals (nothing changed);
+`FlightServiceUnavailable` means the outcome is unknown (see its `maybe_applied`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+
+import requests
+from django.conf import settings
+from django.db import OperationalError
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from bookings_project import request_id
+from bookings_project.errors import (
+    CapacityExceeded,
+    DomainError,
+    FlightServiceUnavailable,
+    InsufficientSeats,
+    NotFound,
+    ReservationConflict,
+    ResourceBusy,
+    is_lock_contention,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FlightInfo:
+    id: int
+    price: Decimal
+    available_seats: int
+    # The service keeps one hold per reference, so a release by reference is safe to repeat.
+    keeps_holds: bool
+
+
+@dataclass(frozen=True)
+class SeatChange:
+    # Seats the hold moved (0 for a release of a reserve that never arrived); None when the
+    # service keeps no holds and so cannot say.
+    hold_seats: int | None
+    keeps_holds: bool
+
+
+class FlightGateway(Protocol):
+    def get_flight(self, flight_id: int) -> FlightInfo: ...
+
+    def reserve_seats(self, *, flight_id: int, seats: int, ref: str) -> SeatChange: ...
+
+    def release_seats(self, *, flight_id: int, seats: int, ref: str) -> SeatChange: ...
+
+    def is_ready(self) -> bool: ...
+
+
+class InProcessFlightGateway:
+    """Calls `flights` directly. Each call commits on its own, like a remote call would."""
+
+    def get_flight(self, flight_id: int) -> FlightInfo:
+        from flights import selectors
+
+        with _database_errors_as_unavailable(maybe_applied=False):
+            flight = selectors.flight_get(flight_id=flight_id)
+        return FlightInfo(id=flight.pk, price=flight.price, available_seats=flight.available_seats, keeps_holds=True)
+
+    def reserve_seats(self, *, flight_id: int, seats: int, ref: str) -> SeatChange:
+        return self._change(flight_id=flight_id, seats=seats, ref=ref, decrease=True)
+
+    def release_seats(self, *, flight_id: int, seats: int, ref: str) -> SeatChange:
+        return self._change(flight_id=flight_id, seats=seats, ref=ref, decrease=False)
+
+    def _change(self, *, flight_id: int, seats: int, ref: str, decrease: bool) -> SeatChange:
+        from flights import services
+
+        # A database error may strike at COMMIT, after the change was written: unknown outcome.
+        with _database_errors_as_unavailable(maybe_applied=True):
+            result = services.flight_seats_change(flight_id=flight_id, seats=seats, decrease=decrease, reservation=ref)
+        return SeatChange(hold_seats=result.hold.seats if result.hold else None, keeps_holds=True)
+
+    def is_ready(self) -> bool:
+        return True  # It is the database, which /readyz checks already.
+
+
+class _database_errors_as_unavailable:
+    """Lock waits that ran out are a definite refusal; other database failures are unknown."""
+
+    def __init__(self, *, maybe_applied: bool) -> None:
+        self.maybe_applied = maybe_applied
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, OperationalError):
+            return False
+        if is_lock_contention(exc):
+            raise ResourceBusy("The flight is busy with other bookings. Retry shortly.") from exc
+        logger.error("flights (in process): database failure: %s", exc)
+        raise FlightServiceUnavailable(maybe_applied=self.maybe_applied) from exc
+
+
+class HttpFlightGateway:
+    """A client of a remote Flights API: ours, or the seed's Node service.
+
+    One shared `requests.Session` per process, (connect, read) timeouts, bounded retries
+    with backoff for GETs only (a seat change is never resent blindly), the booking's hold
+    reference on every seat change, `X-Request-ID`, and the service token as a Bearer token.
+    """
+
+    # 500 is not retried: the seed answers 500 for an unknown flight, and for real faults.
+    RETRY_STATUSES = (502, 503, 504)
+
+    def __init__(self, *, base_url: str, token: str = "", timeout: float = 5.0, retries: int = 2) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (min(timeout, 3.05), timeout)  # (connect, read)
+        self.session = requests.Session()
+        retry = Retry(
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
+            backoff_factor=0.2,
+            status_forcelist=self.RETRY_STATUSES,
+            allowed_methods=frozenset({"GET"}),
+            raise_on_status=False,
+            respect_retry_after_header=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"Accept": "application/json"})
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    # The port ---------------------------------------------------------------------------
+
+    def get_flight(self, flight_id: int) -> FlightInfo:
+        response = self._send("GET", f"/api/v1/flights/{flight_id}", maybe_applied=False)
+        if _is_seed_unknown_flight(response):
+            raise NotFound(f"Flight {flight_id} does not exist.")
+        self._raise_for_refusal(response, flight_id=flight_id, maybe_applied=False)
+        return _parse_flight(response, flight_id)
+
+    def reserve_seats(self, *, flight_id: int, seats: int, ref: str) -> SeatChange:
+        change = self._change_seats(flight_id=flight_id, seats=seats, ref=ref, decrease=True)
+        if change.keeps_holds:
+            return change
+        # The seed's service lets seats go below zero and answers with the flight as it was
+        # before the change: re-read, and give the seats back if we took the last ones twice.
+        try:
+            flight = self.get_flight(flight_id)
+        except DomainError as error:
+            raise FlightServiceUnavailable(
+                f"Seats were taken but the flight could not be re-read: {error.detail}", maybe_applied=True
+            ) from error
+        if flight.available_seats < 0:
+            self._change_seats(flight_id=flight_id, seats=seats, ref=ref, decrease=False)
+            raise InsufficientSeats(f"Flight {flight_id} has no {seats} seat(s) left; the reservation was given back.")
+        return change
+
+    def release_seats(self, *, flight_id: int, seats: int, ref: str) -> SeatChange:
+        return self._change_seats(flight_id=flight_id, seats=seats, ref=ref, decrease=False)
+
+    def is_ready(self) -> bool:
+        try:
+            response = self.session.get(
+                f"{self.base_url}/api/v1/flights", params={"pageSize": 1}, timeout=self.timeout, headers=_trace()
+            )
+        except requests.RequestException as error:
+            logger.warning("readiness: Flights service unreachable: %s", error)
+            return False
+        # Any answer that is not a server error means it is up (401 means the token is wrong: not ready).
+        return response.status_code < 500 and response.status_code not in (401, 403)
+
+    # Mechanics --------------------------------------------------------------------------
+
+    def _change_seats(self, *, flight_id: int, seats: int, ref: str, decrease: bool) -> SeatChange:
+        response = self._send(
+            "PATCH",
+            f"/api/v1/flights/{flight_id}/seats",
+            json={"seats": seats, "dec": decrease, "reservation": ref},
+            maybe_applied=True,
+        )
+        self._raise_for_refusal(response, flight_id=flight_id, maybe_applied=True)
+        body = _json(response, maybe_applied=True)
+        if isinstance(body, dict) and isinstance(body.get("reservation"), dict):
+            hold = body["reservation"]
+            if hold.get("ref") != ref or not isinstance(hold.get("seats"), int):
+                raise FlightServiceUnavailable(
+                    f"The Flights service answered a seat change with a different hold: {hold!r:.200}"
+                )
+            return SeatChange(hold_seats=hold["seats"], keeps_holds=True)
+        _parse_flight(response, flight_id, maybe_applied=True)  # At least a flight, or it is garbage.
+        return SeatChange(hold_seats=None, keeps_holds=False)
+
+    def _send(self, method: str, path: str, *, maybe_applied: bool, **kwargs: Any) -> requests.Response:
+        url = self.base_url + path
+        try:
+            return self.session.request(method, url, timeout=self.timeout, headers=_trace(), **kwargs)
+        except requests.ConnectionError as error:
+            # Refused or unreachable: the request never arrived. A timed-out connect too.
+            # (A dropped connection mid-answer is a ConnectionError as well, hence the check.)
+            never_arrived = isinstance(error, requests.ConnectTimeout) or _is_connect_failure(error)
+            logger.warning("flights: %s %s failed: %s", method, url, error)
+            raise FlightServiceUnavailable(
+                "The Flights service could not be reached.", maybe_applied=maybe_applied and not never_arrived
+            ) from error
+        except requests.Timeout as error:
+            logger.warning("flights: %s %s timed out: %s", method, url, error)
+            raise FlightServiceUnavailable(
+                "The Flights service did not answer in time.", maybe_applied=maybe_applied
+            ) from error
+        except requests.RequestException as error:
+            logger.warning("flights: %s %s failed: %s", method, url, error)
+            raise FlightServiceUnavailable(maybe_applied=maybe_applied) from error
+
+    def _raise_for_refusal(self, response: requests.Response, *, flight_id: int, maybe_applied: bool) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        if status >= 500:
+            logger.warning("flights: %s answered %s: %.200s", response.url, status, response.text)
+            raise FlightServiceUnavailable(
+                f"The Flights service answered {status}.", maybe_applied=maybe_applied and status != 503
+            )
+        body = _json_or_none(response)
+        code = body.get("code") if isinstance(body, dict) else None
+        if status == 404:
+            raise NotFound(f"Flight {flight_id} does not exist.")
+        if status == 409:
+            refusal = {
+                "insufficient_seats": InsufficientSeats,
+                "capacity_exceeded": CapacityExceeded,
+                "resource_busy": ResourceBusy,
+            }.get(code, ReservationConflict)
+            raise refusal(_detail(body) or None)
+        # 400/401/403/...: our request or our credentials are wrong. Nothing was changed, and
+        # retrying will not help; ops must look at the log.
+        logger.error("flights: %s answered %s: %.300s", response.url, status, response.text)
+        raise FlightServiceUnavailable(f"The Flights service refused the request ({status}).", maybe_applied=False)
+
+
+def _trace() -> dict[str, str]:
+    return {"X-Request-ID": request_id.get() or uuid.uuid4().hex}
+
+
+def _is_connect_failure(error: requests.ConnectionError) -> bool:
+    text = str(error).lower()
+    return any(
+        marker in text
+        for marker in ("connection refused", "failed to establish a new connection", "name or service not known")
+    )
+
+
+def _json_or_none(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _json(response: requests.Response, *, maybe_applied: bool) -> Any:
+    body = _json_or_none(response)
+    if body is None:
+        raise FlightServiceUnavailable(
+            f"The Flights service answered {response.status_code} with a body that is not JSON.",
+            maybe_applied=maybe_applied,
+        )
+    return body
+
+
+def _detail(body: Any) -> str:
+    if not isinstance(body, dict):
+        return ""
+    detail = body.get("detail") or body.get("message") or ""
+    return str(detail)[:300]
+
+
+def _unwrap(body: Any) -> Any:
+    """The seed wraps answers as {"success", "message", "data", "error"}; ours is the plain resource."""
+    if isinstance(body, dict) and "success" in body and "data" in body:
+        return body["data"]
+    return body
+
+
+def _is_seed_unknown_flight(response: requests.Response) -> bool:
+    """The seed answers an unknown flight with 500 and this explanation (DESIGN §1)."""
+    if response.status_code != 500:
+        return False
+    body = _json_or_none(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    return (
+        isinstance(error, dict)
+        and body.get("success") is False
+        and "cannot fetch data of the flight" in str(error.get("explanation", "")).lower()
+    )
+
+
+def _parse_flight(response: requests.Response, flight_id: int, *, maybe_applied: bool = False) -> FlightInfo:
+    body = _json(response, maybe_applied=maybe_applied)
+    data = _unwrap(body)
+    try:
+        price = Decimal(str(data["price"]))
+        available = data["totalSeats"]
+        if isinstance(available, bool) or not isinstance(available, int):
+            raise TypeError("totalSeats is not an integer")
+        if not price.is_finite() or price < 0 or int(data["id"]) != flight_id:
+            raise ValueError("bad price or id")
+    except (KeyError, TypeError, ValueError, InvalidOperation) as error:
+        raise FlightServiceUnavailable(
+            f"The Flights service answered with an unexpected flight: {str(body)[:200]}", maybe_applied=maybe_applied
+        ) from error
+    return FlightInfo(
+        id=flight_id,
+        price=price.quantize(Decimal("0.01")),
+        available_seats=available,
+        keeps_holds=body is data,  # Our plain resource: our service, which keeps holds.
+    )
+
+
+@functools.cache
+def _http_gateway(base_url: str, token: str, timeout: float) -> HttpFlightGateway:
+    return HttpFlightGateway(base_url=base_url, token=token, timeout=timeout)
+
+
+def get_flight_gateway() -> FlightGateway:
+    """The adapter the settings ask for; the HTTP one is shared so its connections are reused."""
+    if settings.FLIGHT_SERVICE_URL:
+        return _http_gateway(
+            settings.FLIGHT_SERVICE_URL, settings.FLIGHT_SERVICE_TOKEN, settings.FLIGHT_SERVICE_TIMEOUT
+        )
+    return InProcessFlightGateway()

@@ -1,0 +1,90 @@
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+class Booking(models.Model):
+    """One customer's seats on one flight, and where its saga with the Flights service stands.
+
+    `status` is the state machine clients see (DESIGN §2). `seats_state` records what the
+    Flights service holds for this booking, so that seats are released exactly once
+    whatever crashes or retries happen.
+    """
+
+    class Status(models.TextChoices):
+        INITIATED = "INITIATED", "Initiated"
+        PENDING = "PENDING", "Pending payment"
+        BOOKED = "BOOKED", "Booked"
+        CANCELLED = "CANCELLED", "Cancelled"
+
+    class SeatsState(models.TextChoices):
+        # The reserve was sent (or is about to be) and its outcome is not known yet.
+        UNCONFIRMED = "unconfirmed", "Reserve sent, outcome unknown"
+        RESERVED = "reserved", "Reserved"
+        # A release is in flight on a Flights service that keeps no holds (see services).
+        RELEASING = "releasing", "Release in flight (service without holds)"
+        RELEASED = "released", "Released"
+        # Nothing is held: the reserve was refused outright.
+        NONE = "none", "Not reserved"
+        # Outcome unknown on a service that keeps no holds: a blind release could give back
+        # seats that were never taken, so a person must look.
+        RECONCILE = "reconcile", "Needs reconciliation by ops"
+
+    class CancelReason(models.TextChoices):
+        USER = "user", "Cancelled by the customer"
+        STAFF = "staff", "Cancelled by staff"
+        EXPIRED = "expired", "Hold expired unpaid"
+        RESERVATION_FAILED = "reservation_failed", "Seats could not be reserved"
+        FLIGHT_SERVICE_UNAVAILABLE = "flight_service_unavailable", "Flights service unavailable"
+
+    # The seats are (or may be) held by the Flights service and nobody has given them back.
+    SEATS_OWED = (SeatsState.UNCONFIRMED, SeatsState.RESERVED)
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="bookings")
+    # An id in the Flights bounded context, which may be another service: not a foreign key.
+    flight_id = models.BigIntegerField()
+    seats = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    total_cost = models.DecimalField(max_digits=12, decimal_places=2)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.INITIATED)
+    seats_state = models.CharField(max_length=12, choices=SeatsState.choices, default=SeatsState.UNCONFIRMED)
+    # Whether the Flights service keeps a hold per reference (ours does; the seed's does
+    # not). Only then is a release by reference safe to repeat after an unknown outcome.
+    flight_keeps_holds = models.BooleanField(default=True)
+    cancel_reason = models.CharField(max_length=32, choices=CancelReason.choices, blank=True)
+    # The last failure talking to the Flights service about this booking's seats, for ops.
+    flight_service_error = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    expires_at = models.DateTimeField()
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    seats_released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["user", "-created_at", "-id"], name="booking_user_recent_idx"),
+            models.Index(fields=["status", "expires_at"], name="booking_status_expiry_idx"),
+            # Cancelled bookings whose seats still have to go back: small, so partial.
+            models.Index(
+                fields=["updated_at"],
+                name="booking_release_owed_idx",
+                condition=Q(status="CANCELLED", seats_state__in=["unconfirmed", "reserved", "releasing"]),
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(seats__gte=1), name="booking_seats_positive"),
+            models.CheckConstraint(condition=Q(total_cost__gte=0), name="booking_total_cost_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Booking {self.pk} ({self.status}, flight {self.flight_id}, {self.seats} seat(s))"
+
+    @property
+    def hold_ref(self) -> str:
+        """The reservation reference sent with every seat change for this booking."""
+        return f"booking-{self.pk}"
+
+    @property
+    def release_owed(self) -> bool:
+        return self.status == self.Status.CANCELLED and self.seats_state in self.SEATS_OWED

@@ -1,0 +1,86 @@
+"""Booking resources on the wire (DESIGN §3.3): camelCase, money as a 2-place decimal string."""
+
+from django.conf import settings
+from rest_framework import serializers
+
+from bookings.models import Booking
+from bookings_project.fields import StrictIntegerField
+
+MAX_ID = 10**18 - 1  # Ids are bigints; a larger one cannot exist and never reaches the database.
+
+
+class BookingSerializer(serializers.ModelSerializer):
+    flightId = serializers.IntegerField(source="flight_id")
+    userId = serializers.IntegerField(source="user_id")
+    numberOfSeats = serializers.IntegerField(source="seats")
+    totalCost = serializers.DecimalField(
+        source="total_cost", max_digits=12, decimal_places=2, help_text="Price times seats at booking time."
+    )
+    status = serializers.ChoiceField(choices=Booking.Status.choices)
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+    expiresAt = serializers.DateTimeField(
+        source="expires_at", help_text="The seats are held until then; past it an unpaid booking is cancelled."
+    )
+    cancelReason = serializers.ChoiceField(
+        source="cancel_reason",
+        choices=Booking.CancelReason.choices,
+        allow_null=True,
+        help_text="Why the booking was cancelled; null unless it is CANCELLED.",
+    )
+
+    class Meta:
+        model = Booking
+        fields = [
+            "id",
+            "flightId",
+            "userId",
+            "numberOfSeats",
+            "totalCost",
+            "status",
+            "createdAt",
+            "updatedAt",
+            "expiresAt",
+            "cancelReason",
+        ]
+        read_only_fields = fields
+
+    def to_representation(self, instance: Booking) -> dict:
+        data = super().to_representation(instance)
+        data["cancelReason"] = instance.cancel_reason or None
+        return data
+
+
+class BookingCreateSerializer(serializers.Serializer):
+    flightId = StrictIntegerField(min_value=1, max_value=MAX_ID)
+    numberOfSeats = StrictIntegerField(
+        min_value=1,
+        max_value=settings.MAX_SEATS_PER_BOOKING,
+        required=False,
+        help_text="Seats to book. Required, unless given under its older name `noOfSeats`.",
+    )
+    noOfSeats = StrictIntegerField(
+        min_value=1,
+        max_value=settings.MAX_SEATS_PER_BOOKING,
+        required=False,
+        help_text="Deprecated alias of `numberOfSeats`, as the older course clients send it.",
+    )
+    userId = StrictIntegerField(
+        min_value=1,
+        max_value=MAX_ID,
+        required=False,
+        help_text="Optional. Must be your own id, unless you are staff booking for a customer.",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        seats, alias = attrs.get("numberOfSeats"), attrs.pop("noOfSeats", None)
+        if seats is None and alias is None:
+            raise serializers.ValidationError({"numberOfSeats": "This field is required."})
+        if seats is not None and alias is not None and seats != alias:
+            raise serializers.ValidationError({"noOfSeats": "Must equal numberOfSeats when both are given."})
+        attrs["numberOfSeats"] = seats if seats is not None else alias
+        return attrs
+
+
+class BookingCancellationSerializer(serializers.Serializer):
+    """Schema only: cancel takes no body."""

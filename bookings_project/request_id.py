@@ -1,0 +1,38 @@
+"""`X-Request-ID`: accepted from the client (or generated), echoed on the response, and
+passed on to the Flights service, so one request can be followed across both logs."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from contextvars import ContextVar
+
+from django.http import HttpRequest, HttpResponse
+
+HEADER = "X-Request-ID"
+# Anything else from a client is replaced: the id ends up in logs and outbound headers.
+_ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_current: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def get() -> str | None:
+    """The id of the request being served by this thread, if any."""
+    return _current.get()
+
+
+class RequestIdMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        incoming = request.headers.get(HEADER, "")
+        value = incoming if _ACCEPTABLE.match(incoming) else uuid.uuid4().hex
+        request.request_id = value
+        token = _current.set(value)
+        try:
+            response = self.get_response(request)
+        finally:
+            _current.reset(token)
+        response[HEADER] = value
+        return response
