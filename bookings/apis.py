@@ -3,6 +3,7 @@
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -57,6 +58,8 @@ _FLIGHT_UNAVAILABLE = (
 )
 class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = BookingSerializer
+    # People only: the Flights service token (a Bearer token) is no customer here.
+    authentication_classes = [TokenAuthentication, SessionAuthentication]
     permission_classes = [IsPerson]
     filter_backends = [DjangoFilterBackend]
     filterset_class = BookingFilter

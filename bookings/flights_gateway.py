@@ -168,7 +168,13 @@ class HttpFlightGateway:
                 f"Seats were taken but the flight could not be re-read: {error.detail}", maybe_applied=True
             ) from error
         if flight.available_seats < 0:
-            self._change_seats(flight_id=flight_id, seats=seats, ref=ref, decrease=False)
+            try:
+                self._change_seats(flight_id=flight_id, seats=seats, ref=ref, decrease=False)
+            except DomainError as error:
+                # Our seats were taken for certain; whether they came back is unknown.
+                raise FlightServiceUnavailable(
+                    f"Seats were taken past zero and giving them back failed: {error.detail}", maybe_applied=True
+                ) from error
             raise InsufficientSeats(f"Flight {flight_id} has no {seats} seat(s) left; the reservation was given back.")
         return change
 

@@ -53,24 +53,30 @@ class BookingSerializer(serializers.ModelSerializer):
 
 class BookingCreateSerializer(serializers.Serializer):
     flightId = StrictIntegerField(min_value=1, max_value=MAX_ID)
-    numberOfSeats = StrictIntegerField(
-        min_value=1,
-        max_value=settings.MAX_SEATS_PER_BOOKING,
-        required=False,
-        help_text="Seats to book. Required, unless given under its older name `noOfSeats`.",
-    )
-    noOfSeats = StrictIntegerField(
-        min_value=1,
-        max_value=settings.MAX_SEATS_PER_BOOKING,
-        required=False,
-        help_text="Deprecated alias of `numberOfSeats`, as the older course clients send it.",
-    )
     userId = StrictIntegerField(
         min_value=1,
         max_value=MAX_ID,
         required=False,
         help_text="Optional. Must be your own id, unless you are staff booking for a customer.",
     )
+
+    def get_fields(self) -> dict:
+        # Built per request so that MAX_SEATS_PER_BOOKING is read when it is used.
+        fields = super().get_fields()
+        limit = settings.MAX_SEATS_PER_BOOKING
+        fields["numberOfSeats"] = StrictIntegerField(
+            min_value=1,
+            max_value=limit,
+            required=False,
+            help_text="Seats to book. Required, unless given under its older name `noOfSeats`.",
+        )
+        fields["noOfSeats"] = StrictIntegerField(
+            min_value=1,
+            max_value=limit,
+            required=False,
+            help_text="Deprecated alias of `numberOfSeats`, as the older course clients send it.",
+        )
+        return fields
 
     def validate(self, attrs: dict) -> dict:
         seats, alias = attrs.get("numberOfSeats"), attrs.pop("noOfSeats", None)

@@ -23,3 +23,17 @@ def assert_ledger_invariant(flight: Flight) -> None:
     held = SeatHold.objects.filter(flight=flight, state=SeatHold.State.HELD).aggregate(total=Sum("seats"))["total"] or 0
     assert 0 <= flight.available_seats <= flight.capacity
     assert flight.capacity - flight.available_seats == held, (flight.capacity, flight.available_seats, held)
+
+
+def assert_bookings_match_ledger(flight: Flight) -> None:
+    """DESIGN §6 in full: capacity - available = live holds = seats of bookings holding seats."""
+    from bookings.models import Booking
+
+    assert_ledger_invariant(flight)
+    reserved = (
+        Booking.objects.filter(flight_id=flight.pk, seats_state=Booking.SeatsState.RESERVED).aggregate(
+            total=Sum("seats")
+        )["total"]
+        or 0
+    )
+    assert flight.capacity - flight.available_seats == reserved, (flight.capacity, flight.available_seats, reserved)
