@@ -25,6 +25,7 @@ run: demo
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	@echo
 	@echo "  API:        http://$(HOST):$(PORT)/api/v1/flights   (Authorization: Token <token above>)"
+	@echo "              http://$(HOST):$(PORT)/api/v1/bookings  (POST {\"flightId\": 1, \"numberOfSeats\": 2})"
 	@echo "  Swagger UI: http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Admin:      http://$(HOST):$(PORT)/admin/   (staff / staff-password)"
 	@echo
