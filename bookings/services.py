@@ -96,6 +96,10 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
     )
     if not reserved:
         # Staff cancelled it while the reserve was in flight: give the seats back now.
+        if not change.keeps_holds:
+            # That cancel, not knowing the outcome, flagged it for a person; we now know
+            # the seats were taken, so they can go back without one.
+            _set_seats_state(booking, expect=SeatsState.RECONCILE, to=SeatsState.RESERVED, flight_keeps_holds=False)
         booking_release_seats(booking_id=booking.pk, gateway=gateway)
     booking.refresh_from_db()
     return booking

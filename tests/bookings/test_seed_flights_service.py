@@ -1,0 +1,552 @@
+"""The booking saga against the seed's Node Flights Service over HTTP (DESIGN §1, §2, §3.2).
+
+`SeedFlightsService` is a stateful fake of that service, built with `responses`, that
+answers as the seed was observed to: every answer wrapped in
+`{"success", "message", "data", "error"}`, a numeric price, 500 with "Cannot fetch data of
+the flight" for an unknown id, 400 for `{"seats": 0}`, and a seat PATCH that answers the
+flight as it was *before* the change, keeps no holds (our `reservation` reference is
+ignored) and lets `totalSeats` go below zero. Each test can inject a fault: another
+customer taking seats just before our PATCH, a PATCH that times out after the seed
+applied it, or a connection refused before the PATCH arrived.
+
+What must hold on top of such a service:
+- the booking is not fooled by the pre-change answer: it re-reads, and if it took seats
+  past zero it gives them back and refuses the booking;
+- a seat change whose outcome is unknown is never resent blindly: the booking is marked
+  `reconcile` and shows in admin for a person to settle;
+- a release that provably never arrived stays owed, and goes through exactly once later,
+  however many callers try.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+import requests
+import responses
+from django.contrib.auth.models import Permission
+from django.test import Client, override_settings
+
+from bookings import services
+from bookings.flights_gateway import HttpFlightGateway, _http_gateway
+from bookings.models import Booking
+from bookings_project.errors import FlightServiceUnavailable
+from tests.helpers import assert_problem
+
+SEED_URL = "http://seed-flights.test"
+FLIGHT_URL = re.compile(re.escape(SEED_URL) + r"/api/v1/flights/(\d+)$")
+SEATS_URL = re.compile(re.escape(SEED_URL) + r"/api/v1/flights/(\d+)/seats$")
+
+# What `requests` raises for a refused connection: the request never reached the service.
+REFUSED = (
+    "HTTPConnectionPool(host='seed-flights.test', port=80): Max retries exceeded with url: "
+    "/api/v1/flights/1/seats (Caused by NewConnectionError('<urllib3.connection.HTTPConnection "
+    "object at 0x7f0c>: Failed to establish a new connection: [Errno 111] Connection refused'))"
+)
+READ_TIMEOUT = "HTTPConnectionPool(host='seed-flights.test', port=80): Read timed out. (read timeout=1.0)"
+
+pytestmark = pytest.mark.django_db
+
+
+@dataclass
+class Received:
+    method: str
+    flight_id: int
+    body: dict | None
+    headers: dict
+    # False when the connection was refused: the seed never saw it.
+    arrived: bool = True
+
+
+@dataclass
+class SeedFlightsService:
+    """The seed's Flights Service, in memory. `seats` is its `totalSeats` per flight id."""
+
+    seats: dict[int, int] = field(default_factory=lambda: {1: 120})
+    requests: list[Received] = field(default_factory=list)
+    # Runs once, on the next PATCH that arrives, before the seed applies it (then cleared):
+    # lets "another customer" act between our GET and our PATCH.
+    before_patch: Callable[[dict], None] | None = None
+    # One-shot fault for the next PATCH: "refused" (never arrives, nothing applied) or
+    # "timeout_after_apply" (applied, but the answer never comes back).
+    patch_fault: str | None = None
+    # flight id -> (status, body) answered to GETs instead of the flight.
+    get_failures: dict[int, tuple[int, object]] = field(default_factory=dict)
+
+    # Mock callbacks --------------------------------------------------------------------
+
+    def on_get(self, request: requests.PreparedRequest):
+        flight_id = int(FLIGHT_URL.match(request.url).group(1))
+        self.requests.append(Received("GET", flight_id, None, dict(request.headers)))
+        if flight_id in self.get_failures:
+            status, body = self.get_failures[flight_id]
+            return status, {}, body if isinstance(body, str) else json.dumps(body)
+        if flight_id not in self.seats:
+            return self._error(500, "Cannot fetch data of the flight")
+        return self._ok(self._flight(flight_id, self.seats[flight_id]))
+
+    def on_patch(self, request: requests.PreparedRequest):
+        flight_id = int(SEATS_URL.match(request.url).group(1))
+        body = json.loads(request.body)
+        fault, self.patch_fault = self.patch_fault, None
+        self.requests.append(Received("PATCH", flight_id, body, dict(request.headers), arrived=fault != "refused"))
+        if fault == "refused":
+            raise requests.exceptions.ConnectionError(REFUSED, request=request)
+        hook, self.before_patch = self.before_patch, None
+        if hook:
+            hook(body)
+        if flight_id not in self.seats:
+            return self._error(500, "Cannot update data of the flight")
+        if not body.get("seats"):
+            return self._error(400, ["seats not found in the incoming request in the correct form"])
+        before = self.seats[flight_id]
+        # No check against zero, and the flight answered is the one from before the change.
+        self.seats[flight_id] = before - body["seats"] if _truthy(body.get("dec", True)) else before + body["seats"]
+        if fault == "timeout_after_apply":
+            raise requests.exceptions.ReadTimeout(READ_TIMEOUT, request=request)
+        return self._ok(self._flight(flight_id, before))
+
+    # Seed answers ----------------------------------------------------------------------
+
+    @staticmethod
+    def _flight(flight_id: int, total_seats: int) -> dict:
+        return {
+            "id": flight_id,
+            "flightNumber": "UK808",
+            "airplaneId": 1,
+            "departureAirportId": "BOM",
+            "arrivalAirportId": "DEL",
+            "departureTime": "2027-01-10T10:00:00.000Z",
+            "arrivalTime": "2027-01-10T12:10:00.000Z",
+            "price": 5000,
+            "boardingGate": "12A",
+            "totalSeats": total_seats,
+            "createdAt": "2026-12-01T08:00:00.000Z",
+            "updatedAt": "2026-12-01T08:00:00.000Z",
+        }
+
+    @staticmethod
+    def _ok(data: dict):
+        body = {"success": True, "message": "Successfully completed the request", "data": data, "error": {}}
+        return 200, {}, json.dumps(body)
+
+    @staticmethod
+    def _error(status: int, explanation):
+        body = {
+            "success": False,
+            "message": "Something went wrong",
+            "data": {},
+            "error": {"explanation": explanation, "statusCode": status},
+        }
+        return status, {}, json.dumps(body)
+
+    # For assertions --------------------------------------------------------------------
+
+    def patches(self, *, dec: bool | None = None, arrived_only: bool = False) -> list[dict]:
+        """Bodies of the PATCHes we sent (all attempts, unless `arrived_only`)."""
+        return [
+            r.body
+            for r in self.requests
+            if r.method == "PATCH"
+            and (dec is None or _truthy(r.body.get("dec", True)) == dec)
+            and (r.arrived or not arrived_only)
+        ]
+
+
+def _truthy(value) -> bool:
+    if isinstance(value, str):
+        return value.lower() not in ("", "0", "false")
+    return bool(value)
+
+
+@pytest.fixture
+def seed():
+    fake = SeedFlightsService()
+    _http_gateway.cache_clear()  # The gateway (and its Session) is cached per settings.
+    with (
+        override_settings(FLIGHT_SERVICE_URL=SEED_URL, FLIGHT_SERVICE_TIMEOUT=1.0),
+        responses.RequestsMock(assert_all_requests_are_fired=False) as mock,
+    ):
+        mock.add_callback(responses.GET, FLIGHT_URL, callback=fake.on_get, content_type="application/json")
+        mock.add_callback(responses.PATCH, SEATS_URL, callback=fake.on_patch, content_type="application/json")
+        yield fake
+        # An unmatched request is a ConnectionError "refused by Responses", which the gateway
+        # would read as the service being down: make such a test fail loudly instead.
+        unmatched = [c.request.url for c in mock.calls if "doesn't match any registered mock" in str(c.response)]
+        assert not unmatched, unmatched
+    _http_gateway.cache_clear()
+
+
+def book(client, *, seats: int = 2, flight_id: int = 1):
+    return client.post("/api/v1/bookings", {"flightId": flight_id, "numberOfSeats": seats}, format="json")
+
+
+def cancel(client, booking_id: int):
+    return client.patch(f"/api/v1/bookings/{booking_id}/cancel")
+
+
+def booked(client, seed: SeedFlightsService) -> Booking:
+    """A booking of 2 seats, reserved on the seed (120 -> 118)."""
+    response = book(client)
+    assert response.status_code == 201, response.content
+    assert seed.seats[1] == 118
+    return Booking.objects.get(pk=response.json()["id"])
+
+
+def admin_listing(staff_user, attention: str) -> str:
+    staff_user.user_permissions.add(Permission.objects.get(codename="view_booking"))
+    client = Client()
+    client.force_login(staff_user)
+    response = client.get(f"/admin/bookings/booking/?attention={attention}")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def in_listing(html: str, booking_id: int) -> bool:
+    return f"/admin/bookings/booking/{booking_id}/change/" in html
+
+
+# Happy path ---------------------------------------------------------------------------
+
+
+def test_book_and_cancel_against_the_seed(seed, user_client, user):
+    response = book(user_client)
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["totalCost"] == "10000.00"  # The seed's numeric price 5000, times 2 seats.
+    assert body["status"] == "INITIATED"
+    assert body["userId"] == user.pk
+    booking = Booking.objects.get(pk=body["id"])
+    assert booking.seats_state == Booking.SeatsState.RESERVED
+    assert booking.flight_keeps_holds is False  # The seed's envelope: a service without holds.
+    assert seed.seats[1] == 118
+    # Reserve, then a re-read (the PATCH answered the pre-change flight); our ref rides along.
+    assert [r.method for r in seed.requests] == ["GET", "PATCH", "GET"]
+    assert seed.patches() == [{"seats": 2, "dec": True, "reservation": booking.hold_ref}]
+    assert all(r.headers.get("X-Request-ID") for r in seed.requests)
+
+    response = cancel(user_client, booking.pk)
+
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "CANCELLED"
+    assert response.json()["cancelReason"] == "user"
+    booking.refresh_from_db()
+    assert booking.seats_state == Booking.SeatsState.RELEASED
+    assert booking.seats_released_at is not None
+    assert seed.seats[1] == 120
+    assert seed.patches(dec=False) == [{"seats": 2, "dec": False, "reservation": booking.hold_ref}]
+
+    # Cancelling again answers the same booking and sends nothing: the seed would add seats.
+    again = cancel(user_client, booking.pk)
+    assert again.status_code == 200
+    assert again.json()["id"] == booking.pk and again.json()["status"] == "CANCELLED"
+    assert services.booking_release_seats(booking_id=booking.pk) == 0
+    assert len(seed.patches(dec=False)) == 1
+    assert seed.seats[1] == 120
+
+
+# Unknown flight and the seed's 500s -------------------------------------------------------
+
+
+def test_seed_500_for_an_unknown_flight_is_404(seed, user_client):
+    response = book(user_client, flight_id=999)
+
+    assert_problem(response, 404, "not_found")
+    assert not Booking.objects.exists()
+    assert [(r.method, r.flight_id) for r in seed.requests] == [("GET", 999)]  # 500 is not retried.
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # The seed's envelope, but a real fault (its database is down), not "no such flight".
+        {
+            "success": False,
+            "message": "Something went wrong",
+            "data": {},
+            "error": {"explanation": "connect ECONNREFUSED 127.0.0.1:3306", "statusCode": 500},
+        },
+        "<!DOCTYPE html><html><body><pre>Internal Server Error</pre></body></html>",
+    ],
+    ids=["seed-envelope", "html"],
+)
+def test_any_other_seed_500_is_503(seed, user_client, answer):
+    seed.get_failures[1] = (500, answer)
+
+    response = book(user_client)
+
+    assert_problem(response, 503, "flight_service_unavailable")
+    assert response["Retry-After"]
+    assert not Booking.objects.exists()
+    assert seed.patches() == []
+    assert seed.seats[1] == 120
+
+
+# Not fooled by the pre-change answer ------------------------------------------------------
+
+
+def test_seats_driven_below_zero_are_given_back_and_the_booking_refused(seed, user_client):
+    seed.seats[1] = 2
+
+    def another_customer_takes_one(body):
+        seed.seats[1] -= 1  # Between our GET (2 left) and our PATCH of 2.
+
+    seed.before_patch = another_customer_takes_one
+
+    response = book(user_client)
+
+    # The PATCH answered totalSeats 1 (before ours): only the re-read shows -1.
+    assert_problem(response, 409, "insufficient_seats")
+    assert seed.seats[1] == 1  # Only the other customer's seat is gone; ours came back.
+    booking = Booking.objects.get()
+    assert booking.status == Booking.Status.CANCELLED
+    assert booking.cancel_reason == Booking.CancelReason.RESERVATION_FAILED
+    assert [r.method for r in seed.requests] == ["GET", "PATCH", "GET", "PATCH"]
+    assert [p["dec"] for p in seed.patches()] == [True, False]
+    # The gateway gave the seats back itself and answered a definite refusal, so the saga
+    # records that nothing is held: "none" (not "reserved"/"unconfirmed", which cleanup
+    # would release a second time, nor "reconcile": nothing is left to settle).
+    assert booking.seats_state == Booking.SeatsState.NONE
+    assert booking.release_owed is False
+    assert services.booking_release_seats(booking_id=booking.pk) == 0
+    assert len(seed.patches()) == 2
+    assert seed.seats[1] == 1
+
+
+def test_too_few_seats_by_the_first_read_sends_no_patch(seed, user_client):
+    seed.seats[1] = 1
+
+    response = book(user_client)
+
+    assert_problem(response, 409, "insufficient_seats")
+    assert seed.patches() == []
+    assert not Booking.objects.exists()
+    assert seed.seats[1] == 1
+
+
+def test_reread_failing_after_the_reserve_is_reconcile_not_a_blind_release(seed, user_client):
+    def seed_breaks_after_our_patch(body):
+        seed.get_failures[1] = (500, {"success": False, "data": {}, "error": {"explanation": "boom"}})
+
+    seed.before_patch = seed_breaks_after_our_patch
+
+    response = book(user_client)
+
+    assert_problem(response, 503, "flight_service_unavailable")
+    booking = Booking.objects.get()
+    assert booking.status == Booking.Status.CANCELLED
+    assert booking.seats_state == Booking.SeatsState.RECONCILE
+    assert seed.patches(dec=False) == []
+    assert seed.seats[1] == 118  # Taken; a person settles it.
+
+
+def test_giving_back_seats_past_zero_refused_is_reconcile(seed, user_client):
+    seed.seats[1] = 2
+
+    def another_customer_takes_one_then_the_seed_goes_down(body):
+        seed.seats[1] -= 1
+        seed.patch_fault = "refused"  # For our give-back PATCH.
+
+    seed.before_patch = another_customer_takes_one_then_the_seed_goes_down
+
+    response = book(user_client)
+
+    assert_problem(response, 503, "flight_service_unavailable")
+    booking = Booking.objects.get()
+    assert booking.status == Booking.Status.CANCELLED
+    # Conservative: the gateway reports this as "maybe applied", so nobody resends.
+    assert booking.seats_state == Booking.SeatsState.RECONCILE
+    assert booking.release_owed is False
+    assert seed.seats[1] == -1
+    assert len(seed.patches(dec=False, arrived_only=True)) == 0
+
+
+# Reserve with an unknown or refused outcome -------------------------------------------------
+
+
+def test_reserve_timing_out_after_the_seed_applied_it_is_reconcile(seed, user_client, staff_user):
+    other = booked(user_client, seed)  # Healthy, must not be listed for reconciliation.
+    seed.patch_fault = "timeout_after_apply"
+
+    response = book(user_client)
+
+    assert_problem(response, 503, "flight_service_unavailable")
+    booking = Booking.objects.exclude(pk=other.pk).get()
+    assert booking.status == Booking.Status.CANCELLED
+    assert booking.cancel_reason == Booking.CancelReason.FLIGHT_SERVICE_UNAVAILABLE
+    assert booking.seats_state == Booking.SeatsState.RECONCILE
+    assert booking.flight_service_error
+    assert booking.release_owed is False
+    # The seed keeps no holds: a release after an unknown outcome could create seats.
+    assert seed.patches(dec=False) == []
+    assert seed.seats[1] == 116  # Ours stay taken until a person reconciles.
+    # Neither a later cancel nor a cleanup retry sends a release.
+    assert cancel(user_client, booking.pk).json()["status"] == "CANCELLED"
+    assert services.booking_release_seats(booking_id=booking.pk) == 0
+    assert seed.patches(dec=False) == []
+
+    html = admin_listing(staff_user, "reconcile")
+    assert in_listing(html, booking.pk)
+    assert not in_listing(html, other.pk)
+
+
+def test_reserve_refused_before_arriving_holds_nothing(seed, user_client):
+    seed.patch_fault = "refused"
+
+    response = book(user_client)
+
+    assert_problem(response, 503, "flight_service_unavailable")
+    booking = Booking.objects.get()
+    assert booking.status == Booking.Status.CANCELLED
+    assert booking.seats_state == Booking.SeatsState.NONE
+    assert booking.release_owed is False
+    assert seed.patches(dec=False) == []
+    assert seed.seats[1] == 120
+
+
+def test_a_cancelled_booking_whose_reserve_outcome_was_never_recorded_goes_to_reconcile(seed, user):
+    # A crash between writing the booking and recording the reserve: cleanup sees it owed,
+    # but on the seed we cannot know the seats were taken, so nobody gives them back blindly.
+    booking = Booking.objects.create(
+        user=user,
+        flight_id=1,
+        seats=2,
+        total_cost="10000.00",
+        status=Booking.Status.CANCELLED,
+        seats_state=Booking.SeatsState.UNCONFIRMED,
+        flight_keeps_holds=False,
+        expires_at="2027-01-01T00:00:00Z",
+    )
+
+    assert services.booking_release_seats(booking_id=booking.pk) == 0
+
+    booking.refresh_from_db()
+    assert booking.seats_state == Booking.SeatsState.RECONCILE
+    assert seed.patches() == []
+
+
+# Release with an unknown or refused outcome -------------------------------------------------
+
+
+def test_release_timing_out_is_reconcile_and_never_resent(seed, user_client):
+    booking = booked(user_client, seed)
+    seed.patch_fault = "timeout_after_apply"
+
+    response = cancel(user_client, booking.pk)
+
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "CANCELLED"
+    booking.refresh_from_db()
+    assert booking.seats_state == Booking.SeatsState.RECONCILE
+    assert booking.release_owed is False
+    assert seed.seats[1] == 120  # It did arrive; only a person can tell.
+    assert len(seed.patches(dec=False)) == 1
+
+    assert cancel(user_client, booking.pk).status_code == 200
+    assert services.booking_release_seats(booking_id=booking.pk) == 0
+    assert len(seed.patches(dec=False)) == 1
+    assert seed.seats[1] == 120
+
+
+def test_release_refused_before_arriving_stays_owed_then_goes_through_once(seed, user_client, staff_user):
+    booking = booked(user_client, seed)
+    seed.patch_fault = "refused"
+
+    response = cancel(user_client, booking.pk)
+
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "CANCELLED"
+    booking.refresh_from_db()
+    assert booking.seats_state == Booking.SeatsState.RESERVED  # Provably not sent: retry is safe.
+    assert booking.release_owed is True
+    assert booking.flight_service_error
+    assert seed.seats[1] == 118
+    assert in_listing(admin_listing(staff_user, "release_owed"), booking.pk)
+
+    # The seed is back: cleanup's retry gives the seats back, once.
+    assert services.booking_release_seats(booking_id=booking.pk) == 2
+    assert services.booking_release_seats(booking_id=booking.pk) == 0
+
+    booking.refresh_from_db()
+    assert booking.seats_state == Booking.SeatsState.RELEASED
+    assert seed.seats[1] == 120
+    assert len(seed.patches(dec=False, arrived_only=True)) == 1
+
+
+def test_staff_cancelling_while_the_reserve_is_in_flight_gets_the_seats_back(seed, user_client):
+    def staff_cancels_meanwhile(body):
+        booking_id = int(body["reservation"].removeprefix("booking-"))
+        services.booking_cancel(booking_id=booking_id, reason=Booking.CancelReason.STAFF)
+
+    seed.before_patch = staff_cancels_meanwhile
+
+    book(user_client)
+
+    booking = Booking.objects.get()
+    assert booking.status == Booking.Status.CANCELLED
+    # The seed answered 200 and the re-read showed our seats taken: the outcome is known,
+    # so the saga must give them back (services.py says so), not leave them to a person.
+    assert seed.seats[1] == 120
+    assert booking.seats_state == Booking.SeatsState.RELEASED
+    assert len(seed.patches(dec=False)) == 1
+
+
+# Releases racing --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def owed_booking(seed, user_client) -> Booking:
+    """Cancelled, its seats still taken on the seed, the release owed (the first was refused)."""
+    booking = booked(user_client, seed)
+    seed.patch_fault = "refused"
+    assert cancel(user_client, booking.pk).status_code == 200
+    booking.refresh_from_db()
+    assert booking.release_owed
+    return booking
+
+
+def test_repeated_releases_send_once(seed, owed_booking):
+    sent_before = len(seed.patches())
+
+    results = [services.booking_release_seats(booking_id=owed_booking.pk) for _ in range(2)]
+
+    assert results == [2, 0]
+    assert len(seed.patches()) == sent_before + 1
+    assert seed.seats[1] == 120
+
+
+def test_a_release_while_another_is_in_flight_sends_nothing(seed, owed_booking):
+    sent_before = len(seed.patches())
+    racing: list[int] = []
+    # The second caller (another cleanup host, a staff cancel) runs while our PATCH is on
+    # the wire: the claim taken before sending must stop it.
+    seed.before_patch = lambda body: racing.append(services.booking_release_seats(booking_id=owed_booking.pk))
+
+    first = services.booking_release_seats(booking_id=owed_booking.pk)
+
+    assert (first, racing) == (2, [0])
+    assert len(seed.patches()) == sent_before + 1
+    assert seed.seats[1] == 120
+    owed_booking.refresh_from_db()
+    assert owed_booking.seats_state == Booking.SeatsState.RELEASED
+
+
+def test_the_seeds_400_for_zero_seats_is_a_definite_refusal(seed):
+    # The seed's validation answer: nothing changed, and a retry cannot help.
+    response = requests.patch(f"{SEED_URL}/api/v1/flights/1/seats", json={"seats": 0, "dec": True}, timeout=1)
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "explanation": ["seats not found in the incoming request in the correct form"],
+        "statusCode": 400,
+    }
+
+    with pytest.raises(FlightServiceUnavailable) as refused:
+        HttpFlightGateway(base_url=SEED_URL).reserve_seats(flight_id=1, seats=0, ref="booking-1")
+
+    assert refused.value.maybe_applied is False
+    assert seed.seats[1] == 120
