@@ -30,6 +30,7 @@ from bookings_project.errors import (
     InsufficientSeats,
     NotFound,
     PaymentInProgress,
+    ResourceBusy,
     UserMismatch,
 )
 
@@ -155,7 +156,7 @@ def booking_release_seats(*, booking_id: int, gateway: FlightGateway | None = No
         return _release_without_holds(booking, gateway)
     try:
         change = gateway.release_seats(flight_id=booking.flight_id, seats=booking.seats, ref=booking.hold_ref)
-    except FlightServiceUnavailable as error:
+    except (FlightServiceUnavailable, ResourceBusy) as error:
         logger.warning("booking %s: release failed, left for cleanup: %s", booking.pk, error.detail)
         _record_error(booking, error.detail)
         return 0
@@ -180,8 +181,9 @@ def _release_without_holds(booking: Booking, gateway: FlightGateway) -> int:
         return 0  # Another caller claimed this release.
     try:
         gateway.release_seats(flight_id=booking.flight_id, seats=booking.seats, ref=booking.hold_ref)
-    except FlightServiceUnavailable as error:
-        retry_is_safe = not error.maybe_applied
+    except (FlightServiceUnavailable, ResourceBusy) as error:
+        # Busy is a definite "nothing changed"; an outage may or may not have applied it.
+        retry_is_safe = not getattr(error, "maybe_applied", False)
         _set_seats_state(
             booking,
             expect=SeatsState.RELEASING,

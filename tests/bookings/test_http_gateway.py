@@ -1,0 +1,500 @@
+"""Bookings talking to the Flights API over real HTTP (`HttpFlightGateway`).
+
+The remote service is our own flights API served by pytest-django's `live_server`, so every
+happy-path call is a real HTTP round trip: test client -> booking view -> requests ->
+live_server -> flights view -> database. Faults are injected with `responses` in front of
+that server: registered calls are faked, everything else passes through to the real one.
+Nothing in `bookings` or `flights` is mocked; the only fake is the network.
+
+Call recording: `responses` does not record calls that pass through by prefix
+(`add_passthru`), only calls that hit a registered response. Where a test must see a
+real call (its headers, or that it happened at all), it registers a `PassthroughResponse`,
+which forwards to the live server and is recorded.
+
+After every compensation has run, DESIGN §6 must hold (`assert_bookings_match_ledger`):
+capacity - available == seats of held ledger rows == seats of bookings in state "reserved".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+import pytest
+import requests
+import responses
+from django.test import override_settings
+from responses import matchers
+
+from bookings.flights_gateway import _http_gateway, get_flight_gateway
+from bookings.models import Booking
+from bookings.services import booking_release_seats
+from bookings_project.errors import ReservationConflict
+from flights.models import Flight, SeatHold
+from flights.services import flight_seats_change
+from tests.factories import make_flight
+from tests.helpers import assert_bookings_match_ledger, assert_problem
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+SERVICE_TOKEN = "svc-token-for-tests"
+SEATS = 2
+CAPACITY = 20
+
+# A seat change is told apart by its body: the reserve takes seats, the release gives them back.
+RESERVE = matchers.json_params_matcher({"dec": True}, strict_match=False)
+RELEASE = matchers.json_params_matcher({"dec": False}, strict_match=False)
+
+
+# Fixtures and helpers -------------------------------------------------------------------
+
+
+def _close_cached_gateways() -> None:
+    """Close the current gateway's keep-alive connections to the live server, then forget it.
+
+    Session.close() is not enough with urllib3 2.x: PoolManager.clear() drops its pools
+    without closing them, and a pool kept alive by a logged exception's traceback keeps its
+    socket open. The live server's thread then waits on that socket holding a database
+    connection, and PostgreSQL refuses to drop the test database at the end.
+    """
+    if _http_gateway.cache_info().currsize:
+        session = get_flight_gateway().session
+        for adapter in set(session.adapters.values()):
+            pools = adapter.poolmanager.pools
+            for key in pools.keys():  # noqa: SIM118 (the container refuses iteration)
+                pools[key].close()
+        session.close()
+    _http_gateway.cache_clear()
+
+
+@pytest.fixture
+def remote(live_server):
+    """Bookings configured to reach Flights over HTTP at the live server. Yields its URL.
+
+    override_settings is process-wide, so the live server's thread sees the same token.
+    A short timeout keeps the fault tests fast.
+    """
+    _http_gateway.cache_clear()
+    with override_settings(
+        FLIGHT_SERVICE_URL=live_server.url, FLIGHT_SERVICE_TOKEN=SERVICE_TOKEN, FLIGHT_SERVICE_TIMEOUT=1.0
+    ):
+        yield live_server.url
+        _close_cached_gateways()
+
+
+@pytest.fixture
+def plane(db) -> Flight:
+    return make_flight(capacity=CAPACITY, price="5500.00")
+
+
+def faults(base_url: str) -> responses.RequestsMock:
+    """A `responses` mock where whatever is not registered reaches the live server."""
+    mock = responses.RequestsMock(assert_all_requests_are_fired=False)
+    mock.add_passthru(base_url)
+    return mock
+
+
+def flight_url(base_url: str, flight: Flight) -> str:
+    return f"{base_url}/api/v1/flights/{flight.pk}"
+
+
+def seats_url(base_url: str, flight: Flight) -> str:
+    return f"{base_url}/api/v1/flights/{flight.pk}/seats"
+
+
+def book(client, flight: Flight, seats: int = SEATS, **headers):
+    return client.post("/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": seats}, format="json", **headers)
+
+
+def cancel(client, booking_id: int):
+    return client.patch(f"/api/v1/bookings/{booking_id}/cancel")
+
+
+def only_booking() -> Booking:
+    (booking,) = Booking.objects.all()
+    return booking
+
+
+def applied_then(error: Exception):
+    """A seat-change callback that really applies the change on the Flights side, then
+    loses the answer: the outcome the booking service cannot know."""
+
+    def callback(request):
+        body = json.loads(request.body)
+        flight_id = int(re.search(r"/flights/(\d+)/seats", request.url).group(1))
+        flight_seats_change(
+            flight_id=flight_id, seats=body["seats"], decrease=body["dec"], reservation=body["reservation"]
+        )
+        raise error
+
+    return callback
+
+
+def assert_untouched(flight: Flight) -> None:
+    flight.refresh_from_db()
+    assert flight.available_seats == flight.capacity
+    assert not SeatHold.objects.filter(flight=flight).exists()
+
+
+# 1. End to end over real HTTP -------------------------------------------------------------
+
+
+def test_book_and_cancel_over_http(remote, user_client, plane):
+    response = book(user_client, plane)
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["status"], body["numberOfSeats"], body["totalCost"]) == ("INITIATED", SEATS, "11000.00")
+    booking = Booking.objects.get(pk=body["id"])
+    assert booking.seats_state == Booking.SeatsState.RESERVED
+    assert booking.flight_keeps_holds  # Our service answers with its hold.
+    plane.refresh_from_db()
+    assert plane.available_seats == CAPACITY - SEATS
+    hold = SeatHold.objects.get(ref=f"booking-{booking.pk}")
+    assert (hold.flight_id, hold.seats, hold.state) == (plane.pk, SEATS, SeatHold.State.HELD)
+    assert_bookings_match_ledger(plane)
+
+    cancelled = cancel(user_client, booking.pk)
+
+    assert cancelled.status_code == 200, cancelled.content
+    assert (cancelled.json()["status"], cancelled.json()["cancelReason"]) == ("CANCELLED", "user")
+    booking.refresh_from_db()
+    assert booking.seats_state == Booking.SeatsState.RELEASED and not booking.release_owed
+    hold.refresh_from_db()
+    assert hold.state == SeatHold.State.RELEASED
+    plane.refresh_from_db()
+    assert plane.available_seats == CAPACITY
+    assert_bookings_match_ledger(plane)
+
+    # Cancelling again answers the same booking and gives nothing back a second time.
+    again = cancel(user_client, booking.pk)
+
+    assert again.status_code == 200
+    assert again.json() == cancelled.json()
+    plane.refresh_from_db()
+    assert plane.available_seats == CAPACITY
+    assert_bookings_match_ledger(plane)
+
+
+def test_request_id_and_service_token_reach_the_flights_service(remote, user_client, plane):
+    # PassthroughResponse forwards to the live server *and* records the call.
+    with faults(remote) as rsps:
+        get = rsps.add(responses.PassthroughResponse(responses.GET, flight_url(remote, plane)))
+        change = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane)))
+        created = book(user_client, plane, HTTP_X_REQUEST_ID="trace-create-1")
+        cancelled = user_client.patch(
+            f"/api/v1/bookings/{created.json()['id']}/cancel", HTTP_X_REQUEST_ID="trace-cancel-2"
+        )
+        calls = list(rsps.calls)  # The mock forgets its calls on exit.
+
+    assert (created.status_code, cancelled.status_code) == (201, 200)
+    assert created["X-Request-ID"] == "trace-create-1"
+    assert (get.call_count, change.call_count) == (1, 2)  # GET; reserve + release.
+    expected_ids = ["trace-create-1", "trace-create-1", "trace-cancel-2"]
+    assert [call.request.method for call in calls] == ["GET", "PATCH", "PATCH"]
+    for call, request_id in zip(calls, expected_ids, strict=True):
+        assert call.request.headers["Authorization"] == f"Bearer {SERVICE_TOKEN}"
+        assert call.request.headers["X-Request-ID"] == request_id
+        # The flights service echoes the id it received: proof that it arrived.
+        assert call.response.headers["X-Request-ID"] == request_id
+    plane.refresh_from_db()
+    assert plane.available_seats == CAPACITY
+    assert_bookings_match_ledger(plane)
+
+
+def test_outbound_calls_outside_a_request_get_a_fresh_request_id(remote, user_client, plane):
+    # Cleanup runs outside any request: each call still carries an id, and the token.
+    booking_id = book(user_client, plane).json()["id"]
+    with faults(remote) as rsps:
+        refused = requests.exceptions.ConnectionError("Connection refused")
+        rsps.add(responses.PATCH, seats_url(remote, plane), body=refused)
+        assert cancel(user_client, booking_id).status_code == 200
+    with faults(remote) as rsps:
+        change = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane)))
+        assert booking_release_seats(booking_id=booking_id) == SEATS
+
+    (call,) = change.calls
+    assert call.request.headers["Authorization"] == f"Bearer {SERVICE_TOKEN}"
+    assert re.fullmatch(r"[0-9a-f]{32}", call.request.headers["X-Request-ID"])
+    assert call.response.headers["X-Request-ID"] == call.request.headers["X-Request-ID"]
+
+
+# 2. Faults --------------------------------------------------------------------------------
+
+THIS, OTHER = "<this flight's id>", "<another flight's id>"  # Filled in per test.
+
+# Reading the flight fails: nothing may be written or taken. `calls` is how many GETs the
+# gateway may send: 1 + 2 retries for 502/503/504 (responses replays urllib3's Retry for
+# statuses; it does not replay connection-level retries, so those show one call here).
+GET_FAULTS = [
+    pytest.param({"body": requests.exceptions.ConnectionError("Connection refused")}, 1, id="refused"),
+    pytest.param({"body": requests.exceptions.ReadTimeout("read timed out")}, 1, id="read-timeout"),
+    pytest.param({"status": 503, "json": {"detail": "down"}}, 3, id="503-retried-twice"),
+    pytest.param({"status": 502, "body": "bad gateway"}, 3, id="502-retried-twice"),
+    pytest.param({"status": 504, "body": "gateway timeout"}, 3, id="504-retried-twice"),
+    pytest.param({"status": 500, "json": {"detail": "boom"}}, 1, id="500-not-retried"),
+    pytest.param({"status": 200, "body": "<html>not json</html>", "content_type": "text/html"}, 1, id="not-json"),
+    pytest.param({"status": 200, "json": {"flightNumber": "UK1"}}, 1, id="missing-fields"),
+    pytest.param({"status": 200, "json": {"id": THIS, "price": "5500.00", "totalSeats": "20"}}, 1, id="bad-types"),
+    pytest.param({"status": 200, "json": {"id": OTHER, "price": "5500.00", "totalSeats": 20}}, 1, id="other-flight"),
+]
+
+
+@pytest.mark.parametrize(("fault", "calls"), GET_FAULTS)
+def test_flight_read_fails_answers_503_and_writes_nothing(remote, user_client, plane, fault, calls):
+    if isinstance(fault.get("json"), dict) and fault["json"].get("id") in (THIS, OTHER):
+        ids = {THIS: plane.pk, OTHER: plane.pk + 1000}
+        fault = {**fault, "json": {**fault["json"], "id": ids[fault["json"]["id"]]}}
+    with faults(remote) as rsps:
+        get = rsps.add(responses.GET, flight_url(remote, plane), **fault)
+        change = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane)))
+        response = book(user_client, plane)
+
+    assert_problem(response, 503, "flight_service_unavailable")
+    assert response["Retry-After"] == "5"
+    assert get.call_count == calls  # Retries are bounded.
+    assert change.call_count == 0
+    assert not Booking.objects.exists()
+    assert_untouched(plane)
+
+
+def test_reserve_applied_but_answer_lost_is_released(remote, user_client, plane):
+    with faults(remote) as rsps:
+        reserve = rsps.add_callback(
+            responses.PATCH,
+            seats_url(remote, plane),
+            callback=applied_then(requests.exceptions.ReadTimeout("read timed out")),
+            match=[RESERVE],
+        )
+        release = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane), match=[RELEASE]))
+        response = book(user_client, plane)
+
+    assert_problem(response, 503, "flight_service_unavailable")
+    assert response["Retry-After"] == "5"
+    assert reserve.call_count == 1  # A seat change is never resent blindly.
+    assert release.call_count == 1
+    booking = only_booking()
+    assert booking.status == Booking.Status.CANCELLED
+    assert booking.cancel_reason == Booking.CancelReason.FLIGHT_SERVICE_UNAVAILABLE
+    assert booking.seats_state == Booking.SeatsState.RELEASED and not booking.release_owed
+    hold = SeatHold.objects.get(ref=booking.hold_ref)
+    assert (hold.seats, hold.state) == (SEATS, SeatHold.State.RELEASED)
+    plane.refresh_from_db()
+    assert plane.available_seats == CAPACITY
+    assert_bookings_match_ledger(plane)
+
+
+# The reserve never took effect: one PATCH only (never retried, whatever the status), then a
+# release by reference that moves nothing but leaves a tombstone against a late reserve.
+RESERVE_NOT_APPLIED = [
+    pytest.param({"status": 502, "body": "bad gateway"}, id="502"),
+    pytest.param({"status": 503, "json": {"detail": "down"}}, id="503"),
+    pytest.param({"status": 504, "body": "gateway timeout"}, id="504"),
+    pytest.param({"body": requests.exceptions.ReadTimeout("read timed out")}, id="read-timeout"),
+    pytest.param({"body": requests.exceptions.ConnectionError("Connection refused")}, id="refused"),
+]
+
+
+@pytest.mark.parametrize("fault", RESERVE_NOT_APPLIED)
+def test_reserve_fails_is_never_retried_and_leaves_a_tombstone(remote, user_client, plane, fault):
+    with faults(remote) as rsps:
+        reserve = rsps.add(responses.PATCH, seats_url(remote, plane), match=[RESERVE], **fault)
+        release = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane), match=[RELEASE]))
+        response = book(user_client, plane)
+
+    assert_problem(response, 503, "flight_service_unavailable")
+    assert reserve.call_count == 1
+    assert release.call_count == 1
+    assert release.calls[0].response.status_code == 200
+    booking = only_booking()
+    assert (booking.status, booking.seats_state) == (Booking.Status.CANCELLED, Booking.SeatsState.RELEASED)
+    tombstone = SeatHold.objects.get(ref=booking.hold_ref)
+    assert (tombstone.seats, tombstone.state) == (0, SeatHold.State.RELEASED)
+    plane.refresh_from_db()
+    assert plane.available_seats == CAPACITY
+    assert_bookings_match_ledger(plane)
+
+    # The reserve arriving late (a slow proxy delivering it after all) is refused.
+    with pytest.raises(ReservationConflict):
+        flight_seats_change(flight_id=plane.pk, seats=SEATS, decrease=True, reservation=booking.hold_ref)
+    assert_bookings_match_ledger(plane)
+
+
+def test_reserve_refused_answers_409_and_sends_no_release(remote, user_client, plane):
+    refusal = {
+        "type": "https://flight-bookings.example/problems/insufficient_seats",
+        "title": "Not enough seats",
+        "status": 409,
+        "detail": "Only 1 seat left.",
+        "code": "insufficient_seats",
+    }
+    with faults(remote) as rsps:
+        reserve = rsps.add(
+            responses.PATCH,
+            seats_url(remote, plane),
+            status=409,
+            json=refusal,
+            content_type="application/problem+json",
+            match=[RESERVE],
+        )
+        release = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane), match=[RELEASE]))
+        response = book(user_client, plane)
+
+    assert_problem(response, 409, "insufficient_seats")
+    assert reserve.call_count == 1
+    assert release.call_count == 0  # A definite no: nothing to give back.
+    booking = only_booking()
+    assert booking.status == Booking.Status.CANCELLED
+    assert booking.cancel_reason == Booking.CancelReason.RESERVATION_FAILED
+    assert booking.seats_state == Booking.SeatsState.NONE and not booking.release_owed
+    assert_untouched(plane)  # Not even a tombstone: no release reached the service.
+    assert_bookings_match_ledger(plane)
+
+
+def test_reserve_and_release_both_fail_then_cleanup_gives_seats_back(remote, user_client, plane):
+    with faults(remote) as rsps:
+        reserve = rsps.add_callback(
+            responses.PATCH,
+            seats_url(remote, plane),
+            callback=applied_then(requests.exceptions.ReadTimeout("read timed out")),
+            match=[RESERVE],
+        )
+        release = rsps.add(
+            responses.PATCH,
+            seats_url(remote, plane),
+            body=requests.exceptions.ConnectionError("Connection refused"),
+            match=[RELEASE],
+        )
+        response = book(user_client, plane)
+
+    assert_problem(response, 503, "flight_service_unavailable")
+    assert (reserve.call_count, release.call_count) == (1, 1)
+    booking = only_booking()
+    assert booking.status == Booking.Status.CANCELLED
+    assert booking.seats_state == Booking.SeatsState.UNCONFIRMED and booking.release_owed
+    assert booking.flight_service_error  # Recorded for ops.
+    plane.refresh_from_db()
+    assert plane.available_seats == CAPACITY - SEATS  # Taken by the reserve whose answer was lost.
+    assert SeatHold.objects.get(ref=booking.hold_ref).state == SeatHold.State.HELD
+
+    # The service is back (no more faults): cleanup finishes the job, exactly once.
+    assert booking_release_seats(booking_id=booking.pk) == SEATS
+    booking.refresh_from_db()
+    assert booking.seats_state == Booking.SeatsState.RELEASED and not booking.release_owed
+    assert_bookings_match_ledger(plane)
+    assert plane.available_seats == CAPACITY
+
+    assert booking_release_seats(booking_id=booking.pk) == 0
+    assert_bookings_match_ledger(plane)
+    assert plane.available_seats == CAPACITY
+
+
+def test_release_fails_after_cancel_then_cleanup_gives_seats_back(remote, user_client, plane):
+    created = book(user_client, plane)
+    assert created.status_code == 201, created.content
+    booking_id = created.json()["id"]
+
+    with faults(remote) as rsps:
+        release = rsps.add(
+            responses.PATCH,
+            seats_url(remote, plane),
+            body=requests.exceptions.ConnectionError("Connection refused"),
+            match=[RELEASE],
+        )
+        response = cancel(user_client, booking_id)
+
+    # The customer's cancel succeeds; the seats are owed, for cleanup.
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "CANCELLED"
+    assert release.call_count == 1
+    booking = Booking.objects.get(pk=booking_id)
+    assert booking.seats_state == Booking.SeatsState.RESERVED and booking.release_owed
+    plane.refresh_from_db()
+    assert plane.available_seats == CAPACITY - SEATS
+    assert_bookings_match_ledger(plane)  # Still held on both sides: consistent, just owed.
+
+    assert booking_release_seats(booking_id=booking_id) == SEATS
+    booking.refresh_from_db()
+    assert booking.seats_state == Booking.SeatsState.RELEASED and not booking.release_owed
+    assert_bookings_match_ledger(plane)
+    assert plane.available_seats == CAPACITY
+
+    assert booking_release_seats(booking_id=booking_id) == 0
+    assert_bookings_match_ledger(plane)
+    assert plane.available_seats == CAPACITY
+
+
+def test_release_refused_as_busy_stays_owed_for_cleanup(remote, user_client, plane):
+    created = book(user_client, plane)
+    assert created.status_code == 201, created.content
+    booking_id = created.json()["id"]
+    busy = {
+        "type": "https://flight-bookings.example/problems/resource_busy",
+        "title": "Resource busy",
+        "status": 409,
+        "detail": "Another request holds this resource. Retry shortly.",
+        "code": "resource_busy",
+    }
+
+    # The flight's row lock was held too long on the Flights side: nothing changed there.
+    with faults(remote) as rsps:
+        rsps.add(
+            responses.PATCH,
+            seats_url(remote, plane),
+            status=409,
+            json=busy,
+            headers={"Retry-After": "1"},
+            content_type="application/problem+json",
+            match=[RELEASE],
+        )
+        response = cancel(user_client, booking_id)
+
+    assert response.status_code == 200, response.content
+    booking = Booking.objects.get(pk=booking_id)
+    assert booking.seats_state == Booking.SeatsState.RESERVED and booking.release_owed  # Retry later, not ops.
+    assert booking_release_seats(booking_id=booking_id) == SEATS
+    assert_bookings_match_ledger(plane)
+    assert plane.available_seats == CAPACITY
+
+
+# 3. Readiness ------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    """A local port nobody listens on: connections to it are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_readyz_checks_the_flights_service(remote, client):
+    response = client.get("/readyz")
+
+    assert response.status_code == 200, response.content
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "flights": "ok"}}
+
+
+def test_readyz_fails_when_flights_refuses_connections(remote, client):
+    with override_settings(FLIGHT_SERVICE_URL=f"http://127.0.0.1:{_closed_port()}"):
+        response = client.get("/readyz")
+        _close_cached_gateways()
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "checks": {"database": "ok", "flights": "failing"}}
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"body": requests.exceptions.ConnectionError("Connection refused")}, id="refused"),
+        pytest.param({"status": 503, "body": "down"}, id="503"),
+    ],
+)
+def test_readyz_fails_when_flights_is_down(remote, client, fault):
+    with faults(remote) as rsps:
+        rsps.add(responses.GET, f"{remote}/api/v1/flights", **fault)
+        response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "ok", "flights": "failing"}
