@@ -1,5 +1,11 @@
-"""Assertions shared by the tests."""
+"""Assertions and concurrency tools shared by the tests."""
 
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from django.db import connections, transaction
 from django.db.models import Sum
 
 from flights.models import Flight, SeatHold
@@ -37,3 +43,43 @@ def assert_bookings_match_ledger(flight: Flight) -> None:
         or 0
     )
     assert flight.capacity - flight.available_seats == reserved, (flight.capacity, flight.available_seats, reserved)
+
+
+def race(count: int, task: Callable[[int], object]) -> list:
+    """Run `task(i)` in `count` threads released at the same moment, each with its own
+    database connection (closed afterwards), as concurrent requests on app workers are."""
+    start = threading.Barrier(count)
+
+    def run(index):
+        try:
+            start.wait()
+            return task(index)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+@contextlib.contextmanager
+def flight_row_locked(flight: Flight) -> Iterator[None]:
+    """Another transaction holds the flight's row lock for the duration of the block."""
+    locked, done = threading.Event(), threading.Event()
+
+    def hold_the_row():
+        try:
+            with transaction.atomic():
+                Flight.objects.select_for_update().get(pk=flight.pk)
+                locked.set()
+                done.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        yield
+    finally:
+        done.set()
+        holder.join()

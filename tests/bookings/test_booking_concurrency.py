@@ -14,8 +14,7 @@ from rest_framework.test import APIClient
 
 from bookings.models import Booking
 from tests.factories import make_flight
-from tests.flights.test_seat_concurrency import _race
-from tests.helpers import assert_bookings_match_ledger
+from tests.helpers import assert_bookings_match_ledger, race
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -36,7 +35,7 @@ def test_hundred_customers_race_for_thirty_seats():
         response = client.post("/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": 1}, format="json")
         return response.status_code, response.json().get("code")
 
-    answers = Counter(_race(CUSTOMERS, book))
+    answers = Counter(race(CUSTOMERS, book))
 
     assert answers == {(201, None): SEATS, (409, "insufficient_seats"): CUSTOMERS - SEATS}, answers
     holding = Booking.objects.filter(flight_id=flight.pk, seats_state=Booking.SeatsState.RESERVED)

@@ -10,7 +10,7 @@ rest to cleanup) the booking is marked for it and `booking_release_seats` finish
 import threading
 
 import pytest
-from django.db import OperationalError, connections, transaction
+from django.db import OperationalError
 from django.test import override_settings
 
 from bookings.models import Booking
@@ -22,9 +22,9 @@ from bookings_project.errors import (
 )
 from flights import selectors as flight_selectors
 from flights import services as flight_services
-from flights.models import Flight, SeatHold
+from flights.models import SeatHold
 from tests.factories import make_flight
-from tests.helpers import assert_bookings_match_ledger, assert_problem
+from tests.helpers import assert_bookings_match_ledger, assert_problem, flight_row_locked
 
 pytestmark = pytest.mark.django_db
 
@@ -223,26 +223,8 @@ def test_cleanup_finds_cancelled_bookings_that_owe_seats(user, flight, monkeypat
 @override_settings(LOCK_TIMEOUT_MS=200)
 def test_flight_row_locked_elsewhere_is_a_definite_refusal(user):
     flight = make_flight(capacity=5)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_lock():
-        try:
-            with transaction.atomic():
-                Flight.objects.select_for_update().get(pk=flight.pk)
-                locked.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold_the_lock)
-    holder.start()
-    try:
-        assert locked.wait(10)
-        with pytest.raises(ResourceBusy):
-            booking_create(user=user, flight_id=flight.pk, seats=1)
-    finally:
-        release.set()
-        holder.join()
+    with flight_row_locked(flight), pytest.raises(ResourceBusy):
+        booking_create(user=user, flight_id=flight.pk, seats=1)
 
     booking = Booking.objects.get()
     assert (booking.status, booking.cancel_reason, booking.seats_state) == ("CANCELLED", "reservation_failed", "none")

@@ -8,10 +8,8 @@ control and the lock timeout are about PostgreSQL's row locks and run only there
 
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connections, transaction
 from django.test import override_settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -19,27 +17,12 @@ from rest_framework.test import APIClient
 from flights import services
 from flights.models import Flight, SeatHold
 from tests.factories import make_flight
-from tests.helpers import assert_ledger_invariant
+from tests.helpers import assert_ledger_invariant, flight_row_locked, race
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 THREADS = 50
 SEATS = 20
-
-
-def _race(count: int, task) -> list:
-    """Run `task(i)` in `count` threads released at the same moment; close their connections."""
-    start = threading.Barrier(count)
-
-    def run(index):
-        try:
-            start.wait()
-            return task(index)
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(run, range(count)))
 
 
 def _take_one_seat(staff_user, flight, reservation=None) -> list:
@@ -55,7 +38,7 @@ def _take_one_seat(staff_user, flight, reservation=None) -> list:
         response = client.patch(f"/api/v1/flights/{flight.pk}/seats", body, format="json")
         return response.status_code, response.json().get("code")
 
-    return _race(THREADS, task)
+    return race(THREADS, task)
 
 
 def test_fifty_clients_taking_one_seat_of_twenty(staff_user):
@@ -116,7 +99,7 @@ def test_control_without_the_row_lock_the_race_test_catches_overselling(monkeypa
         except Exception as error:
             return type(error).__name__
 
-    results = Counter(_race(THREADS, task))
+    results = Counter(race(THREADS, task))
 
     flight.refresh_from_db()
     assert results["ok"] > SEATS  # oversold: the exact-count assertion would fail
@@ -128,25 +111,8 @@ def test_control_without_the_row_lock_the_race_test_catches_overselling(monkeypa
 def test_a_lock_wait_that_runs_out_answers_409_with_retry_after(staff_client):
     """A row held locked elsewhere: the request gives up after LOCK_TIMEOUT_MS, not hangs."""
     flight = make_flight(capacity=SEATS)
-    locked, done = threading.Event(), threading.Event()
-
-    def hold_the_row():
-        try:
-            with transaction.atomic():
-                Flight.objects.select_for_update().get(pk=flight.pk)
-                locked.set()
-                done.wait(10)
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with flight_row_locked(flight):
         response = staff_client.patch(f"/api/v1/flights/{flight.pk}/seats", {"seats": 1}, format="json")
-    finally:
-        done.set()
-        holder.join()
 
     assert response.status_code == 409
     assert response.json()["code"] == "resource_busy"
