@@ -4,7 +4,7 @@ import django_filters
 from django import forms
 
 from bookings.models import Booking
-from bookings.serializers import MAX_ID
+from bookings_project.openapi import MAX_ID
 
 
 class IdFilter(django_filters.NumberFilter):

@@ -12,9 +12,11 @@ Both raise only domain errors: `NotFound`, `InsufficientSeats`, `ReservationConf
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
@@ -95,22 +97,16 @@ class InProcessFlightGateway:
         return True  # It is the database, which /readyz checks already.
 
 
-class _database_errors_as_unavailable:
+@contextlib.contextmanager
+def _database_errors_as_unavailable(*, maybe_applied: bool) -> Iterator[None]:
     """Lock waits that ran out are a definite refusal; other database failures are unknown."""
-
-    def __init__(self, *, maybe_applied: bool) -> None:
-        self.maybe_applied = maybe_applied
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None or not isinstance(exc, OperationalError):
-            return False
-        if is_lock_contention(exc):
-            raise ResourceBusy("The flight is busy with other bookings. Retry shortly.") from exc
-        logger.error("flights (in process): database failure: %s", exc)
-        raise FlightServiceUnavailable(maybe_applied=self.maybe_applied) from exc
+    try:
+        yield
+    except OperationalError as error:
+        if is_lock_contention(error):
+            raise ResourceBusy("The flight is busy with other bookings. Retry shortly.") from error
+        logger.error("flights (in process): database failure: %s", error)
+        raise FlightServiceUnavailable(maybe_applied=maybe_applied) from error
 
 
 class HttpFlightGateway:

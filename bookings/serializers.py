@@ -5,8 +5,7 @@ from rest_framework import serializers
 
 from bookings.models import Booking
 from bookings_project.fields import StrictIntegerField
-
-MAX_ID = 10**18 - 1  # Ids are bigints; a larger one cannot exist and never reaches the database.
+from bookings_project.openapi import MAX_ID
 
 
 class BookingSerializer(serializers.ModelSerializer):
@@ -86,7 +85,3 @@ class BookingCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError({"noOfSeats": "Must equal numberOfSeats when both are given."})
         attrs["numberOfSeats"] = seats if seats is not None else alias
         return attrs
-
-
-class BookingCancellationSerializer(serializers.Serializer):
-    """Schema only: cancel takes no body."""

@@ -7,6 +7,11 @@ from rest_framework import serializers
 
 from bookings_project.errors import PROBLEM_CONTENT_TYPE
 
+# Ids are 64-bit integers: a longer one cannot exist, so it is refused in the URL (404) or
+# in a body (400) before it reaches the database, where SQLite and PostgreSQL would fail differently.
+ID_PATTERN = "[0-9]{1,18}"
+MAX_ID = 10**18 - 1
+
 ID_PATH_PARAMETER = OpenApiParameter(
     "id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The resource's integer id."
 )

@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse
 
 HEADER = "X-Request-ID"
 # Anything else from a client is replaced: the id ends up in logs and outbound headers.
-_ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_ACCEPTABLE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _current: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
@@ -27,7 +27,7 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         incoming = request.headers.get(HEADER, "")
-        value = incoming if _ACCEPTABLE.match(incoming) else uuid.uuid4().hex
+        value = incoming if _ACCEPTABLE.fullmatch(incoming) else uuid.uuid4().hex
         request.request_id = value
         token = _current.set(value)
         try:

@@ -6,7 +6,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from bookings_project.openapi import ID_PATH_PARAMETER, problem, problem_responses
+from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
 from flights import selectors, services
 from flights.permissions import IsStaffForWrites, IsStaffOrServiceForWrites
 from flights.serializers import (
@@ -16,8 +16,6 @@ from flights.serializers import (
     SeatHoldSerializer,
     SeatsChangeSerializer,
 )
-
-ID_PATTERN = "[0-9]{1,18}"  # Larger ids cannot exist; refusing them in the URL keeps them off the database.
 
 SEED_FLIGHT_EXAMPLE = {
     "id": 123,
