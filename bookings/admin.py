@@ -5,6 +5,23 @@ from django.http import HttpRequest
 from bookings import services
 from bookings.models import Booking
 from bookings_project.errors import DomainError
+from payments.models import Payment
+
+
+class PaymentInline(admin.TabularInline):
+    model = Payment
+    extra = 0
+    can_delete = False
+    fields = ["id", "status", "amount", "currency", "gateway_reference", "attempts", "created_at", "refunded_at"]
+    readonly_fields = fields
+    ordering = ["-created_at"]
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
 
 
 class NeedsAttentionFilter(admin.SimpleListFilter):
@@ -46,6 +63,7 @@ class BookingAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ["-created_at", "-id"]
     actions = ["cancel_selected"]
+    inlines = [PaymentInline]
     # Money, state and the saga's record change only through the services, never by hand.
     readonly_fields = [
         "user",
@@ -70,7 +88,7 @@ class BookingAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False  # Deleting a booking would strand its seats; cancel it instead.
 
-    @admin.action(description="Cancel selected bookings", permissions=["change"])
+    @admin.action(description="Cancel selected bookings (refunding paid ones)", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Booking]) -> None:
         cancelled = seats = 0
         refused: list[str] = []

@@ -109,37 +109,47 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
 def booking_cancel(*, booking_id: int, reason: str = CancelReason.USER) -> Cancellation:
     """Cancel (a no-op if already cancelled), then give the seats back outside the lock.
 
-    A release that fails leaves the booking cancelled with its seats owed; cleanup retries.
+    A BOOKED booking is refunded first, outside any transaction; a refund that fails raises
+    `PaymentGatewayUnavailable` and leaves the booking BOOKED. A release that fails leaves
+    the booking cancelled with its seats owed; cleanup retries.
     """
-    booking = Booking.objects.filter(pk=booking_id).first()
-    if booking is None:
-        raise NotFound(f"Booking {booking_id} does not exist.")
-    if booking.status == Status.BOOKED:
-        _refund_before_cancel(booking)
+    from payments import selectors as payment_selectors
+    from payments import services as payment_services
 
-    with transaction.atomic():
-        bound_lock_wait()
-        booking = Booking.objects.select_for_update().get(pk=booking_id)
-        if booking.status == Status.PENDING:
-            raise PaymentInProgress(f"Booking {booking_id} has a payment in progress; cancel it once that is done.")
-        if booking.status != Status.CANCELLED:
-            booking.status = Status.CANCELLED
-            booking.cancel_reason = reason
-            booking.cancelled_at = timezone.now()
-            booking.save(update_fields=["status", "cancel_reason", "cancelled_at", "updated_at"])
+    # Twice at most: a booking seen unpaid may be paid before the lock is taken.
+    for _ in range(2):
+        booking = Booking.objects.filter(pk=booking_id).first()
+        if booking is None:
+            raise NotFound(f"Booking {booking_id} does not exist.")
+        if booking.status == Status.BOOKED:
+            payment_services.payment_refund_for_booking(booking_id=booking_id)
 
-    released = booking_release_seats(booking_id=booking_id) if booking.release_owed else 0
+        with transaction.atomic():
+            bound_lock_wait()
+            booking = Booking.objects.select_for_update().get(pk=booking_id)
+            if booking.status == Status.PENDING:
+                raise PaymentInProgress(f"Booking {booking_id} has a payment in progress; cancel it once that is done.")
+            if booking.status == Status.BOOKED and payment_selectors.booking_has_standing_charge(booking_id=booking_id):
+                continue  # Paid since we looked: refund that payment first.
+            if booking.status != Status.CANCELLED:
+                booking.status = Status.CANCELLED
+                booking.cancel_reason = reason
+                booking.cancelled_at = timezone.now()
+                booking.save(update_fields=["status", "cancel_reason", "cancelled_at", "updated_at"])
+        released = booking_release_seats(booking_id=booking_id) if booking.release_owed else 0
+        booking.refresh_from_db()
+        return Cancellation(booking=booking, seats_released=released)
+    raise ResourceBusy(f"Booking {booking_id} changed while it was being cancelled. Retry shortly.")
+
+
+def booking_expire(*, booking: Booking) -> bool:
+    """Cancel an unpaid booking whose hold ran out. Call it holding the booking's row lock,
+    then release its seats after the commit. True if this call cancelled it."""
+    if booking.status != Status.INITIATED or timezone.now() < booking.expires_at:
+        return False
+    _cancel(booking, CancelReason.EXPIRED)
     booking.refresh_from_db()
-    return Cancellation(booking=booking, seats_released=released)
-
-
-def _refund_before_cancel(booking: Booking) -> None:
-    """The one place where cancelling a BOOKED booking gives its money back.
-
-    The payments issue refunds the booking's payment here, through the gateway,
-    idempotently and outside any transaction; a refund that fails raises and leaves the
-    booking BOOKED. Until payments exist no booking has been charged, so nothing to do.
-    """
+    return booking.status == Status.CANCELLED
 
 
 def booking_release_seats(*, booking_id: int, gateway: FlightGateway | None = None) -> int:

@@ -38,6 +38,12 @@ class DomainError(Exception):
             self.retry_after = retry_after
         super().__init__(self.detail)
 
+    @property
+    def invites_retry(self) -> bool:
+        """The same request may succeed later (busy, in progress, a dependency down): such
+        answers carry Retry-After, and an idempotency key never stores them (DESIGN §3.4)."""
+        return self.retry_after is not None
+
 
 class NotFound(DomainError):
     status, code, title = 404, "not_found", "Not found"
@@ -96,6 +102,60 @@ class PaymentInProgress(DomainError):
     status, code, title = 409, "payment_in_progress", "Payment in progress"
     default_detail = "A payment for this booking is in progress. Retry once it has finished."
     retry_after = 5
+
+
+class BookingExpired(DomainError):
+    status, code, title = 409, "booking_expired", "Booking expired"
+    default_detail = "The booking's hold ran out before it was paid; it has been cancelled and its seats released."
+
+
+class BookingNotPayable(DomainError):
+    status, code, title = 409, "booking_not_payable", "Booking not payable"
+    default_detail = "The booking is already paid or cancelled."
+
+
+class AmountMismatch(DomainError):
+    status, code, title = 422, "amount_mismatch", "Amount mismatch"
+    default_detail = "The amount differs from the booking's totalCost."
+
+
+class PaymentDeclined(DomainError):
+    status, code, title = 402, "payment_declined", "Payment declined"
+    default_detail = "The payment gateway declined the payment. Pay again with a new Idempotency-Key."
+
+
+class PaymentGatewayUnavailable(DomainError):
+    """The payment gateway gave no definite answer, or refused our request.
+
+    `maybe_charged` says whether money may have been taken anyway: false only when the
+    request provably never reached the gateway or the gateway refused it outright.
+    """
+
+    status, code, title = 503, "payment_gateway_unavailable", "Payment gateway unavailable"
+    default_detail = (
+        "The payment gateway is unavailable or did not answer in time. Retry with the same Idempotency-Key."
+    )
+    retry_after = 5
+
+    def __init__(self, detail: str | None = None, *, maybe_charged: bool = True) -> None:
+        super().__init__(detail)
+        self.maybe_charged = maybe_charged
+
+
+class IdempotencyKeyMissing(DomainError):
+    status, code, title = 400, "idempotency_key_missing", "Idempotency-Key missing"
+    default_detail = "Send an Idempotency-Key header (x-idempotency-key is accepted too) with every payment."
+
+
+class IdempotencyKeyInUse(DomainError):
+    status, code, title = 409, "idempotency_key_in_use", "Idempotency-Key in use"
+    default_detail = "A request with this Idempotency-Key is still running. Retry shortly for its answer."
+    retry_after = 1
+
+
+class IdempotencyKeyReused(DomainError):
+    status, code, title = 422, "idempotency_key_reused", "Idempotency-Key reused"
+    default_detail = "This Idempotency-Key was used with a different request body. Use a new key."
 
 
 class InvalidCredentials(DomainError):

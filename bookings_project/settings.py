@@ -206,8 +206,30 @@ FLIGHT_SERVICE_TIMEOUT = env.float("FLIGHT_SERVICE_TIMEOUT", default=5.0)
 BOOKING_HOLD_MINUTES = env.int("BOOKING_HOLD_MINUTES", default=10)
 MAX_SEATS_PER_BOOKING = env.int("MAX_SEATS_PER_BOOKING", default=10)
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
-PAYMENT_GATEWAY = env.str("PAYMENT_GATEWAY", default="simulated")
 CURRENCY = env.str("CURRENCY", default="INR")
+
+# Payment gateway (DESIGN §3.4): `simulated` (default) or `http` (a generic JSON gateway,
+# contract in the README).
+PAYMENT_GATEWAY = env.str("PAYMENT_GATEWAY", default="simulated")
+PAYMENT_GATEWAY_URL = env.str("PAYMENT_GATEWAY_URL", default="")
+PAYMENT_GATEWAY_TOKEN = env.str("PAYMENT_GATEWAY_TOKEN", default="")
+# Seconds to wait for the gateway's answer (the connect wait is at most 3.05 s more).
+PAYMENT_GATEWAY_TIMEOUT = env.float("PAYMENT_GATEWAY_TIMEOUT", default=10.0)
+# A payment attempt (and the request holding its Idempotency-Key) older than the gateway's
+# timeouts plus this margin is over: only then may cleanup reconcile it, or a retry take over
+# the key of a request that died.
+PAYMENT_ATTEMPT_MARGIN_SECONDS = env.int("PAYMENT_ATTEMPT_MARGIN_SECONDS", default=30)
+# The simulated gateway, for demos and tests: approve | decline | fail (down, nothing
+# charged) | lose_answer (charges, then the answer is lost); and a delay per charge.
+PAYMENT_SIMULATED_OUTCOME = env.str("PAYMENT_SIMULATED_OUTCOME", default="approve")
+PAYMENT_SIMULATED_DELAY_MS = env.int("PAYMENT_SIMULATED_DELAY_MS", default=0)
+
+if PAYMENT_GATEWAY not in ("simulated", "http"):
+    raise ImproperlyConfigured("PAYMENT_GATEWAY must be `simulated` or `http`.")
+if PAYMENT_GATEWAY == "http" and not PAYMENT_GATEWAY_URL:
+    raise ImproperlyConfigured("PAYMENT_GATEWAY=http needs PAYMENT_GATEWAY_URL.")
+if PAYMENT_SIMULATED_OUTCOME not in ("approve", "decline", "fail", "lose_answer"):
+    raise ImproperlyConfigured("PAYMENT_SIMULATED_OUTCOME must be approve, decline, fail or lose_answer.")
 
 
 # Logging --------------------------------------------------------------------------------

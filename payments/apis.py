@@ -1,0 +1,199 @@
+"""Payments API (DESIGN §3.4): thin views over payments.services, payments.idempotency and
+payments.selectors."""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from bookings_project.errors import PROBLEM_CONTENT_TYPE, IdempotencyKeyMissing, UserMismatch
+from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
+from payments import idempotency, selectors, services
+from payments.models import Payment
+from payments.serializers import PaymentCreateSerializer, PaymentSerializer
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+# The seed's example flow: booking 789 of user 456, 11000.00, key unique-key-123.
+SEED_PAYMENT_REQUEST = {"bookingId": 789, "amount": 11000.00, "userId": 456}
+SEED_PAYMENT = {
+    "id": 4242,
+    "bookingId": 789,
+    "userId": 456,
+    "amount": "11000.00",
+    "currency": "INR",
+    "status": "SUCCEEDED",
+    "gatewayReference": "sim_ch_5f0c6b1e2d3a4b5c6d7e8f90",
+    "createdAt": "2027-01-02T09:01:00Z",
+    "updatedAt": "2027-01-02T09:01:01Z",
+}
+
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=True,
+    description=(
+        "Your unique key for this payment (at most 255 characters), kept for `IDEMPOTENCY_KEY_TTL_HOURS`. "
+        "Resend the same key and body to get the first final answer again; a new attempt needs a new key. "
+        "The seed's `x-idempotency-key` is accepted instead."
+    ),
+    examples=[OpenApiExample("Seed key", value="unique-key-123")],
+)
+SEED_IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    "x-idempotency-key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
+    deprecated=True,
+    description="The seed's name for `Idempotency-Key`; send one of the two.",
+)
+REPLAYED_PARAMETER = OpenApiParameter(
+    REPLAYED_HEADER,
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    enum=["true"],
+    response=[201, 402, 404, 409, 422],
+    description="Present (`true`) when this is the stored answer to an earlier request with the same key.",
+)
+
+
+def idempotency_key_of(request: Request) -> str:
+    """The payment's key from `Idempotency-Key` or the seed's `x-idempotency-key`."""
+    standard = request.headers.get("Idempotency-Key", "").strip()
+    seed = request.headers.get("X-Idempotency-Key", "").strip()
+    if standard and seed and standard != seed:
+        raise serializers.ValidationError({"Idempotency-Key": "Differs from x-idempotency-key; send one key."})
+    key = standard or seed
+    if not key:
+        raise IdempotencyKeyMissing()
+    if len(key) > idempotency.MAX_KEY_LENGTH or not key.isprintable():
+        raise serializers.ValidationError(
+            {"Idempotency-Key": f"At most {idempotency.MAX_KEY_LENGTH} printable characters."}
+        )
+    return key
+
+
+@extend_schema(
+    summary="Get a payment",
+    parameters=[ID_PATH_PARAMETER],
+    responses={200: PaymentSerializer, **problem_responses(401, 404)},
+    examples=[OpenApiExample("Seed payment", value=SEED_PAYMENT, response_only=True)],
+)
+class PaymentViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = PaymentSerializer
+    # People only, as for bookings: the Flights service token is no customer.
+    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    lookup_value_regex = ID_PATTERN
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Payment.objects.none()
+        return selectors.payment_list(user=self.request.user)
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(PaymentSerializer(selectors.payment_get(user=request.user, payment_id=int(pk))).data)
+
+    @extend_schema(
+        summary="Pay for a booking, exactly once",
+        description=(
+            "Charges the booking's `totalCost` through the payment gateway; the booking becomes BOOKED. "
+            "Send an `Idempotency-Key`: resending the same key and body never charges twice, and answers the "
+            "first final answer again with `Idempotent-Replayed: true`. Answers that invite a retry (409 "
+            "`idempotency_key_in_use` / `payment_in_progress` / `resource_busy`, 503) are not stored: retry them "
+            "with the same key. After a 402 decline, pay again with a new key. `totalCost` is accepted for `amount`."
+        ),
+        parameters=[IDEMPOTENCY_KEY_PARAMETER, SEED_IDEMPOTENCY_KEY_PARAMETER, REPLAYED_PARAMETER],
+        request=PaymentCreateSerializer,
+        responses={
+            201: PaymentSerializer,
+            **problem_responses(
+                (400, problem(400, "Invalid input, or no key.", codes=("validation_error", "idempotency_key_missing"))),
+                401,
+                (
+                    402,
+                    problem(
+                        402, "The gateway declined the payment. Pay again with a new key.", codes=("payment_declined",)
+                    ),
+                ),
+                (403, problem(403, "`userId` is someone else's and you are not staff.", codes=("user_mismatch",))),
+                (404, problem(404, "No such booking, or not yours.", codes=("not_found",))),
+                (
+                    409,
+                    problem(
+                        409,
+                        "The booking cannot be paid now, or the key is still running.",
+                        codes=(
+                            "booking_expired",
+                            "booking_not_payable",
+                            "payment_in_progress",
+                            "idempotency_key_in_use",
+                            "resource_busy",
+                        ),
+                    ),
+                ),
+                415,
+                (
+                    422,
+                    problem(
+                        422,
+                        "The amount is not the booking's totalCost, or the key was used with another body.",
+                        codes=("amount_mismatch", "idempotency_key_reused"),
+                    ),
+                ),
+                (
+                    503,
+                    problem(
+                        503,
+                        "The payment gateway did not answer, or not in time. Retry with the same key: it never "
+                        "charges twice.",
+                        codes=("payment_gateway_unavailable", "service_unavailable"),
+                    ),
+                ),
+            ),
+        },
+        examples=[
+            OpenApiExample("Seed payment", value=SEED_PAYMENT_REQUEST, request_only=True),
+            OpenApiExample(
+                "Older clients' alias", value={"bookingId": 789, "totalCost": "11000.00"}, request_only=True
+            ),
+            OpenApiExample("Paid", value=SEED_PAYMENT, response_only=True, status_codes=["201"]),
+        ],
+    )
+    def create(self, request: Request) -> Response:
+        key = idempotency_key_of(request)
+        serializer = PaymentCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        user_id = data.get("userId")
+        if user_id is not None and user_id != request.user.pk and not request.user.is_staff:
+            raise UserMismatch()
+
+        def pay() -> tuple[int, dict]:
+            payment = services.payment_create(
+                caller=request.user,
+                booking_id=data["bookingId"],
+                amount=data["amount"],
+                idempotency_key=key,
+                user_id=user_id,
+            )
+            return status.HTTP_201_CREATED, dict(PaymentSerializer(payment).data)
+
+        answer = idempotency.run_idempotently(
+            user=request.user,
+            key=key,
+            fingerprint=idempotency.request_fingerprint(
+                method=request.method, path=request.path, body=serializer.normalised()
+            ),
+            operation=pay,
+        )
+        response = Response(
+            answer.body,
+            status=answer.status,
+            content_type=PROBLEM_CONTENT_TYPE if answer.status >= 400 else None,
+        )
+        if answer.replayed:
+            response[REPLAYED_HEADER] = "true"
+        return response

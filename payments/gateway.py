@@ -1,0 +1,333 @@
+"""The payment gateway port and its two adapters, chosen by `PAYMENT_GATEWAY`.
+
+- `SimulatedPaymentGateway` (default): approves, and keeps its charges in its own table
+  (`SimulatedCharge`), so that look-ups and refunds are real. `PAYMENT_SIMULATED_OUTCOME`
+  tells it to decline, to fail before charging, or to charge and lose the answer.
+- `HttpPaymentGateway`: a generic JSON gateway over `requests` (the contract is in the
+  README, "Payment gateway HTTP contract").
+
+Both forward an idempotency key with every charge and refund, so resending one can never
+move money twice, and raise only `PaymentGatewayUnavailable` (see its `maybe_charged`).
+A decline is an answer, not an error: `Charge.status == "declined"`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, NoReturn, Protocol
+
+import requests
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from bookings_project import request_id
+from bookings_project.errors import PaymentGatewayUnavailable
+from payments.models import Payment, SimulatedCharge
+
+logger = logging.getLogger(__name__)
+
+SUCCEEDED, DECLINED, REFUNDED = "succeeded", "declined", "refunded"
+CHARGE_STATUSES = (SUCCEEDED, DECLINED, REFUNDED)
+
+
+@dataclass(frozen=True)
+class Charge:
+    gateway_reference: str
+    status: str  # succeeded | declined | refunded
+    amount: Decimal
+    currency: str
+    decline_reason: str = ""
+
+    @property
+    def money_taken(self) -> bool:
+        """The customer was charged (a refunded charge was charged, then given back)."""
+        return self.status in (SUCCEEDED, REFUNDED)
+
+
+@dataclass(frozen=True)
+class Refund:
+    refund_reference: str
+
+
+class PaymentGateway(Protocol):
+    def charge(self, *, amount: Decimal, currency: str, reference: str, idempotency_key: str) -> Charge:
+        """Charge once per idempotency key: a repeat answers the first charge."""
+
+    def refund(self, *, payment: Payment) -> Refund:
+        """Refund the payment's charge in full, once: a repeat answers the first refund."""
+
+    def find_charge(self, *, reference: str) -> Charge | None:
+        """The charge made with this reference, if the gateway has one (for reconciliation)."""
+
+
+def refund_key(payment: Payment) -> str:
+    return f"refund-{payment.reference}"
+
+
+class SimulatedPaymentGateway:
+    """A gateway in our own database, in its own transactions, as a remote one would be."""
+
+    OUTCOMES = ("approve", "decline", "fail", "lose_answer")
+
+    def charge(self, *, amount: Decimal, currency: str, reference: str, idempotency_key: str) -> Charge:
+        outcome = settings.PAYMENT_SIMULATED_OUTCOME
+        if outcome == "fail":
+            raise PaymentGatewayUnavailable("The simulated gateway is down (nothing charged).", maybe_charged=False)
+        if settings.PAYMENT_SIMULATED_DELAY_MS:
+            time.sleep(settings.PAYMENT_SIMULATED_DELAY_MS / 1000)
+        try:
+            record = self._charge_once(
+                amount=amount, currency=currency, reference=reference, key=idempotency_key, decline=outcome == "decline"
+            )
+        except DatabaseError as error:
+            raise PaymentGatewayUnavailable(f"The simulated gateway failed: {error}") from error
+        if outcome == "lose_answer":
+            raise PaymentGatewayUnavailable("The simulated gateway charged, but its answer was lost.")
+        return _charge_of(record)
+
+    def refund(self, *, payment: Payment) -> Refund:
+        try:
+            with transaction.atomic():
+                record = SimulatedCharge.objects.select_for_update().filter(charge_id=payment.gateway_reference).first()
+                if record is None or record.status == SimulatedCharge.Status.DECLINED:
+                    raise PaymentGatewayUnavailable(
+                        f"The simulated gateway has no charge {payment.gateway_reference!r} to refund.",
+                        maybe_charged=False,
+                    )
+                if record.status == SimulatedCharge.Status.SUCCEEDED:
+                    record.status = SimulatedCharge.Status.REFUNDED
+                    record.refund_id = f"sim_re_{uuid.uuid4().hex[:24]}"
+                    record.refunded_at = timezone.now()
+                    record.save(update_fields=["status", "refund_id", "refunded_at"])
+        except DatabaseError as error:
+            raise PaymentGatewayUnavailable(f"The simulated gateway failed: {error}") from error
+        return Refund(refund_reference=record.refund_id)
+
+    def find_charge(self, *, reference: str) -> Charge | None:
+        try:
+            records = list(SimulatedCharge.objects.filter(reference=reference))
+        except DatabaseError as error:
+            raise PaymentGatewayUnavailable(f"The simulated gateway failed: {error}") from error
+        return _pick_charge([_charge_of(record) for record in records])
+
+    def _charge_once(self, *, amount: Decimal, currency: str, reference: str, key: str, decline: bool):
+        existing = SimulatedCharge.objects.filter(idempotency_key=key).first()
+        if existing is not None:
+            return existing
+        try:
+            with transaction.atomic():
+                return SimulatedCharge.objects.create(
+                    charge_id=f"sim_ch_{uuid.uuid4().hex[:24]}",
+                    idempotency_key=key,
+                    reference=reference,
+                    amount=amount,
+                    currency=currency,
+                    status=SimulatedCharge.Status.DECLINED if decline else SimulatedCharge.Status.SUCCEEDED,
+                    decline_reason="Declined by the simulated gateway." if decline else "",
+                )
+        except IntegrityError:
+            # The same key raced us: its charge is the one.
+            return SimulatedCharge.objects.get(idempotency_key=key)
+
+
+def _charge_of(record: SimulatedCharge) -> Charge:
+    return Charge(
+        gateway_reference=record.charge_id,
+        status=record.status,
+        amount=record.amount,
+        currency=record.currency,
+        decline_reason=record.decline_reason,
+    )
+
+
+def _pick_charge(charges: list[Charge]) -> Charge | None:
+    """Of the charges made under one reference, the one that took money, if any."""
+    taken = [charge for charge in charges if charge.money_taken]
+    return (taken or charges or [None])[0]
+
+
+class HttpPaymentGateway:
+    """A client of a generic JSON payment gateway (contract in the README).
+
+    One shared `requests.Session`, (connect, read) timeouts, the idempotency key on every
+    charge and refund, `X-Request-ID`, and the token as a Bearer token. Only look-ups are
+    retried here; a charge or refund is resent by its caller with the same key.
+    """
+
+    RETRY_STATUSES = (502, 503, 504)
+
+    def __init__(self, *, base_url: str, token: str = "", timeout: float = 10.0, retries: int = 2) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (min(timeout, 3.05), timeout)  # (connect, read)
+        self.session = requests.Session()
+        retry = Retry(
+            total=retries,
+            backoff_factor=0.2,
+            status_forcelist=self.RETRY_STATUSES,
+            allowed_methods=frozenset({"GET"}),
+            raise_on_status=False,
+            respect_retry_after_header=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"Accept": "application/json"})
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def charge(self, *, amount: Decimal, currency: str, reference: str, idempotency_key: str) -> Charge:
+        response = self._send(
+            "POST",
+            "/charges",
+            json={"amount": f"{amount:.2f}", "currency": currency, "reference": reference},
+            headers={"Idempotency-Key": idempotency_key},
+            what="charge",
+        )
+        status = response.status_code
+        body = _json_or_none(response)
+        if status == 402:
+            # A decline is definite whatever else the body says: nothing was taken.
+            reason = _detail(body) or "Declined by the payment gateway."
+            charge_id = body.get("id") if isinstance(body, dict) else None
+            return Charge(
+                gateway_reference=charge_id if isinstance(charge_id, str) else "",
+                status=DECLINED,
+                amount=amount,
+                currency=currency,
+                decline_reason=reason,
+            )
+        if status in (200, 201):
+            charge = _parse_charge(body)
+            if charge.amount != amount or charge.currency != currency:
+                raise PaymentGatewayUnavailable(
+                    f"The gateway answered a charge of {charge.amount} {charge.currency}, not {amount} {currency}."
+                )
+            return charge
+        self._raise_unavailable(response, what="charge", money_moved_if_unclear=True)
+
+    def refund(self, *, payment: Payment) -> Refund:
+        response = self._send(
+            "POST",
+            f"/charges/{payment.gateway_reference}/refunds",
+            json={"amount": f"{payment.amount:.2f}"},
+            headers={"Idempotency-Key": refund_key(payment)},
+            what="refund",
+        )
+        body = _json_or_none(response)
+        if response.status_code in (200, 201) and isinstance(body, dict) and body.get("status") == SUCCEEDED:
+            refund_id = body.get("id")
+            if isinstance(refund_id, str) and refund_id:
+                return Refund(refund_reference=refund_id)
+        self._raise_unavailable(response, what="refund", money_moved_if_unclear=True)
+
+    def find_charge(self, *, reference: str) -> Charge | None:
+        response = self._send("GET", "/charges", params={"reference": reference}, what="look-up")
+        body = _json_or_none(response)
+        if response.status_code == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
+            return _pick_charge([_parse_charge(item) for item in body["data"]])
+        self._raise_unavailable(response, what="look-up", money_moved_if_unclear=False)
+
+    # Mechanics --------------------------------------------------------------------------
+
+    def _send(
+        self, method: str, path: str, *, what: str, headers: dict | None = None, **kwargs: Any
+    ) -> requests.Response:
+        url = self.base_url + path
+        trace = {"X-Request-ID": request_id.get() or uuid.uuid4().hex, **(headers or {})}
+        try:
+            return self.session.request(method, url, timeout=self.timeout, headers=trace, **kwargs)
+        except requests.ConnectionError as error:
+            # Refused or unreachable: the request never arrived. (A connection dropped
+            # mid-answer is a ConnectionError too, hence the check.)
+            never_arrived = isinstance(error, requests.ConnectTimeout) or _is_connect_failure(error)
+            logger.warning("payments: %s %s failed: %s", method, url, error)
+            raise PaymentGatewayUnavailable(
+                f"The payment gateway could not be reached ({what}).", maybe_charged=not never_arrived
+            ) from error
+        except requests.Timeout as error:
+            logger.warning("payments: %s %s timed out: %s", method, url, error)
+            raise PaymentGatewayUnavailable(f"The payment gateway did not answer the {what} in time.") from error
+        except requests.RequestException as error:
+            logger.warning("payments: %s %s failed: %s", method, url, error)
+            raise PaymentGatewayUnavailable(f"The payment gateway failed ({what}).") from error
+
+    def _raise_unavailable(self, response: requests.Response, *, what: str, money_moved_if_unclear: bool) -> NoReturn:
+        status = response.status_code
+        # 400/401/403/404/422: the gateway refused our request; nothing moved, and retrying the
+        # same request will not help. Anything else (5xx, 409 "in flight", garbage) is unclear.
+        refused = 400 <= status < 500 and status not in (402, 408, 409, 429)
+        log = logger.error if refused else logger.warning
+        log("payments: %s answered %s to a %s: %.300s", response.url, status, what, response.text)
+        raise PaymentGatewayUnavailable(
+            f"The payment gateway answered the {what} with {status}.",
+            maybe_charged=money_moved_if_unclear and not refused,
+        )
+
+
+def _is_connect_failure(error: requests.ConnectionError) -> bool:
+    text = str(error).lower()
+    return any(
+        marker in text
+        for marker in ("connection refused", "failed to establish a new connection", "name or service not known")
+    )
+
+
+def _json_or_none(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _detail(body: Any) -> str:
+    if not isinstance(body, dict):
+        return ""
+    return str(body.get("declineReason") or body.get("detail") or body.get("message") or "")[:255]
+
+
+def _parse_charge(body: Any) -> Charge:
+    """A charge object, or PaymentGatewayUnavailable: a body we cannot read is no answer."""
+    try:
+        if not isinstance(body, dict):
+            raise TypeError("not an object")
+        status = body["status"]
+        charge_id = body.get("id") or ""
+        if status not in CHARGE_STATUSES or not isinstance(charge_id, str) or (status != DECLINED and not charge_id):
+            raise ValueError("bad status or id")
+        amount = Decimal(str(body["amount"]))
+        currency = body["currency"]
+        if not amount.is_finite() or not isinstance(currency, str):
+            raise ValueError("bad amount or currency")
+    except (KeyError, TypeError, ValueError, InvalidOperation) as error:
+        raise PaymentGatewayUnavailable(
+            f"The payment gateway answered with an unexpected charge: {body!r:.200}"
+        ) from error
+    return Charge(
+        gateway_reference=charge_id,
+        status=status,
+        amount=amount.quantize(Decimal("0.01")),
+        currency=currency,
+        decline_reason=(_detail(body) or "Declined by the payment gateway.") if status == DECLINED else "",
+    )
+
+
+@functools.cache
+def _http_gateway(base_url: str, token: str, timeout: float) -> HttpPaymentGateway:
+    return HttpPaymentGateway(base_url=base_url, token=token, timeout=timeout)
+
+
+def get_payment_gateway() -> PaymentGateway:
+    """The adapter `PAYMENT_GATEWAY` names; the HTTP one is shared so its connections are reused."""
+    if settings.PAYMENT_GATEWAY == "http":
+        return _http_gateway(
+            settings.PAYMENT_GATEWAY_URL, settings.PAYMENT_GATEWAY_TOKEN, settings.PAYMENT_GATEWAY_TIMEOUT
+        )
+    return SimulatedPaymentGateway()

@@ -1,0 +1,132 @@
+"""Idempotency-Key handling (DESIGN §3.4, after the IETF httpapi draft and Stripe).
+
+A request claims its (user, key) by inserting a row: the unique constraint decides a race,
+never a read-then-write. The claimant runs the operation and stores its final answer on
+the key; a later request with the same key and body gets that answer replayed. Answers
+that invite a retry (409 in progress, 429, 503) and unexpected failures store nothing:
+the key is let go, so that the client's retry runs again.
+
+A request that dies holding a key keeps it until its lease runs out (the payment attempt
+window); then a retry with the same key and body takes it over. Taking over is safe
+because the payment it finds is resumed with the same gateway idempotency key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from bookings_project.errors import DomainError, IdempotencyKeyInUse, IdempotencyKeyReused, problem_body
+from payments.models import IdempotencyKey
+from payments.selectors import payment_attempt_window
+
+logger = logging.getLogger(__name__)
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def request_fingerprint(*, method: str, path: str, body: dict[str, Any]) -> str:
+    """SHA-256 of method, path and the normalised JSON body (keys sorted, no spaces)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(f"{method.upper()}\n{path}\n{canonical}".encode()).hexdigest()
+
+
+def run_idempotently(
+    *, user: AbstractBaseUser, key: str, fingerprint: str, operation: Callable[[], tuple[int, dict[str, Any]]]
+) -> Answer:
+    """Run `operation` at most once per (user, key) and answer as the first run did.
+
+    `operation` answers `(status, body)` or raises. A `DomainError` that is final (a decline,
+    an amount mismatch, ...) is stored as its problem body, then re-raised for the handler.
+    """
+    claim = _claim(user=user, key=key, fingerprint=fingerprint)
+    if isinstance(claim, Answer):
+        return claim
+    try:
+        status, body = operation()
+    except DomainError as error:
+        if error.invites_retry:
+            _let_go(claim)
+        else:
+            body = problem_body(status=error.status, code=error.code, title=error.title, detail=error.detail)
+            _complete(claim, error.status, body)
+        raise
+    except BaseException:
+        _let_go(claim)
+        raise
+    _complete(claim, status, body)
+    return Answer(status=status, body=body)
+
+
+def _claim(*, user: AbstractBaseUser, key: str, fingerprint: str) -> IdempotencyKey | Answer:
+    for _ in range(3):
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                return IdempotencyKey.objects.create(
+                    user=user,
+                    key=key,
+                    fingerprint=fingerprint,
+                    lease=uuid.uuid4(),
+                    locked_until=now + payment_attempt_window(),
+                    expires_at=now + dt.timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS),
+                )
+        except IntegrityError:
+            pass  # The key exists: see what it says.
+        row = IdempotencyKey.objects.filter(user=user, key=key).first()
+        if row is None:
+            continue  # Let go meanwhile: claim it again.
+        if row.expires_at <= now:
+            # Past its TTL and not yet purged: as good as unused.
+            IdempotencyKey.objects.filter(pk=row.pk, expires_at__lte=now).delete()
+            continue
+        if row.fingerprint != fingerprint:
+            raise IdempotencyKeyReused()
+        if row.state == IdempotencyKey.State.COMPLETED:
+            return Answer(status=row.response_status, body=row.response_body, replayed=True)
+        if row.locked_until and row.locked_until > now:
+            raise IdempotencyKeyInUse()
+        # The request that held it died: take the key over, if nobody else just did.
+        lease = uuid.uuid4()
+        taken = IdempotencyKey.objects.filter(pk=row.pk, state=row.state, lease=row.lease).update(
+            lease=lease, locked_until=now + payment_attempt_window()
+        )
+        if taken:
+            logger.warning("idempotency key %s of user %s taken over from a request that died", row.pk, user.pk)
+            row.lease = lease
+            return row
+        raise IdempotencyKeyInUse()
+    raise IdempotencyKeyInUse()
+
+
+def _complete(claim: IdempotencyKey, status: int, body: dict[str, Any]) -> None:
+    IdempotencyKey.objects.filter(pk=claim.pk, lease=claim.lease).update(
+        state=IdempotencyKey.State.COMPLETED,
+        response_status=status,
+        response_body=body,
+        lease=None,
+        locked_until=None,
+        completed_at=timezone.now(),
+    )
+
+
+def _let_go(claim: IdempotencyKey) -> None:
+    IdempotencyKey.objects.filter(pk=claim.pk, lease=claim.lease, state=IdempotencyKey.State.IN_PROGRESS).delete()

@@ -1,0 +1,38 @@
+"""Payment reads, scoped to what the caller may see (DESIGN §3.1)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+
+from bookings_project.errors import NotFound
+from payments.models import Payment
+
+
+def payment_list(*, user: AbstractBaseUser) -> QuerySet[Payment]:
+    """Newest first. Staff see every payment; anyone else only their own."""
+    payments = Payment.objects.order_by("-created_at", "-id")
+    return payments if user.is_staff else payments.filter(user=user)
+
+
+def payment_get(*, user: AbstractBaseUser, payment_id: int) -> Payment:
+    """Another user's payment is as unknown as a missing one: 404, never 403."""
+    payment = payment_list(user=user).filter(pk=payment_id).first()
+    if payment is None:
+        raise NotFound(f"Payment {payment_id} does not exist.")
+    return payment
+
+
+def payment_attempt_window() -> dt.timedelta:
+    """How long a payment attempt can last: the gateway's connect and read timeouts plus a
+    margin for lock waits and slow workers. Past it, the request that made it is over."""
+    connect = min(settings.PAYMENT_GATEWAY_TIMEOUT, 3.05)
+    return dt.timedelta(seconds=connect + settings.PAYMENT_GATEWAY_TIMEOUT + settings.PAYMENT_ATTEMPT_MARGIN_SECONDS)
+
+
+def booking_has_standing_charge(*, booking_id: int) -> bool:
+    """Money was taken for the booking and not given back."""
+    return Payment.objects.filter(booking_id=booking_id, status=Payment.Status.SUCCEEDED).exists()

@@ -1,0 +1,72 @@
+"""Payment resources on the wire (DESIGN §3.4): camelCase, money as a 2-place decimal string."""
+
+from rest_framework import serializers
+
+from bookings_project.fields import MoneyField, StrictIntegerField
+from bookings_project.openapi import MAX_ID
+from payments.models import Payment
+
+
+class PaymentSerializer(serializers.ModelSerializer):
+    bookingId = serializers.IntegerField(source="booking_id")
+    userId = serializers.IntegerField(source="user_id", help_text="The booking's customer.")
+    amount = serializers.DecimalField(max_digits=12, decimal_places=2)
+    status = serializers.ChoiceField(choices=Payment.Status.choices)
+    gatewayReference = serializers.CharField(
+        source="gateway_reference", allow_null=True, help_text="The gateway's charge id; null until it answered."
+    )
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+
+    class Meta:
+        model = Payment
+        fields = [
+            "id",
+            "bookingId",
+            "userId",
+            "amount",
+            "currency",
+            "status",
+            "gatewayReference",
+            "createdAt",
+            "updatedAt",
+        ]
+        read_only_fields = fields
+
+    def to_representation(self, instance: Payment) -> dict:
+        data = super().to_representation(instance)
+        data["gatewayReference"] = instance.gateway_reference or None
+        return data
+
+
+class PaymentCreateSerializer(serializers.Serializer):
+    bookingId = StrictIntegerField(min_value=1, max_value=MAX_ID)
+    amount = MoneyField(
+        required=False, help_text="Must equal the booking's totalCost. Required, unless given as `totalCost`."
+    )
+    totalCost = MoneyField(
+        required=False, help_text="Deprecated alias of `amount`, as the older course clients send it."
+    )
+    userId = StrictIntegerField(
+        min_value=1,
+        max_value=MAX_ID,
+        required=False,
+        help_text="Optional. Must be your own id, unless you are staff paying for a customer.",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        amount, alias = attrs.get("amount"), attrs.pop("totalCost", None)
+        if amount is None and alias is None:
+            raise serializers.ValidationError({"amount": "This field is required."})
+        if amount is not None and alias is not None and amount != alias:
+            raise serializers.ValidationError({"totalCost": "Must equal amount when both are given."})
+        attrs["amount"] = amount if amount is not None else alias
+        return attrs
+
+    def normalised(self) -> dict:
+        """The body as the fingerprint sees it: aliases resolved, money as a 2-place string."""
+        data = self.validated_data
+        body = {"bookingId": data["bookingId"], "amount": f"{data['amount']:.2f}"}
+        if "userId" in data:
+            body["userId"] = data["userId"]
+        return body

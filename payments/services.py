@@ -1,0 +1,230 @@
+"""Payment writes (DESIGN §2, §3.4): charge a booking exactly once, refund it exactly once.
+
+A payment is three short steps, and no transaction or row lock is held across the gateway:
+1. under the booking's row lock: check owner, status, expiry and amount; mark the booking
+   PENDING and the payment PROCESSING; commit;
+2. ask the gateway to charge, with the payment's reference as its idempotency key, so a
+   resent charge (a retry, or a resumed attempt) can never charge twice;
+3. under the lock again: record the outcome (BOOKED + SUCCEEDED, or INITIATED + DECLINED).
+   An unknown outcome leaves the booking PENDING for a retry with the same key, or for
+   cleanup to reconcile with the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from bookings.models import Booking
+from bookings.services import booking_expire, booking_release_seats
+from bookings_project.db import bound_lock_wait
+from bookings_project.errors import (
+    AmountMismatch,
+    BookingExpired,
+    BookingNotPayable,
+    NotFound,
+    PaymentDeclined,
+    PaymentGatewayUnavailable,
+    PaymentInProgress,
+    UserMismatch,
+)
+from payments.gateway import Charge, PaymentGateway, get_payment_gateway
+from payments.models import Payment
+
+logger = logging.getLogger(__name__)
+
+BookingStatus, PaymentStatus = Booking.Status, Payment.Status
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    payment: Payment
+    # False when this key's payment was already settled: answer it, charge nothing.
+    charge_needed: bool
+
+
+def payment_create(
+    *,
+    caller: AbstractBaseUser,
+    booking_id: int,
+    amount: Decimal,
+    idempotency_key: str,
+    user_id: int | None = None,
+    gateway: PaymentGateway | None = None,
+) -> Payment:
+    """Pay a booking's totalCost. Answers the SUCCEEDED payment (the booking is BOOKED).
+
+    Raises a definite refusal (`NotFound`, `BookingExpired`, `BookingNotPayable`,
+    `PaymentInProgress`, `AmountMismatch`, `UserMismatch`, `PaymentDeclined`) or
+    `PaymentGatewayUnavailable`, after which the same key may be sent again.
+    """
+    attempt = _start_attempt(
+        caller=caller, booking_id=booking_id, amount=amount, idempotency_key=idempotency_key, user_id=user_id
+    )
+    payment = attempt.payment
+    if not attempt.charge_needed:
+        return payment
+    gateway = gateway or get_payment_gateway()
+    try:
+        charge = gateway.charge(
+            amount=payment.amount,
+            currency=payment.currency,
+            reference=payment.reference,
+            idempotency_key=payment.reference,
+        )
+    except PaymentGatewayUnavailable as error:
+        # Only the first attempt can be known not to have charged: an earlier one of a
+        # resumed payment may have, so its outcome stays unknown.
+        if not error.maybe_charged and payment.attempts == 1:
+            _record_not_charged(payment, error.detail)
+        else:
+            _record_unknown_outcome(payment, error.detail)
+        raise
+    return _record_charge(payment, charge, gateway)
+
+
+def _start_attempt(
+    *, caller: AbstractBaseUser, booking_id: int, amount: Decimal, idempotency_key: str, user_id: int | None
+) -> _Attempt:
+    expired = False
+    with transaction.atomic():
+        bound_lock_wait()
+        booking = Booking.objects.select_for_update().filter(pk=booking_id).first()
+        if booking is None or not (caller.is_staff or booking.user_id == caller.pk):
+            raise NotFound(f"Booking {booking_id} does not exist.")
+        if user_id is not None and user_id != booking.user_id:
+            raise UserMismatch(f"Booking {booking_id} does not belong to user {user_id}.")
+        own = (
+            Payment.objects.filter(booking=booking, created_by=caller, idempotency_key=idempotency_key)
+            .order_by("-id")
+            .first()
+        )
+        if booking.status == BookingStatus.PENDING:
+            if own is None or own.status != PaymentStatus.PROCESSING:
+                raise PaymentInProgress(f"Booking {booking_id} has a payment in progress under another key.")
+            # This key's own attempt, cut short (a 503, or a request that died): resume it.
+            # The gateway key is the same, so the gateway answers its first charge, if any.
+            Payment.objects.filter(pk=own.pk).update(
+                attempts=F("attempts") + 1, attempted_at=timezone.now(), updated_at=timezone.now()
+            )
+            own.refresh_from_db()
+            return _Attempt(payment=own, charge_needed=True)
+        if booking.status != BookingStatus.INITIATED:
+            if booking.status == BookingStatus.BOOKED and own is not None and own.status == PaymentStatus.SUCCEEDED:
+                return _Attempt(payment=own, charge_needed=False)  # Settled meanwhile (reconciled).
+            raise BookingNotPayable(f"Booking {booking_id} is {booking.status}: there is nothing to pay.")
+        if booking.seats_state != Booking.SeatsState.RESERVED:
+            raise BookingNotPayable(f"Booking {booking_id} holds no seats, so it cannot be paid.")
+        if timezone.now() >= booking.expires_at:
+            expired = booking_expire(booking=booking)
+        else:
+            if amount != booking.total_cost:
+                raise AmountMismatch(f"amount {amount} differs from the booking's totalCost {booking.total_cost}.")
+            booking.status = BookingStatus.PENDING
+            booking.save(update_fields=["status", "updated_at"])
+            payment = Payment.objects.create(
+                booking=booking,
+                user_id=booking.user_id,
+                created_by=caller,
+                idempotency_key=idempotency_key,
+                amount=booking.total_cost,
+                currency=settings.CURRENCY,
+                attempted_at=timezone.now(),
+            )
+    if expired:
+        # After the commit, outside the lock: the seats go back once, whoever else tries.
+        booking_release_seats(booking_id=booking_id)
+        raise BookingExpired(f"Booking {booking_id} expired unpaid; it is cancelled and its seats released.")
+    return _Attempt(payment=payment, charge_needed=True)
+
+
+def _record_charge(payment: Payment, charge: Charge, gateway: PaymentGateway) -> Payment:
+    money_arrived_late = False
+    with transaction.atomic():
+        bound_lock_wait()
+        booking = Booking.objects.select_for_update().get(pk=payment.booking_id)  # Booking, then payment.
+        payment = Payment.objects.select_for_update().get(pk=payment.pk)
+        now = timezone.now()
+        if payment.status == PaymentStatus.PROCESSING and booking.status == BookingStatus.PENDING:
+            payment.gateway_reference = charge.gateway_reference
+            payment.completed_at = now
+            if charge.money_taken:
+                payment.status, payment.failure_reason = PaymentStatus.SUCCEEDED, ""
+                booking.status = BookingStatus.BOOKED
+            else:
+                payment.status, payment.failure_reason = PaymentStatus.DECLINED, charge.decline_reason[:255]
+                booking.status = BookingStatus.INITIATED  # Pay again, with a new key.
+            payment.save()
+            booking.save(update_fields=["status", "updated_at"])
+        elif charge.money_taken and payment.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.REFUNDED):
+            # Settled meanwhile as not charged (cleanup found no charge and cancelled the
+            # booking), yet the gateway took the money: record it, then give it back.
+            payment.status, payment.gateway_reference, payment.completed_at = (
+                PaymentStatus.SUCCEEDED,
+                charge.gateway_reference,
+                now,
+            )
+            payment.save()
+            money_arrived_late = True
+    if money_arrived_late:
+        logger.error("payment %s: charged after its booking was cancelled; refunding", payment.pk)
+        payment_refund(payment_id=payment.pk, gateway=gateway)
+        raise BookingExpired(
+            f"Booking {payment.booking_id} was cancelled while the payment was in flight; the charge was refunded."
+        )
+    if payment.status == PaymentStatus.DECLINED:
+        raise PaymentDeclined(payment.failure_reason or None)
+    if payment.status != PaymentStatus.SUCCEEDED:
+        raise BookingNotPayable(f"Payment {payment.pk} ended {payment.status}.")
+    return payment
+
+
+def _record_not_charged(payment: Payment, reason: str) -> None:
+    with transaction.atomic():
+        bound_lock_wait()
+        booking = Booking.objects.select_for_update().get(pk=payment.booking_id)
+        done = Payment.objects.filter(pk=payment.pk, status=PaymentStatus.PROCESSING).update(
+            status=PaymentStatus.FAILED,
+            failure_reason=reason[:255],
+            completed_at=timezone.now(),
+            updated_at=timezone.now(),
+        )
+        if done and booking.status == BookingStatus.PENDING:
+            booking.status = BookingStatus.INITIATED
+            booking.save(update_fields=["status", "updated_at"])
+
+
+def _record_unknown_outcome(payment: Payment, reason: str) -> None:
+    logger.warning("payment %s: gateway outcome unknown, left PROCESSING: %s", payment.pk, reason)
+    Payment.objects.filter(pk=payment.pk, status=PaymentStatus.PROCESSING).update(
+        failure_reason=reason[:255], updated_at=timezone.now()
+    )
+
+
+def payment_refund(*, payment_id: int, gateway: PaymentGateway | None = None) -> Payment:
+    """Give a SUCCEEDED payment's money back, once (the gateway refund is keyed by the
+    payment). A no-op for a payment that took no money or was refunded already.
+    Raises `PaymentGatewayUnavailable` when the gateway does not confirm the refund."""
+    payment = Payment.objects.get(pk=payment_id)
+    if payment.status != PaymentStatus.SUCCEEDED:
+        return payment
+    refund = (gateway or get_payment_gateway()).refund(payment=payment)
+    now = timezone.now()
+    Payment.objects.filter(pk=payment.pk, status=PaymentStatus.SUCCEEDED).update(
+        status=PaymentStatus.REFUNDED, refund_reference=refund.refund_reference, refunded_at=now, updated_at=now
+    )
+    payment.refresh_from_db()
+    return payment
+
+
+def payment_refund_for_booking(*, booking_id: int, gateway: PaymentGateway | None = None) -> list[Payment]:
+    """Refund every payment that holds the booking's money (there is at most one)."""
+    payments = Payment.objects.filter(booking_id=booking_id, status=PaymentStatus.SUCCEEDED)
+    return [payment_refund(payment_id=payment.pk, gateway=gateway) for payment in payments]
