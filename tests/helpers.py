@@ -83,3 +83,43 @@ def flight_row_locked(flight: Flight) -> Iterator[None]:
     finally:
         done.set()
         holder.join()
+
+
+def standing_simulated_charges() -> set[str]:
+    """References of the simulated gateway's charges that took money and were not refunded."""
+    from payments.models import SimulatedCharge
+
+    return set(
+        SimulatedCharge.objects.filter(status=SimulatedCharge.Status.SUCCEEDED).values_list("reference", flat=True)
+    )
+
+
+def assert_money_matches_bookings(standing: set[str] | None = None) -> None:
+    """DESIGN §6, money side: no booking is BOOKED without a charge, no charge stands without
+    a BOOKED booking, and nothing was charged twice.
+
+    `standing` is the gateway's view: references of charges that took money and were not
+    refunded (default: the simulated gateway's books). A PENDING booking's outcome may still
+    be unknown, so it may or may not have one.
+    """
+    from bookings.models import Booking
+    from payments.models import Payment
+
+    standing = standing_simulated_charges() if standing is None else standing
+    references = {}
+    for payment in Payment.objects.select_related("booking"):
+        references[payment.reference] = payment
+        charged = payment.reference in standing
+        if payment.status == Payment.Status.SUCCEEDED:
+            assert charged, f"payment {payment.pk} SUCCEEDED without a standing charge"
+        elif payment.status != Payment.Status.PROCESSING:
+            assert not charged, f"payment {payment.pk} is {payment.status} but its charge stands"
+    assert standing <= set(references), f"charges for no payment: {standing - set(references)}"
+    for booking in Booking.objects.all():
+        charges = [ref for ref, payment in references.items() if payment.booking_id == booking.pk and ref in standing]
+        if booking.status == Booking.Status.BOOKED:
+            assert len(charges) == 1, f"booking {booking.pk} BOOKED with {len(charges)} standing charge(s)"
+        elif booking.status == Booking.Status.PENDING:
+            assert len(charges) <= 1, f"booking {booking.pk} PENDING with {len(charges)} standing charges"
+        else:
+            assert not charges, f"booking {booking.pk} {booking.status} while its money is taken"
