@@ -26,6 +26,7 @@ run: demo
 	@echo
 	@echo "  API:        http://$(HOST):$(PORT)/api/v1/flights   (Authorization: Token <token above>)"
 	@echo "              http://$(HOST):$(PORT)/api/v1/bookings  (POST {\"flightId\": 1, \"numberOfSeats\": 2})"
+	@echo "              http://$(HOST):$(PORT)/api/v1/payments  (POST {\"bookingId\": 1, \"amount\": \"<totalCost>\"} with header Idempotency-Key)"
 	@echo "  Swagger UI: http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Admin:      http://$(HOST):$(PORT)/admin/   (staff / staff-password)"
 	@echo

@@ -2,7 +2,7 @@
 payments.selectors."""
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.request import Request
@@ -32,7 +32,7 @@ SEED_PAYMENT = {
 
 IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
     "Idempotency-Key",
-    OpenApiTypes.STR,
+    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{idempotency.KEY_PATTERN.pattern}$"},
     OpenApiParameter.HEADER,
     required=True,
     description=(
@@ -69,18 +69,20 @@ def idempotency_key_of(request: Request) -> str:
     key = standard or seed
     if not key:
         raise IdempotencyKeyMissing()
-    if len(key) > idempotency.MAX_KEY_LENGTH or not key.isprintable():
+    if len(key) > idempotency.MAX_KEY_LENGTH or not idempotency.KEY_PATTERN.fullmatch(key):
         raise serializers.ValidationError(
-            {"Idempotency-Key": f"At most {idempotency.MAX_KEY_LENGTH} printable characters."}
+            {"Idempotency-Key": f"1 to {idempotency.MAX_KEY_LENGTH} printable ASCII characters."}
         )
     return key
 
 
-@extend_schema(
-    summary="Get a payment",
-    parameters=[ID_PATH_PARAMETER],
-    responses={200: PaymentSerializer, **problem_responses(401, 404)},
-    examples=[OpenApiExample("Seed payment", value=SEED_PAYMENT, response_only=True)],
+@extend_schema_view(
+    retrieve=extend_schema(
+        summary="Get a payment",
+        parameters=[ID_PATH_PARAMETER],
+        responses={200: PaymentSerializer, **problem_responses(401, 404)},
+        examples=[OpenApiExample("Seed payment", value=SEED_PAYMENT, response_only=True)],
+    )
 )
 class PaymentViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = PaymentSerializer

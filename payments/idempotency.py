@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from payments.selectors import payment_attempt_window
 logger = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 255
+# Printable ASCII, no space at either end (a header value would lose it): what a client can
+# send unchanged through any HTTP stack.
+KEY_PATTERN = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,8 @@ def _start_attempt(
         if booking.status == BookingStatus.PENDING:
             if own is None or own.status != PaymentStatus.PROCESSING:
                 raise PaymentInProgress(f"Booking {booking_id} has a payment in progress under another key.")
+            if amount != own.amount:
+                raise AmountMismatch(f"amount {amount} differs from the booking's totalCost {own.amount}.")
             # This key's own attempt, cut short (a 503, or a request that died): resume it.
             # The gateway key is the same, so the gateway answers its first charge, if any.
             Payment.objects.filter(pk=own.pk).update(

@@ -86,3 +86,26 @@ def test_env_example_names_every_key_the_settings_read():
     documented = set(re.findall(r"^#?\s*([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     assert read, "no env reads found: the pattern is stale"
     assert read - documented == set()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PAYMENT_GATEWAY": "stripe"}, "PAYMENT_GATEWAY must be"),
+        ({"PAYMENT_GATEWAY": "http"}, "needs PAYMENT_GATEWAY_URL"),
+        ({"PAYMENT_SIMULATED_OUTCOME": "maybe"}, "PAYMENT_SIMULATED_OUTCOME must be"),
+    ],
+)
+def test_a_wrong_payment_gateway_setting_refuses_to_start(env, message):
+    result = manage("check", **env)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_the_http_payment_gateway_is_chosen_by_the_setting():
+    code = "from payments.gateway import get_payment_gateway as g; print(type(g()).__name__, g().base_url)"
+    result = manage(
+        "shell", "--no-imports", "-c", code, PAYMENT_GATEWAY="http", PAYMENT_GATEWAY_URL="https://pay.internal/v1/"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["HttpPaymentGateway", "https://pay.internal/v1"]

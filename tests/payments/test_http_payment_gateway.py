@@ -1,0 +1,1046 @@
+"""Payments over the `http` gateway adapter (`payments.gateway.HttpPaymentGateway`).
+
+The remote payment gateway is `FakeGateway`, a small stateful implementation of the
+README's "Payment gateway HTTP contract": charges by id, by idempotency key and by
+reference, and refunds. It is used two ways:
+
+- served over real HTTP by a `ThreadingHTTPServer` on 127.0.0.1 (`served` fixture): the
+  end-to-end tests go test client -> payment view -> requests -> socket -> stub, with no
+  `responses` anywhere;
+- as `responses` callbacks (`mocked(...)`), where each endpoint first plays a scripted
+  fault (a timeout after or before the charge was applied, a refused connection, a 5xx,
+  a garbage body, ...) and then answers as the healthy gateway does.
+
+Nothing in the project is mocked; the only fakes are the gateway and the network. After
+every scenario the money side of DESIGN §6 is checked against the stub's own books
+(`assert_money_matches_bookings(standing=fake.standing())`), and the seat side against
+the flights ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+import responses
+
+from bookings.models import Booking
+from bookings_project.errors import PaymentGatewayUnavailable
+from payments import gateway as payment_gateway
+from payments.gateway import DECLINED, SUCCEEDED, HttpPaymentGateway, get_payment_gateway
+from payments.models import Payment
+from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem
+
+TOKEN = "secret"
+PREFIX = "/v1"
+MOCK_BASE = "http://payments.test" + PREFIX
+SEATS = 2
+TOTAL = "11000.00"  # 2 seats x 5500.00, the `flight` fixture's price.
+CAPACITY = 20
+
+Behaviour = Callable[["FakeGateway", requests.PreparedRequest], tuple[int, dict, str]]
+
+
+# The fake gateway ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    """A request the gateway processed, and the status it answered."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # Lower-case names.
+    body: Any
+    status: int
+
+
+class FakeGateway:
+    """The payment gateway of the README's contract, in memory and thread-safe.
+
+    `decline` makes new charges declined: "402" answers 402, "200" answers 201 with
+    `"status": "declined"`. `token` is the only Bearer token it accepts.
+    """
+
+    def __init__(self, *, token: str = TOKEN, prefix: str = PREFIX) -> None:
+        self.token, self.prefix = token, prefix
+        self.decline: str | None = None
+        self.lock = threading.Lock()
+        self.charges: dict[str, dict] = {}  # id -> charge, with our bookkeeping fields.
+        self.first_answers: dict[str, tuple[dict, int, dict]] = {}  # key -> (request, status, body)
+        self.refunds: dict[str, dict] = {}  # key -> refund
+        self.received: list[Received] = []
+        self.late_answers: list[float] = []  # Over real HTTP: seconds to wait before the next answers.
+
+    # What the gateway holds.
+
+    def standing(self) -> set[str]:
+        """References of the charges that took money and were not refunded."""
+        with self.lock:
+            return {c["reference"] for c in self.charges.values() if c["status"] == SUCCEEDED and not c["refunded"]}
+
+    def charges_for(self, reference: str) -> list[dict]:
+        return [c for c in self.charges.values() if c["reference"] == reference]
+
+    def seen(self, method: str, kind: str) -> list[Received]:
+        """Processed requests of one kind: "charge", "refund" or "lookup"."""
+        pattern = {"charge": r"/charges", "refund": r"/charges/[^/]+/refunds", "lookup": r"/charges"}[kind]
+        return [
+            r for r in self.received if r.method == method and re.fullmatch(re.escape(self.prefix) + pattern, r.path)
+        ]
+
+    # The contract.
+
+    def handle(self, method: str, target: str, headers: Any, body: bytes | str | None) -> tuple[int, dict]:
+        url = urlsplit(target)
+        query = parse_qs(url.query)
+        lowered = {name.lower(): value for name, value in headers.items()}
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = "<not json>"
+        with self.lock:
+            status, payload = self._route(method, url.path, query, lowered, data)
+            self.received.append(Received(method, url.path, query, lowered, data, status))
+        return status, payload
+
+    def _route(self, method: str, path: str, query: dict, headers: dict, data: Any) -> tuple[int, dict]:
+        if headers.get("authorization") != f"Bearer {self.token}":
+            return 401, {"error": "invalid_token"}
+        rest = path[len(self.prefix) :] if path.startswith(self.prefix) else None
+        if method == "POST" and rest == "/charges":
+            return self._charge(headers, data)
+        refund = re.fullmatch(r"/charges/([^/]+)/refunds", rest or "")
+        if method == "POST" and refund:
+            return self._refund(refund.group(1), headers, data)
+        if method == "GET" and rest == "/charges":
+            reference = query.get("reference", [""])[0]
+            return 200, {"data": [self._public(c) for c in self.charges.values() if c["reference"] == reference]}
+        return 404, {"error": "no_such_endpoint"}
+
+    def _charge(self, headers: dict, data: Any) -> tuple[int, dict]:
+        key = headers.get("idempotency-key")
+        try:
+            amount = f"{Decimal(data['amount']):.2f}"
+            currency, reference = data["currency"], data["reference"]
+        except (TypeError, KeyError, ArithmeticError, ValueError):
+            return 400, {"error": "bad_request"}
+        if not key:
+            return 400, {"error": "idempotency_key_required"}
+        if key in self.first_answers:
+            request, status, answer = self.first_answers[key]
+            if request != data:
+                return 422, {"error": "idempotency_key_reused"}
+            return (200 if status == 201 else status), dict(answer)
+        charge = {
+            "id": f"ch_{uuid.uuid4().hex[:20]}",
+            "status": DECLINED if self.decline else SUCCEEDED,
+            "amount": amount,
+            "currency": currency,
+            "reference": reference,
+        }
+        if self.decline:
+            charge["declineReason"] = "Insufficient funds."
+        self.charges[charge["id"]] = {**charge, "refunded": False, "key": key}
+        if self.decline == "402":
+            status, answer = 402, {"status": DECLINED, "declineReason": "Insufficient funds.", "id": charge["id"]}
+        else:
+            status, answer = 201, charge
+        self.first_answers[key] = (data, status, answer)
+        return status, dict(answer)
+
+    def _refund(self, charge_id: str, headers: dict, data: Any) -> tuple[int, dict]:
+        key = headers.get("idempotency-key")
+        if not key:
+            return 400, {"error": "idempotency_key_required"}
+        if key in self.refunds:
+            return 200, dict(self.refunds[key])
+        charge = self.charges.get(charge_id)
+        if charge is None:
+            return 404, {"error": "no_such_charge"}
+        if charge["status"] != SUCCEEDED or charge["refunded"]:
+            return 422, {"error": "charge_not_refundable"}
+        if not isinstance(data, dict) or data.get("amount") != charge["amount"]:
+            return 422, {"error": "amount_must_be_the_charge_amount"}
+        refund = {"id": f"re_{uuid.uuid4().hex[:20]}", "status": SUCCEEDED, "charge": charge_id}
+        charge["refunded"] = True
+        self.refunds[key] = refund
+        return 201, dict(refund)
+
+    @staticmethod
+    def _public(charge: dict) -> dict:
+        return {name: value for name, value in charge.items() if name != "key"}
+
+
+# The fake over real HTTP --------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _StubServer
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        fake = self.server.fake
+        status, payload = fake.handle(self.command, self.path, self.headers, body)
+        if fake.late_answers:
+            time.sleep(fake.late_answers.pop(0))  # Applied, but the answer comes late.
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _serve
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _StubServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    fake: FakeGateway
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # A client that timed out and hung up is expected here.
+
+
+def close_gateway(gateway: HttpPaymentGateway) -> None:
+    """Close the gateway's keep-alive connections (Session.close() alone leaves pools open
+    with urllib3 2.x; see tests/bookings/test_http_gateway.py)."""
+    for adapter in set(gateway.session.adapters.values()):
+        pools = adapter.poolmanager.pools
+        for key in pools.keys():  # noqa: SIM118 (the container refuses iteration)
+            pools[key].close()
+    gateway.session.close()
+
+
+def dead_url() -> str:
+    """A local address where nothing listens: connecting is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{PREFIX}"
+
+
+# Fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def fresh_gateway_cache(settings):
+    """`_http_gateway` is cached per (url, token, timeout): start and end with none."""
+    payment_gateway._http_gateway.cache_clear()
+    yield
+    if payment_gateway._http_gateway.cache_info().currsize and settings.PAYMENT_GATEWAY == "http":
+        close_gateway(get_payment_gateway())
+    payment_gateway._http_gateway.cache_clear()
+
+
+@pytest.fixture
+def fake() -> FakeGateway:
+    return FakeGateway()
+
+
+@pytest.fixture
+def point_at(settings) -> Callable[[str], None]:
+    def point(base_url: str, token: str = TOKEN) -> None:
+        settings.PAYMENT_GATEWAY = "http"
+        settings.PAYMENT_GATEWAY_URL = base_url
+        settings.PAYMENT_GATEWAY_TOKEN = token
+        settings.PAYMENT_GATEWAY_TIMEOUT = 0.5
+
+    return point
+
+
+@pytest.fixture
+def served(fake, point_at):
+    """The fake on a real socket, and the service pointed at it. Yields its base URL."""
+    server = _StubServer(("127.0.0.1", 0), _Handler)
+    server.fake = fake
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}{PREFIX}"
+    point_at(base)
+    try:
+        yield base
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def mock_gateway(point_at) -> str:
+    """The service pointed at MOCK_BASE, where only `mocked(...)` answers."""
+    point_at(MOCK_BASE)
+    return MOCK_BASE
+
+
+# The fake as `responses` callbacks, with scripted faults ---------------------------------------
+
+
+def _respond(fake: FakeGateway, request: requests.PreparedRequest) -> tuple[int, dict, str]:
+    status, payload = fake.handle(request.method, request.path_url, request.headers, request.body)
+    return status, {"Content-Type": "application/json"}, json.dumps(payload)
+
+
+def healthy(fake: FakeGateway, request: requests.PreparedRequest) -> tuple[int, dict, str]:
+    return _respond(fake, request)
+
+
+def lost(error: Exception, *, applied: bool) -> Behaviour:
+    """The request fails on the wire, after the gateway applied it or before it arrived."""
+
+    def behaviour(fake, request):
+        if applied:
+            _respond(fake, request)
+        raise error
+
+    return behaviour
+
+
+def answers(status: int, body: Any = "", *, applied: bool, content_type: str = "application/json") -> Behaviour:
+    """The gateway (or a proxy in front of it) answers this, having applied the request or not."""
+
+    def behaviour(fake, request):
+        if applied:
+            _respond(fake, request)
+        return status, {"Content-Type": content_type}, body if isinstance(body, str) else json.dumps(body)
+
+    return behaviour
+
+
+def tampered(**changes: Any) -> Behaviour:
+    """Applied; the answer arrives with these fields changed."""
+
+    def behaviour(fake, request):
+        status, headers, body = _respond(fake, request)
+        return status, headers, json.dumps({**json.loads(body), **changes})
+
+    return behaviour
+
+
+@dataclass
+class Mocked:
+    rsps: responses.RequestsMock
+    charge: responses.BaseResponse
+    refund: responses.BaseResponse
+    lookup: responses.BaseResponse
+
+
+def mocked(
+    fake: FakeGateway,
+    *,
+    charge: tuple[Behaviour, ...] = (),
+    refund: tuple[Behaviour, ...] = (),
+    lookup: tuple[Behaviour, ...] = (),
+    base: str = MOCK_BASE,
+) -> Mocked:
+    """A RequestsMock for the three endpoints: each plays its scripted behaviours, one per
+    call, then answers as the healthy gateway."""
+
+    def scripted(behaviours: tuple[Behaviour, ...]):
+        script = list(behaviours)
+
+        def callback(request):
+            return (script.pop(0) if script else healthy)(fake, request)
+
+        return callback
+
+    rsps = responses.RequestsMock(assert_all_requests_are_fired=False)
+    return Mocked(
+        rsps=rsps,
+        charge=rsps.add_callback(responses.POST, f"{base}/charges", callback=scripted(charge)),
+        refund=rsps.add_callback(
+            responses.POST, re.compile(re.escape(base) + r"/charges/[^/?]+/refunds"), callback=scripted(refund)
+        ),
+        lookup=rsps.add_callback(
+            responses.GET, re.compile(re.escape(base) + r"/charges(\?.*)?"), callback=scripted(lookup)
+        ),
+    )
+
+
+# API helpers ---------------------------------------------------------------------------------
+
+
+def book(client, flight) -> dict:
+    response = client.post("/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": SEATS}, format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["status"], body["totalCost"]) == ("INITIATED", TOTAL)
+    return body
+
+
+def pay(client, booking_id: int, key: str, **extra):
+    return client.post(
+        "/api/v1/payments", {"bookingId": booking_id, "amount": TOTAL}, format="json", HTTP_IDEMPOTENCY_KEY=key, **extra
+    )
+
+
+def cancel(client, booking_id: int, **extra):
+    return client.patch(f"/api/v1/bookings/{booking_id}/cancel", **extra)
+
+
+def states(booking_id: int) -> tuple[str, list[str]]:
+    """The booking's status and its payments' statuses, oldest first."""
+    booking = Booking.objects.get(pk=booking_id)
+    return booking.status, list(Payment.objects.filter(booking=booking).order_by("id").values_list("status", flat=True))
+
+
+def seats_left(flight) -> int:
+    flight.refresh_from_db()
+    return flight.available_seats
+
+
+def assert_unavailable(response) -> None:
+    assert_problem(response, 503, "payment_gateway_unavailable")
+    assert response["Retry-After"] == "5"
+    assert "Idempotent-Replayed" not in response
+
+
+def assert_consistent(fake: FakeGateway, flight) -> None:
+    assert_money_matches_bookings(standing=fake.standing())
+    assert_bookings_match_ledger(flight)
+
+
+# 1. End to end over real HTTP ------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pay_replay_refund_and_look_up_over_real_http(served, fake, user_client, flight):
+    booking = book(user_client, flight)
+
+    paid = pay(user_client, booking["id"], "client-key-1", HTTP_X_REQUEST_ID="trace-pay-1")
+
+    assert paid.status_code == 201, paid.content
+    body = paid.json()
+    payment = Payment.objects.get()
+    assert (body["id"], body["status"], body["amount"], body["currency"]) == (payment.pk, "SUCCEEDED", TOTAL, "INR")
+    assert states(booking["id"]) == ("BOOKED", ["SUCCEEDED"])
+    (charge_request,) = fake.seen("POST", "charge")
+    assert charge_request.status == 201
+    assert charge_request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert charge_request.headers["idempotency-key"] == payment.reference
+    assert charge_request.headers["x-request-id"] == "trace-pay-1"
+    assert charge_request.body == {"amount": TOTAL, "currency": "INR", "reference": payment.reference}
+    (charge,) = fake.charges.values()
+    assert (charge["status"], charge["amount"], charge["reference"]) == (SUCCEEDED, TOTAL, payment.reference)
+    assert body["gatewayReference"] == payment.gateway_reference == charge["id"]
+    assert fake.standing() == {payment.reference}
+    assert seats_left(flight) == CAPACITY - SEATS
+    assert_consistent(fake, flight)
+
+    # The same client key replays the answer: the gateway hears nothing.
+    replay = pay(user_client, booking["id"], "client-key-1")
+
+    assert replay.status_code == 201
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.json() == body
+    assert len(fake.received) == 1
+    assert Payment.objects.count() == 1
+
+    # Reconciliation's look-up finds the charge by our reference, and nothing for another.
+    gateway = get_payment_gateway()
+    found = gateway.find_charge(reference=payment.reference)
+    assert (found.gateway_reference, found.status, found.amount, found.currency) == (
+        charge["id"],
+        SUCCEEDED,
+        Decimal(TOTAL),
+        "INR",
+    )
+    assert gateway.find_charge(reference="pay_nobody") is None
+    lookups = fake.seen("GET", "lookup")
+    assert [r.query for r in lookups] == [{"reference": [payment.reference]}, {"reference": ["pay_nobody"]}]
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" and r.headers["x-request-id"] for r in lookups)
+
+    # Cancelling refunds first, with the refund key, then gives the seats back.
+    cancelled = cancel(user_client, booking["id"], HTTP_X_REQUEST_ID="trace-cancel-1")
+
+    assert cancelled.status_code == 200, cancelled.content
+    assert cancelled.json()["status"] == "CANCELLED"
+    (refund_request,) = fake.seen("POST", "refund")
+    assert refund_request.path == f"{PREFIX}/charges/{charge['id']}/refunds"
+    assert refund_request.headers["idempotency-key"] == f"refund-{payment.reference}"
+    assert refund_request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert refund_request.headers["x-request-id"] == "trace-cancel-1"
+    assert refund_request.body == {"amount": TOTAL}
+    (refund,) = fake.refunds.values()
+    payment.refresh_from_db()
+    assert (payment.status, payment.refund_reference) == (Payment.Status.REFUNDED, refund["id"])
+    assert states(booking["id"]) == ("CANCELLED", ["REFUNDED"])
+    assert fake.standing() == set()
+    assert seats_left(flight) == CAPACITY
+    assert_consistent(fake, flight)
+
+    # Cancelling again is a no-op: no second refund is even asked for.
+    again = cancel(user_client, booking["id"])
+
+    assert again.status_code == 200
+    assert again.json()["status"] == "CANCELLED"
+    assert len(fake.seen("POST", "refund")) == 1
+    assert seats_left(flight) == CAPACITY
+    assert_consistent(fake, flight)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_charge_applied_but_answer_too_late_over_real_http(served, fake, user_client, flight):
+    booking = book(user_client, flight)
+    fake.late_answers = [1.0]  # Twice the read timeout: the socket times out for real.
+
+    started = time.monotonic()
+    response = pay(user_client, booking["id"], "client-key-1")
+
+    assert time.monotonic() - started < 0.95  # Gave up at the read timeout, did not wait.
+    assert_unavailable(response)
+    assert states(booking["id"]) == ("PENDING", ["PROCESSING"])
+    payment = Payment.objects.get()
+    assert fake.standing() == {payment.reference}  # Charged, though we do not know it yet.
+    assert seats_left(flight) == CAPACITY - SEATS
+    assert_consistent(fake, flight)
+
+    retried = pay(user_client, booking["id"], "client-key-1")
+
+    assert retried.status_code == 201, retried.content
+    assert states(booking["id"]) == ("BOOKED", ["SUCCEEDED"])
+    payment.refresh_from_db()
+    assert payment.attempts == 2
+    charge_requests = fake.seen("POST", "charge")
+    assert [r.status for r in charge_requests] == [201, 200]  # The repeat answered the first charge.
+    assert {r.headers["idempotency-key"] for r in charge_requests} == {payment.reference}
+    (charge,) = fake.charges.values()
+    assert payment.gateway_reference == charge["id"]
+    assert_consistent(fake, flight)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gateway_refusing_connections_then_back_over_real_http(served, fake, point_at, user_client, flight):
+    booking = book(user_client, flight)
+    point_at(dead_url())
+
+    response = pay(user_client, booking["id"], "client-key-1")
+
+    assert_unavailable(response)
+    assert states(booking["id"]) == ("INITIATED", ["FAILED"])  # Never arrived: definitely not charged.
+    assert fake.received == []
+    assert_consistent(fake, flight)
+
+    point_at(served)
+    retried = pay(user_client, booking["id"], "client-key-1")
+
+    assert retried.status_code == 201, retried.content
+    assert states(booking["id"]) == ("BOOKED", ["FAILED", "SUCCEEDED"])  # A new payment.
+    succeeded = Payment.objects.get(status=Payment.Status.SUCCEEDED)
+    assert [r.headers["idempotency-key"] for r in fake.seen("POST", "charge")] == [succeeded.reference]
+    assert len(fake.charges) == 1
+    assert_consistent(fake, flight)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wrong_token_is_refused_by_the_gateway_over_real_http(served, fake, point_at, user_client, flight):
+    booking = book(user_client, flight)
+    point_at(served, token="not-the-secret")
+    wrong = get_payment_gateway()
+
+    response = pay(user_client, booking["id"], "client-key-1")
+    close_gateway(wrong)
+
+    assert_unavailable(response)
+    (refused,) = fake.received
+    assert (refused.status, refused.headers["authorization"]) == (401, "Bearer not-the-secret")
+    assert states(booking["id"]) == ("INITIATED", ["FAILED"])
+    assert fake.charges == {}
+
+    point_at(served)
+    retried = pay(user_client, booking["id"], "client-key-1")
+
+    assert retried.status_code == 201, retried.content
+    assert states(booking["id"]) == ("BOOKED", ["FAILED", "SUCCEEDED"])
+    assert len(fake.charges) == 1
+    assert_consistent(fake, flight)
+
+
+# 2. Charge faults: the outcome is unknown ------------------------------------------------------
+
+UNKNOWN_OUTCOMES = [
+    pytest.param(
+        lost(requests.exceptions.ReadTimeout("read timed out"), applied=True), True, id="timeout-after-charge"
+    ),
+    pytest.param(lost(requests.exceptions.ReadTimeout("read timed out"), applied=False), False, id="timeout-before"),
+    pytest.param(answers(500, {"error": "boom"}, applied=True), True, id="500-charged"),
+    pytest.param(answers(500, {"error": "boom"}, applied=False), False, id="500-not-charged"),
+    pytest.param(answers(502, "Bad Gateway", applied=True, content_type="text/html"), True, id="502-charged"),
+    pytest.param(answers(502, "Bad Gateway", applied=False, content_type="text/html"), False, id="502-not-charged"),
+    pytest.param(answers(503, {"error": "down"}, applied=True), True, id="503-charged"),
+    pytest.param(answers(503, {"error": "down"}, applied=False), False, id="503-not-charged"),
+    pytest.param(answers(200, "<html>ok</html>", applied=True, content_type="text/html"), True, id="200-not-json"),
+    pytest.param(answers(200, {"ok": True}, applied=True), True, id="200-json-without-id-and-status"),
+    pytest.param(answers(201, ["ch_1"], applied=True), True, id="201-json-not-an-object"),
+    pytest.param(tampered(amount="1.00"), True, id="200-another-amount"),
+    pytest.param(tampered(currency="USD"), True, id="200-another-currency"),
+    pytest.param(tampered(status="pending"), True, id="200-unknown-status"),
+    pytest.param(answers(409, {"error": "request_in_flight"}, applied=True), True, id="409-in-flight"),
+    pytest.param(answers(429, {"error": "slow_down"}, applied=False), False, id="429"),
+    pytest.param(answers(408, {"error": "timeout"}, applied=False), False, id="408"),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("fault", "charged"), UNKNOWN_OUTCOMES)
+def test_unknown_charge_outcome_stays_pending_and_the_same_key_charges_once(
+    mock_gateway, fake, user_client, flight, fault, charged
+):
+    booking = book(user_client, flight)
+    gateway = mocked(fake, charge=(fault,))
+
+    with gateway.rsps:
+        response = pay(user_client, booking["id"], "client-key-1")
+        assert gateway.charge.call_count == 1  # One API call, one charge request: never resent by the adapter.
+        assert_unavailable(response)
+        assert states(booking["id"]) == ("PENDING", ["PROCESSING"])
+        payment = Payment.objects.get()
+        assert payment.failure_reason  # The error is kept for ops.
+        assert fake.standing() == ({payment.reference} if charged else set())
+        assert seats_left(flight) == CAPACITY - SEATS
+        assert_consistent(fake, flight)
+
+        # The gateway is healthy again: the client retries with the same key.
+        retried = pay(user_client, booking["id"], "client-key-1")
+
+        assert gateway.charge.call_count == 2
+        assert retried.status_code == 201, retried.content
+        assert "Idempotent-Replayed" not in retried
+
+    assert retried.json()["id"] == payment.pk  # The same payment, resumed.
+    assert states(booking["id"]) == ("BOOKED", ["SUCCEEDED"])
+    payment.refresh_from_db()
+    assert payment.attempts == 2
+    sent = [call.request.headers["Idempotency-Key"] for call in gateway.charge.calls]
+    assert sent == [payment.reference, payment.reference]
+    (charge,) = fake.charges.values()  # The gateway deduplicated by the forwarded key.
+    assert (charge["status"], charge["reference"]) == (SUCCEEDED, payment.reference)
+    assert payment.gateway_reference == charge["id"]
+    # The retry is answered by the first charge if it was applied, else it makes it.
+    assert fake.seen("POST", "charge")[-1].status == (200 if charged else 201)
+    assert seats_left(flight) == CAPACITY - SEATS
+    assert_consistent(fake, flight)
+
+    # A further retry with the same key replays the stored answer without asking the gateway.
+    with mocked(fake).rsps as rsps:
+        replay = pay(user_client, booking["id"], "client-key-1")
+        assert len(rsps.calls) == 0
+    assert (replay.status_code, replay["Idempotent-Replayed"]) == (201, "true")
+    assert len(fake.charges) == 1
+
+
+# 3. Charge faults: definitely not charged ------------------------------------------------------
+
+NOT_CHARGED = [
+    pytest.param(lost(requests.exceptions.ConnectionError("Connection refused"), applied=False), id="refused"),
+    pytest.param(lost(requests.exceptions.ConnectTimeout("connect timed out"), applied=False), id="connect-timeout"),
+    pytest.param(answers(401, {"error": "invalid_token"}, applied=False), id="401-bad-token"),
+    pytest.param(answers(400, {"error": "bad_request"}, applied=False), id="400"),
+    pytest.param(answers(403, {"error": "forbidden"}, applied=False), id="403"),
+    pytest.param(answers(404, {"error": "not_found"}, applied=False), id="404"),
+    pytest.param(answers(422, {"error": "unprocessable"}, applied=False), id="422"),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fault", NOT_CHARGED)
+def test_definite_failure_frees_the_booking_and_a_retry_pays_with_a_new_payment(
+    mock_gateway, fake, user_client, flight, fault
+):
+    booking = book(user_client, flight)
+    gateway = mocked(fake, charge=(fault,))
+
+    with gateway.rsps:
+        response = pay(user_client, booking["id"], "client-key-1")
+        assert gateway.charge.call_count == 1
+        assert_unavailable(response)
+        assert states(booking["id"]) == ("INITIATED", ["FAILED"])
+        failed = Payment.objects.get()
+        assert failed.failure_reason
+        assert fake.charges == {}
+        assert seats_left(flight) == CAPACITY - SEATS
+        assert_consistent(fake, flight)
+
+        retried = pay(user_client, booking["id"], "client-key-1")
+
+        assert gateway.charge.call_count == 2
+        assert retried.status_code == 201, retried.content
+
+    assert states(booking["id"]) == ("BOOKED", ["FAILED", "SUCCEEDED"])
+    succeeded = Payment.objects.get(status=Payment.Status.SUCCEEDED)
+    assert retried.json()["id"] == succeeded.pk != failed.pk
+    sent = [call.request.headers["Idempotency-Key"] for call in gateway.charge.calls]
+    assert sent == [failed.reference, succeeded.reference]
+    (charge,) = fake.charges.values()
+    assert (charge["reference"], succeeded.gateway_reference) == (succeeded.reference, charge["id"])
+    assert_consistent(fake, flight)
+
+
+# 4. Declines -----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("decline", ["402", "200"], ids=["402", "200-status-declined"])
+def test_decline_answers_402_replays_it_and_a_new_key_pays(mock_gateway, fake, user_client, flight, decline):
+    booking = book(user_client, flight)
+    fake.decline = decline
+    gateway = mocked(fake)
+
+    with gateway.rsps:
+        response = pay(user_client, booking["id"], "client-key-1")
+
+        assert gateway.charge.call_count == 1
+        body = assert_problem(response, 402, "payment_declined")
+        assert "Insufficient funds." in body["detail"]
+        assert states(booking["id"]) == ("INITIATED", ["DECLINED"])
+        declined = Payment.objects.get()
+        assert declined.failure_reason == "Insufficient funds."
+        assert fake.standing() == set()
+        assert_consistent(fake, flight)
+
+        # The same key replays the decline, even though the gateway would now approve.
+        fake.decline = None
+        replay = pay(user_client, booking["id"], "client-key-1")
+
+        assert gateway.charge.call_count == 1
+        assert replay["Idempotent-Replayed"] == "true"
+        assert replay.json() == body
+        assert states(booking["id"]) == ("INITIATED", ["DECLINED"])
+
+        # A new key is a new payment, and pays.
+        paid = pay(user_client, booking["id"], "client-key-2")
+
+        assert gateway.charge.call_count == 2
+
+    assert paid.status_code == 201, paid.content
+    assert states(booking["id"]) == ("BOOKED", ["DECLINED", "SUCCEEDED"])
+    succeeded = Payment.objects.get(status=Payment.Status.SUCCEEDED)
+    assert sorted(c["status"] for c in fake.charges.values()) == [DECLINED, SUCCEEDED]
+    assert fake.standing() == {succeeded.reference}
+    assert seats_left(flight) == CAPACITY - SEATS
+    assert_consistent(fake, flight)
+
+
+# 5. Refund faults --------------------------------------------------------------------------------
+
+REFUND_FAULTS = [
+    pytest.param(
+        lost(requests.exceptions.ReadTimeout("read timed out"), applied=True), True, id="timeout-after-refund"
+    ),
+    pytest.param(lost(requests.exceptions.ReadTimeout("read timed out"), applied=False), False, id="timeout-before"),
+    pytest.param(lost(requests.exceptions.ConnectionError("Connection refused"), applied=False), False, id="refused"),
+    pytest.param(answers(500, {"error": "boom"}, applied=True), True, id="500-refunded"),
+    pytest.param(answers(502, "Bad Gateway", applied=False, content_type="text/html"), False, id="502"),
+    pytest.param(answers(503, {"error": "down"}, applied=False), False, id="503"),
+    pytest.param(answers(200, "<html>ok</html>", applied=True, content_type="text/html"), True, id="200-not-json"),
+    pytest.param(answers(401, {"error": "invalid_token"}, applied=False), False, id="401"),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("fault", "refunded"), REFUND_FAULTS)
+def test_refund_fault_keeps_the_booking_booked_and_a_second_cancel_refunds_once(
+    mock_gateway, fake, user_client, flight, fault, refunded
+):
+    booking = book(user_client, flight)
+    gateway = mocked(fake, refund=(fault,))
+
+    with gateway.rsps:
+        assert pay(user_client, booking["id"], "client-key-1").status_code == 201
+        payment = Payment.objects.get()
+
+        response = cancel(user_client, booking["id"])
+
+        assert gateway.refund.call_count == 1
+        assert_unavailable(response)
+        assert states(booking["id"]) == ("BOOKED", ["SUCCEEDED"])
+        assert seats_left(flight) == CAPACITY - SEATS  # Still held: nothing was cancelled.
+        assert_bookings_match_ledger(flight)
+        assert len(fake.refunds) == (1 if refunded else 0)
+        if not refunded:
+            assert_money_matches_bookings(standing=fake.standing())
+        # (If the gateway refunded but its answer was lost, the books disagree until the retry.)
+
+        again = cancel(user_client, booking["id"])
+
+        assert gateway.refund.call_count == 2
+
+    assert again.status_code == 200, again.content
+    assert again.json()["status"] == "CANCELLED"
+    assert states(booking["id"]) == ("CANCELLED", ["REFUNDED"])
+    sent = [call.request.headers["Idempotency-Key"] for call in gateway.refund.calls]
+    assert sent == [f"refund-{payment.reference}"] * 2
+    (refund,) = fake.refunds.values()  # One refund, whether the first try reached the gateway or not.
+    payment.refresh_from_db()
+    assert payment.refund_reference == refund["id"]
+    assert fake.seen("POST", "refund")[-1].status == (200 if refunded else 201)
+    assert fake.standing() == set()
+    assert seats_left(flight) == CAPACITY
+    assert_consistent(fake, flight)
+
+
+# 6. The adapter on its own: reading answers ------------------------------------------------------
+
+
+@pytest.fixture
+def adapter():
+    gateway = HttpPaymentGateway(base_url=MOCK_BASE + "/", token=TOKEN, timeout=0.5)
+    yield gateway
+    close_gateway(gateway)
+
+
+def charge_with(gateway: HttpPaymentGateway, reference: str = "pay_abc"):
+    return gateway.charge(amount=Decimal(TOTAL), currency="INR", reference=reference, idempotency_key=reference)
+
+
+def test_adapter_sends_the_contract_and_reads_a_charge(adapter, fake):
+    with mocked(fake).rsps as rsps:
+        charge = charge_with(adapter)
+        (call,) = rsps.calls
+
+    assert call.request.url == f"{MOCK_BASE}/charges"
+    assert call.request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert call.request.headers["Idempotency-Key"] == "pay_abc"
+    assert re.fullmatch(r"[0-9a-f]{32}", call.request.headers["X-Request-ID"])  # Outside a request: a fresh id.
+    assert json.loads(call.request.body) == {"amount": TOTAL, "currency": "INR", "reference": "pay_abc"}
+    (stored,) = fake.charges.values()
+    assert (charge.gateway_reference, charge.status, charge.amount, charge.currency) == (
+        stored["id"],
+        SUCCEEDED,
+        Decimal(TOTAL),
+        "INR",
+    )
+    assert charge.money_taken
+
+
+GARBAGE_CHARGES = [
+    pytest.param(200, "<html>ok</html>", id="not-json"),
+    pytest.param(200, "", id="empty"),
+    pytest.param(201, [], id="a-list"),
+    pytest.param(200, {"amount": TOTAL, "currency": "INR"}, id="no-id-no-status"),
+    pytest.param(200, {"status": "succeeded", "amount": TOTAL, "currency": "INR"}, id="no-id"),
+    pytest.param(200, {"id": "ch_1", "amount": TOTAL, "currency": "INR"}, id="no-status"),
+    pytest.param(200, {"id": "ch_1", "status": "pending", "amount": TOTAL, "currency": "INR"}, id="unknown-status"),
+    pytest.param(200, {"id": 7, "status": "succeeded", "amount": TOTAL, "currency": "INR"}, id="id-not-a-string"),
+    pytest.param(200, {"id": "ch_1", "status": "succeeded", "currency": "INR"}, id="no-amount"),
+    pytest.param(200, {"id": "ch_1", "status": "succeeded", "amount": "lots", "currency": "INR"}, id="bad-amount"),
+    pytest.param(200, {"id": "ch_1", "status": "succeeded", "amount": "NaN", "currency": "INR"}, id="nan-amount"),
+    pytest.param(200, {"id": "ch_1", "status": "succeeded", "amount": TOTAL}, id="no-currency"),
+    pytest.param(200, {"id": "ch_1", "status": "succeeded", "amount": "1.00", "currency": "INR"}, id="other-amount"),
+    pytest.param(200, {"id": "ch_1", "status": "succeeded", "amount": TOTAL, "currency": "USD"}, id="other-currency"),
+]
+
+
+@pytest.mark.parametrize(("status", "body"), GARBAGE_CHARGES)
+def test_adapter_garbage_charge_answer_is_an_unknown_outcome(adapter, fake, status, body):
+    gateway = mocked(fake, charge=(answers(status, body, applied=False),))
+    with gateway.rsps, pytest.raises(PaymentGatewayUnavailable) as raised:
+        charge_with(adapter)
+
+    assert raised.value.maybe_charged is True
+    assert gateway.charge.call_count == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "maybe_charged"),
+    [
+        *((status, False) for status in (400, 401, 403, 404, 422)),  # The gateway refused our request.
+        *((status, True) for status in (408, 409, 429, 500, 502, 503, 504)),  # Unclear.
+    ],
+)
+def test_adapter_error_statuses_are_refusals_or_unknown_and_never_resent(adapter, fake, status, maybe_charged):
+    gateway = mocked(fake, charge=(answers(status, {"error": "x"}, applied=False),))
+    with gateway.rsps, pytest.raises(PaymentGatewayUnavailable) as raised:
+        charge_with(adapter)
+
+    assert raised.value.maybe_charged is maybe_charged
+    assert gateway.charge.call_count == 1  # A POST is never retried by the adapter, not even on 502/503/504.
+
+
+@pytest.mark.parametrize(
+    ("error", "maybe_charged"),
+    [
+        (requests.exceptions.ConnectionError("Connection refused"), False),
+        (requests.exceptions.ConnectTimeout("connect timed out"), False),
+        (requests.exceptions.ReadTimeout("read timed out"), True),
+        (requests.exceptions.ConnectionError("Connection reset by peer"), True),  # Dropped mid-answer.
+    ],
+    ids=["refused", "connect-timeout", "read-timeout", "reset"],
+)
+def test_adapter_network_failures(adapter, fake, error, maybe_charged):
+    gateway = mocked(fake, charge=(lost(error, applied=False),))
+    with gateway.rsps, pytest.raises(PaymentGatewayUnavailable) as raised:
+        charge_with(adapter)
+
+    assert raised.value.maybe_charged is maybe_charged
+    assert gateway.charge.call_count == 1
+
+
+def test_adapter_real_refused_connection_is_not_charged():
+    gateway = HttpPaymentGateway(base_url=dead_url(), token=TOKEN, timeout=0.5)
+    try:
+        with pytest.raises(PaymentGatewayUnavailable) as raised:
+            charge_with(gateway)
+    finally:
+        close_gateway(gateway)
+
+    assert raised.value.maybe_charged is False
+
+
+def test_adapter_real_401_from_the_stub_is_not_charged(fake):
+    fake.token = "rotated"  # The gateway no longer accepts our token.
+    server = _StubServer(("127.0.0.1", 0), _Handler)
+    server.fake = fake
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    gateway = HttpPaymentGateway(
+        base_url=f"http://127.0.0.1:{server.server_address[1]}{PREFIX}", token=TOKEN, timeout=0.5
+    )
+    try:
+        with pytest.raises(PaymentGatewayUnavailable) as raised:
+            charge_with(gateway)
+    finally:
+        close_gateway(gateway)
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    assert raised.value.maybe_charged is False
+    assert [r.status for r in fake.received] == [401]
+    assert fake.charges == {}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"status": "declined", "declineReason": "Card expired."}, "<html>declined</html>"],
+    ids=["json", "not-json"],
+)
+def test_adapter_402_is_a_decline_whatever_the_body(adapter, fake, body):
+    content_type = "application/json" if isinstance(body, dict) else "text/html"
+    gateway = mocked(fake, charge=(answers(402, body, applied=False, content_type=content_type),))
+    with gateway.rsps:
+        charge = charge_with(adapter)
+
+    assert (charge.status, charge.money_taken, charge.gateway_reference) == (DECLINED, False, "")
+    assert charge.decline_reason == ("Card expired." if isinstance(body, dict) else "Declined by the payment gateway.")
+
+
+def test_adapter_repeat_key_answers_the_first_charge(adapter, fake):
+    with mocked(fake).rsps:
+        first = charge_with(adapter)
+        second = charge_with(adapter)
+
+    assert first == second
+    assert [r.status for r in fake.seen("POST", "charge")] == [201, 200]
+    assert len(fake.charges) == 1
+
+
+# Look-ups are retried on 502/503/504 only, twice at most (3 calls).
+
+
+@pytest.mark.parametrize(("status", "calls"), [(502, 3), (503, 3), (504, 3), (500, 1)])
+def test_adapter_look_up_retries_are_bounded(adapter, fake, status, calls):
+    failing = answers(status, {"error": "x"}, applied=False)
+    gateway = mocked(fake, lookup=(failing,) * 5)
+    with gateway.rsps, pytest.raises(PaymentGatewayUnavailable) as raised:
+        adapter.find_charge(reference="pay_abc")
+
+    assert gateway.lookup.call_count == calls
+    assert raised.value.maybe_charged is False  # A look-up moves no money.
+
+
+def test_adapter_look_up_recovers_within_its_retries(adapter, fake):
+    with mocked(fake).rsps:
+        made = charge_with(adapter)
+    unavailable = answers(503, {"error": "down"}, applied=False)
+    gateway = mocked(fake, lookup=(unavailable, unavailable))
+    with gateway.rsps:
+        found = adapter.find_charge(reference="pay_abc")
+
+    assert gateway.lookup.call_count == 3
+    assert found == made
+    assert gateway.lookup.calls[-1].request.url == f"{MOCK_BASE}/charges?reference=pay_abc"
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["<html></html>", {"charges": []}, {"data": {"id": "ch_1"}}, {"data": [{"id": "ch_1", "status": "weird"}]}],
+    ids=["not-json", "no-data", "data-not-a-list", "bad-charge"],
+)
+def test_adapter_look_up_garbage_raises(adapter, fake, body):
+    gateway = mocked(fake, lookup=(answers(200, body, applied=False),))
+    with gateway.rsps, pytest.raises(PaymentGatewayUnavailable):
+        adapter.find_charge(reference="pay_abc")
+    assert gateway.lookup.call_count == 1
+
+
+def test_adapter_look_up_prefers_the_charge_that_took_money(adapter, fake):
+    with mocked(fake).rsps:
+        fake.decline = "200"
+        declined = adapter.charge(amount=Decimal(TOTAL), currency="INR", reference="pay_abc", idempotency_key="k1")
+        fake.decline = None
+        taken = adapter.charge(amount=Decimal(TOTAL), currency="INR", reference="pay_abc", idempotency_key="k2")
+        found = adapter.find_charge(reference="pay_abc")
+        nothing = adapter.find_charge(reference="pay_other")
+
+    assert declined.status == DECLINED and taken.status == SUCCEEDED
+    assert found == taken
+    assert nothing is None
+
+
+def _paid(reference: str, charge_id: str) -> Payment:
+    return Payment(reference=reference, gateway_reference=charge_id, amount=Decimal(TOTAL), currency="INR")
+
+
+def test_adapter_refund_once_per_key(adapter, fake):
+    with mocked(fake).rsps as rsps:
+        charge = charge_with(adapter)
+        first = adapter.refund(payment=_paid("pay_abc", charge.gateway_reference))
+        second = adapter.refund(payment=_paid("pay_abc", charge.gateway_reference))
+        refund_calls = [c for c in rsps.calls if c.request.url.endswith("/refunds")]
+
+    assert first == second
+    assert first.refund_reference == next(iter(fake.refunds.values()))["id"]
+    assert [json.loads(c.request.body) for c in refund_calls] == [{"amount": TOTAL}] * 2
+    assert [c.request.headers["Idempotency-Key"] for c in refund_calls] == ["refund-pay_abc"] * 2
+    assert [r.status for r in fake.seen("POST", "refund")] == [201, 200]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "maybe_charged"),
+    [
+        (200, {"id": "re_1", "status": "pending", "charge": "ch_1"}, True),
+        (201, {"status": "succeeded"}, True),
+        (200, "<html></html>", True),
+        (500, {"error": "boom"}, True),
+        (404, {"error": "no_such_charge"}, False),
+        (401, {"error": "invalid_token"}, False),
+    ],
+    ids=["pending", "no-id", "not-json", "500", "404", "401"],
+)
+def test_adapter_refund_without_a_confirmed_refund_raises(adapter, fake, status, body, maybe_charged):
+    gateway = mocked(fake, refund=(answers(status, body, applied=False),))
+    with gateway.rsps, pytest.raises(PaymentGatewayUnavailable) as raised:
+        adapter.refund(payment=_paid("pay_abc", "ch_1"))
+
+    assert raised.value.maybe_charged is maybe_charged
+    assert gateway.refund.call_count == 1  # Never resent by the adapter.
