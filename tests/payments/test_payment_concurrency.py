@@ -279,17 +279,13 @@ def test_twenty_bookings_paid_in_parallel_all_succeed(settings, user):
     bookings = [_booking(user, flight) for _ in range(count)]
     token = _token(user)
 
-    started = time.monotonic()
+    # The slow charges overlap, so a lock or key shared across bookings would show as 409s.
     responses = race(count, lambda index: _pay(token, bookings[index], f"booking-{bookings[index].pk}"))
-    elapsed = time.monotonic() - started
 
     assert Counter(_outcome(response) for response in responses) == {(201, None, False): count}
     assert [response.json()["bookingId"] for response in responses] == [booking.pk for booking in bookings]
     assert SimulatedCharge.objects.filter(status="succeeded").count() == count
     assert Payment.objects.filter(status=Payment.Status.SUCCEEDED).count() == count
     assert Booking.objects.filter(status=Booking.Status.BOOKED).count() == count
-    # One after another they would take count x delay (6 s); in parallel, a fraction of it.
-    print(f"{count} bookings paid in {elapsed:.2f}s")
-    assert elapsed < count * delay_ms / 1000 / 2, elapsed
     assert_money_matches_bookings()
     assert_bookings_match_ledger(flight)
