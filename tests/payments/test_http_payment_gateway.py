@@ -501,12 +501,12 @@ def test_pay_replay_refund_and_look_up_over_real_http(served, fake, user_client,
 @pytest.mark.django_db(transaction=True)
 def test_charge_applied_but_answer_too_late_over_real_http(served, fake, user_client, flight):
     booking = book(user_client, flight)
-    fake.late_answers = [1.0]  # Twice the read timeout: the socket times out for real.
+    fake.late_answers = [1.5]  # Three times the read timeout: the socket times out for real.
 
     started = time.monotonic()
     response = pay(user_client, booking["id"], "client-key-1")
 
-    assert time.monotonic() - started < 0.95  # Gave up at the read timeout, did not wait.
+    assert time.monotonic() - started < 1.4  # Gave up at the read timeout, did not wait.
     assert_unavailable(response)
     assert states(booking["id"]) == ("PENDING", ["PROCESSING"])
     payment = Payment.objects.get()
@@ -646,6 +646,46 @@ def test_unknown_charge_outcome_stays_pending_and_the_same_key_charges_once(
         assert len(rsps.calls) == 0
     assert (replay.status_code, replay["Idempotent-Replayed"]) == (201, "true")
     assert len(fake.charges) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "second_fault",
+    [
+        lost(requests.exceptions.ConnectionError("Connection refused"), applied=False),
+        answers(401, {"error": "invalid_token"}, applied=False),
+    ],
+    ids=["then-refused", "then-401"],
+)
+def test_a_definite_failure_on_a_resumed_attempt_cannot_clear_an_earlier_charge(
+    mock_gateway, fake, user_client, flight, second_fault
+):
+    booking = book(user_client, flight)
+    first_fault = lost(requests.exceptions.ReadTimeout("read timed out"), applied=True)
+    gateway = mocked(fake, charge=(first_fault, second_fault))
+
+    with gateway.rsps:
+        assert_unavailable(pay(user_client, booking["id"], "client-key-1"))
+        # The retry does not reach the gateway (or is refused): that says nothing about the
+        # first attempt, which did charge. The payment must stay open, not FAILED.
+        assert_unavailable(pay(user_client, booking["id"], "client-key-1"))
+
+        assert gateway.charge.call_count == 2
+        assert states(booking["id"]) == ("PENDING", ["PROCESSING"])
+        payment = Payment.objects.get()
+        assert fake.standing() == {payment.reference}
+        assert_consistent(fake, flight)
+
+        retried = pay(user_client, booking["id"], "client-key-1")
+
+        assert gateway.charge.call_count == 3
+
+    assert retried.status_code == 201, retried.content
+    assert states(booking["id"]) == ("BOOKED", ["SUCCEEDED"])
+    payment.refresh_from_db()
+    assert payment.attempts == 3
+    assert len(fake.charges) == 1
+    assert_consistent(fake, flight)
 
 
 # 3. Charge faults: definitely not charged ------------------------------------------------------
