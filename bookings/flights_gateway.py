@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -24,10 +23,8 @@ from typing import Any, Protocol
 import requests
 from django.conf import settings
 from django.db import OperationalError
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
-from bookings_project import request_id
+from bookings_project import http_client
 from bookings_project.errors import (
     CapacityExceeded,
     DomainError,
@@ -117,30 +114,11 @@ class HttpFlightGateway:
     reference on every seat change, `X-Request-ID`, and the service token as a Bearer token.
     """
 
-    # 500 is not retried: the seed answers 500 for an unknown flight, and for real faults.
-    RETRY_STATUSES = (502, 503, 504)
-
     def __init__(self, *, base_url: str, token: str = "", timeout: float = 5.0, retries: int = 2) -> None:
         self.base_url = base_url.rstrip("/")
-        self.timeout = (min(timeout, 3.05), timeout)  # (connect, read)
-        self.session = requests.Session()
-        retry = Retry(
-            total=retries,
-            connect=retries,
-            read=retries,
-            status=retries,
-            backoff_factor=0.2,
-            status_forcelist=self.RETRY_STATUSES,
-            allowed_methods=frozenset({"GET"}),
-            raise_on_status=False,
-            respect_retry_after_header=False,
-        )
-        adapter = HTTPAdapter(max_retries=retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update({"Accept": "application/json"})
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.timeout = http_client.timeouts(timeout)
+        # 500 is not retried: the seed answers 500 for an unknown flight, and for real faults.
+        self.session = http_client.json_session(token=token, retries=retries)
 
     # The port ---------------------------------------------------------------------------
 
@@ -180,7 +158,10 @@ class HttpFlightGateway:
     def is_ready(self) -> bool:
         try:
             response = self.session.get(
-                f"{self.base_url}/api/v1/flights", params={"pageSize": 1}, timeout=self.timeout, headers=_trace()
+                f"{self.base_url}/api/v1/flights",
+                params={"pageSize": 1},
+                timeout=self.timeout,
+                headers=http_client.trace_headers(),
             )
         except requests.RequestException as error:
             logger.warning("readiness: Flights service unreachable: %s", error)
@@ -212,14 +193,14 @@ class HttpFlightGateway:
     def _send(self, method: str, path: str, *, maybe_applied: bool, **kwargs: Any) -> requests.Response:
         url = self.base_url + path
         try:
-            return self.session.request(method, url, timeout=self.timeout, headers=_trace(), **kwargs)
+            return self.session.request(
+                method, url, timeout=self.timeout, headers=http_client.trace_headers(), **kwargs
+            )
         except requests.ConnectionError as error:
-            # Refused or unreachable: the request never arrived. A timed-out connect too.
-            # (A dropped connection mid-answer is a ConnectionError as well, hence the check.)
-            never_arrived = isinstance(error, requests.ConnectTimeout) or _is_connect_failure(error)
             logger.warning("flights: %s %s failed: %s", method, url, error)
             raise FlightServiceUnavailable(
-                "The Flights service could not be reached.", maybe_applied=maybe_applied and not never_arrived
+                "The Flights service could not be reached.",
+                maybe_applied=maybe_applied and not http_client.never_arrived(error),
             ) from error
         except requests.Timeout as error:
             logger.warning("flights: %s %s timed out: %s", method, url, error)
@@ -239,7 +220,7 @@ class HttpFlightGateway:
             raise FlightServiceUnavailable(
                 f"The Flights service answered {status}.", maybe_applied=maybe_applied and status != 503
             )
-        body = _json_or_none(response)
+        body = http_client.json_or_none(response)
         code = body.get("code") if isinstance(body, dict) else None
         if status == 404:
             raise NotFound(f"Flight {flight_id} does not exist.")
@@ -256,27 +237,8 @@ class HttpFlightGateway:
         raise FlightServiceUnavailable(f"The Flights service refused the request ({status}).", maybe_applied=False)
 
 
-def _trace() -> dict[str, str]:
-    return {"X-Request-ID": request_id.get() or uuid.uuid4().hex}
-
-
-def _is_connect_failure(error: requests.ConnectionError) -> bool:
-    text = str(error).lower()
-    return any(
-        marker in text
-        for marker in ("connection refused", "failed to establish a new connection", "name or service not known")
-    )
-
-
-def _json_or_none(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def _json(response: requests.Response, *, maybe_applied: bool) -> Any:
-    body = _json_or_none(response)
+    body = http_client.json_or_none(response)
     if body is None:
         raise FlightServiceUnavailable(
             f"The Flights service answered {response.status_code} with a body that is not JSON.",
@@ -303,7 +265,7 @@ def _is_seed_unknown_flight(response: requests.Response) -> bool:
     """The seed answers an unknown flight with 500 and this explanation (DESIGN §1)."""
     if response.status_code != 500:
         return False
-    body = _json_or_none(response)
+    body = http_client.json_or_none(response)
     error = body.get("error") if isinstance(body, dict) else None
     return (
         isinstance(error, dict)

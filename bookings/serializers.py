@@ -4,7 +4,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from bookings.models import Booking
-from bookings_project.fields import StrictIntegerField
+from bookings_project.fields import StrictIntegerField, resolve_alias
 from bookings_project.openapi import MAX_ID
 
 
@@ -78,10 +78,4 @@ class BookingCreateSerializer(serializers.Serializer):
         return fields
 
     def validate(self, attrs: dict) -> dict:
-        seats, alias = attrs.get("numberOfSeats"), attrs.pop("noOfSeats", None)
-        if seats is None and alias is None:
-            raise serializers.ValidationError({"numberOfSeats": "This field is required."})
-        if seats is not None and alias is not None and seats != alias:
-            raise serializers.ValidationError({"noOfSeats": "Must equal numberOfSeats when both are given."})
-        attrs["numberOfSeats"] = seats if seats is not None else alias
-        return attrs
+        return resolve_alias(attrs, "numberOfSeats", "noOfSeats")

@@ -85,3 +85,15 @@ class MoneyField(serializers.DecimalField):
         if isinstance(data, str) and not MONEY_STRING.fullmatch(data):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+def resolve_alias(attrs: dict, name: str, alias: str) -> dict:
+    """Take a field given under its name or under its older alias (DESIGN §3): one of the
+    two is required, and when both are given they must agree."""
+    value, alias_value = attrs.get(name), attrs.pop(alias, None)
+    if value is None and alias_value is None:
+        raise serializers.ValidationError({name: "This field is required."})
+    if value is not None and alias_value is not None and value != alias_value:
+        raise serializers.ValidationError({alias: f"Must equal {name} when both are given."})
+    attrs[name] = value if value is not None else alias_value
+    return attrs

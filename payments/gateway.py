@@ -25,10 +25,8 @@ import requests
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
-from bookings_project import request_id
+from bookings_project import http_client
 from bookings_project.errors import PaymentGatewayUnavailable
 from payments.models import Payment, SimulatedCharge
 
@@ -162,26 +160,10 @@ class HttpPaymentGateway:
     retried here; a charge or refund is resent by its caller with the same key.
     """
 
-    RETRY_STATUSES = (502, 503, 504)
-
     def __init__(self, *, base_url: str, token: str = "", timeout: float = 10.0, retries: int = 2) -> None:
         self.base_url = base_url.rstrip("/")
-        self.timeout = (min(timeout, 3.05), timeout)  # (connect, read)
-        self.session = requests.Session()
-        retry = Retry(
-            total=retries,
-            backoff_factor=0.2,
-            status_forcelist=self.RETRY_STATUSES,
-            allowed_methods=frozenset({"GET"}),
-            raise_on_status=False,
-            respect_retry_after_header=False,
-        )
-        adapter = HTTPAdapter(max_retries=retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update({"Accept": "application/json"})
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.timeout = http_client.timeouts(timeout)
+        self.session = http_client.json_session(token=token, retries=retries)
 
     def charge(self, *, amount: Decimal, currency: str, reference: str, idempotency_key: str) -> Charge:
         response = self._send(
@@ -192,7 +174,7 @@ class HttpPaymentGateway:
             what="charge",
         )
         status = response.status_code
-        body = _json_or_none(response)
+        body = http_client.json_or_none(response)
         if status == 402:
             # A decline is definite whatever else the body says: nothing was taken.
             reason = _detail(body) or "Declined by the payment gateway."
@@ -221,7 +203,7 @@ class HttpPaymentGateway:
             headers={"Idempotency-Key": refund_key(payment)},
             what="refund",
         )
-        body = _json_or_none(response)
+        body = http_client.json_or_none(response)
         if response.status_code in (200, 201) and isinstance(body, dict) and body.get("status") == SUCCEEDED:
             refund_id = body.get("id")
             if isinstance(refund_id, str) and refund_id:
@@ -230,7 +212,7 @@ class HttpPaymentGateway:
 
     def find_charge(self, *, reference: str) -> Charge | None:
         response = self._send("GET", "/charges", params={"reference": reference}, what="look-up")
-        body = _json_or_none(response)
+        body = http_client.json_or_none(response)
         if response.status_code == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
             return _pick_charge([_parse_charge(item) for item in body["data"]])
         self._raise_unavailable(response, what="look-up", money_moved_if_unclear=False)
@@ -241,16 +223,14 @@ class HttpPaymentGateway:
         self, method: str, path: str, *, what: str, headers: dict | None = None, **kwargs: Any
     ) -> requests.Response:
         url = self.base_url + path
-        trace = {"X-Request-ID": request_id.get() or uuid.uuid4().hex, **(headers or {})}
+        trace = {**http_client.trace_headers(), **(headers or {})}
         try:
             return self.session.request(method, url, timeout=self.timeout, headers=trace, **kwargs)
         except requests.ConnectionError as error:
-            # Refused or unreachable: the request never arrived. (A connection dropped
-            # mid-answer is a ConnectionError too, hence the check.)
-            never_arrived = isinstance(error, requests.ConnectTimeout) or _is_connect_failure(error)
             logger.warning("payments: %s %s failed: %s", method, url, error)
             raise PaymentGatewayUnavailable(
-                f"The payment gateway could not be reached ({what}).", maybe_charged=not never_arrived
+                f"The payment gateway could not be reached ({what}).",
+                maybe_charged=not http_client.never_arrived(error),
             ) from error
         except requests.Timeout as error:
             logger.warning("payments: %s %s timed out: %s", method, url, error)
@@ -270,21 +250,6 @@ class HttpPaymentGateway:
             f"The payment gateway answered the {what} with {status}.",
             maybe_charged=money_moved_if_unclear and not refused,
         )
-
-
-def _is_connect_failure(error: requests.ConnectionError) -> bool:
-    text = str(error).lower()
-    return any(
-        marker in text
-        for marker in ("connection refused", "failed to establish a new connection", "name or service not known")
-    )
-
-
-def _json_or_none(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def _detail(body: Any) -> str:

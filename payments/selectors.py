@@ -9,6 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
 from bookings_project.errors import NotFound
+from bookings_project.http_client import timeouts
 from payments.models import Payment
 
 
@@ -29,8 +30,8 @@ def payment_get(*, user: AbstractBaseUser, payment_id: int) -> Payment:
 def payment_attempt_window() -> dt.timedelta:
     """How long a payment attempt can last: the gateway's connect and read timeouts plus a
     margin for lock waits and slow workers. Past it, the request that made it is over."""
-    connect = min(settings.PAYMENT_GATEWAY_TIMEOUT, 3.05)
-    return dt.timedelta(seconds=connect + settings.PAYMENT_GATEWAY_TIMEOUT + settings.PAYMENT_ATTEMPT_MARGIN_SECONDS)
+    connect, read = timeouts(settings.PAYMENT_GATEWAY_TIMEOUT)
+    return dt.timedelta(seconds=connect + read + settings.PAYMENT_ATTEMPT_MARGIN_SECONDS)
 
 
 def booking_has_standing_charge(*, booking_id: int) -> bool:

@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from bookings_project.fields import MoneyField, StrictIntegerField
+from bookings_project.fields import MoneyField, StrictIntegerField, resolve_alias
 from bookings_project.openapi import MAX_ID
 from payments.models import Payment
 
@@ -55,13 +55,7 @@ class PaymentCreateSerializer(serializers.Serializer):
     )
 
     def validate(self, attrs: dict) -> dict:
-        amount, alias = attrs.get("amount"), attrs.pop("totalCost", None)
-        if amount is None and alias is None:
-            raise serializers.ValidationError({"amount": "This field is required."})
-        if amount is not None and alias is not None and amount != alias:
-            raise serializers.ValidationError({"totalCost": "Must equal amount when both are given."})
-        attrs["amount"] = amount if amount is not None else alias
-        return attrs
+        return resolve_alias(attrs, "amount", "totalCost")
 
     def normalised(self) -> dict:
         """The body as the fingerprint sees it: aliases resolved, money as a 2-place string."""
