@@ -147,9 +147,7 @@ def booking_expire(*, booking: Booking) -> bool:
     then release its seats after the commit. True if this call cancelled it."""
     if booking.status != Status.INITIATED or timezone.now() < booking.expires_at:
         return False
-    _cancel(booking, CancelReason.EXPIRED)
-    booking.refresh_from_db()
-    return booking.status == Status.CANCELLED
+    return _cancel(booking, CancelReason.EXPIRED)
 
 
 def booking_release_seats(*, booking_id: int, gateway: FlightGateway | None = None) -> int:
@@ -219,14 +217,18 @@ def _abandon_after_unknown_outcome(booking: Booking, error: FlightServiceUnavail
         _set_seats_state(booking, expect=SeatsState.UNCONFIRMED, to=outcome, error=error.detail)
 
 
-def _cancel(booking: Booking, reason: str, *, error: str = "") -> None:
+def _cancel(booking: Booking, reason: str, *, error: str = "") -> bool:
+    """Cancel an INITIATED booking; True if this call did it."""
     now = timezone.now()
-    Booking.objects.filter(pk=booking.pk, status=Status.INITIATED).update(
-        status=Status.CANCELLED,
-        cancel_reason=reason,
-        cancelled_at=now,
-        updated_at=now,
-        flight_service_error=error[:255],
+    return (
+        Booking.objects.filter(pk=booking.pk, status=Status.INITIATED).update(
+            status=Status.CANCELLED,
+            cancel_reason=reason,
+            cancelled_at=now,
+            updated_at=now,
+            flight_service_error=error[:255],
+        )
+        == 1
     )
 
 

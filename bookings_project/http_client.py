@@ -24,8 +24,9 @@ def timeouts(read_seconds: float) -> tuple[float, float]:
 
 
 def json_session(*, token: str = "", retries: int = 2) -> requests.Session:
-    """A Session that retries GETs on connection failures and 502/503/504, with backoff,
-    `retries` times at most; any other method is sent once, never resent blindly."""
+    """A Session that retries, with backoff and `retries` times at most, a GET that failed or
+    answered 502/503/504, and any request whose connection could not be made (it was never
+    sent). A request that was sent is never resent here unless it is a GET."""
     session = requests.Session()
     retry = Retry(
         total=retries,

@@ -8,7 +8,8 @@ from rest_framework.authentication import SessionAuthentication, TokenAuthentica
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from bookings_project.errors import PROBLEM_CONTENT_TYPE, IdempotencyKeyMissing, UserMismatch
+from bookings.services import booking_owner
+from bookings_project.errors import PROBLEM_CONTENT_TYPE, IdempotencyKeyMissing
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
 from payments import idempotency, selectors, services
 from payments.models import Payment
@@ -170,8 +171,7 @@ class PaymentViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         user_id = data.get("userId")
-        if user_id is not None and user_id != request.user.pk and not request.user.is_staff:
-            raise UserMismatch()
+        booking_owner(caller=request.user, user_id=user_id)  # The userId rule, before the key is claimed.
 
         def pay() -> tuple[int, dict]:
             payment = services.payment_create(

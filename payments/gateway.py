@@ -4,7 +4,7 @@
   (`SimulatedCharge`), so that look-ups and refunds are real. `PAYMENT_SIMULATED_OUTCOME`
   tells it to decline, to fail before charging, or to charge and lose the answer.
 - `HttpPaymentGateway`: a generic JSON gateway over `requests` (the contract is in the
-  README, "Payment gateway HTTP contract").
+  README, "Payment gateways").
 
 Both forward an idempotency key with every charge and refund, so resending one can never
 move money twice, and raise only `PaymentGatewayUnavailable` (see its `maybe_charged`).
@@ -72,8 +72,6 @@ def refund_key(payment: Payment) -> str:
 
 class SimulatedPaymentGateway:
     """A gateway in our own database, in its own transactions, as a remote one would be."""
-
-    OUTCOMES = ("approve", "decline", "fail", "lose_answer")
 
     def charge(self, *, amount: Decimal, currency: str, reference: str, idempotency_key: str) -> Charge:
         outcome = settings.PAYMENT_SIMULATED_OUTCOME

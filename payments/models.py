@@ -54,7 +54,6 @@ class Payment(models.Model):
         indexes = [
             # Reconciliation: attempts still processing, oldest first.
             models.Index(fields=["attempted_at"], name="payment_processing_idx", condition=Q(status="PROCESSING")),
-            models.Index(fields=["created_by", "idempotency_key"], name="payment_key_idx"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gte=0), name="payment_amount_not_negative"),

@@ -93,7 +93,6 @@ def payment_create(
 def _start_attempt(
     *, caller: AbstractBaseUser, booking_id: int, amount: Decimal, idempotency_key: str, user_id: int | None
 ) -> _Attempt:
-    expired = False
     with transaction.atomic():
         bound_lock_wait()
         booking = Booking.objects.select_for_update().filter(pk=booking_id).first()
@@ -101,10 +100,13 @@ def _start_attempt(
             raise NotFound(f"Booking {booking_id} does not exist.")
         if user_id is not None and user_id != booking.user_id:
             raise UserMismatch(f"Booking {booking_id} does not belong to user {user_id}.")
+        # This key's own payment, if it made one: only a PENDING or BOOKED booking can have it.
         own = (
             Payment.objects.filter(booking=booking, created_by=caller, idempotency_key=idempotency_key)
             .order_by("-id")
             .first()
+            if booking.status in (BookingStatus.PENDING, BookingStatus.BOOKED)
+            else None
         )
         if booking.status == BookingStatus.PENDING:
             if own is None or own.status != PaymentStatus.PROCESSING:
@@ -124,9 +126,8 @@ def _start_attempt(
             raise BookingNotPayable(f"Booking {booking_id} is {booking.status}: there is nothing to pay.")
         if booking.seats_state != Booking.SeatsState.RESERVED:
             raise BookingNotPayable(f"Booking {booking_id} holds no seats, so it cannot be paid.")
-        if timezone.now() >= booking.expires_at:
-            expired = booking_expire(booking=booking)
-        else:
+        expired = booking_expire(booking=booking)
+        if not expired:
             if amount != booking.total_cost:
                 raise AmountMismatch(f"amount {amount} differs from the booking's totalCost {booking.total_cost}.")
             booking.status = BookingStatus.PENDING
