@@ -58,6 +58,9 @@ class Booking(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     expires_at = models.DateTimeField()
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    # Set before a paid booking's refund is asked for, with `cancel_reason`: if the cancel
+    # is cut short (a crash, or the gateway down), cleanup finishes it.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     seats_released_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -65,6 +68,12 @@ class Booking(models.Model):
         indexes = [
             models.Index(fields=["user", "-created_at", "-id"], name="booking_user_recent_idx"),
             models.Index(fields=["status", "expires_at"], name="booking_status_expiry_idx"),
+            # Paid bookings whose cancel was cut short: rare, so partial.
+            models.Index(
+                fields=["cancel_requested_at"],
+                name="booking_cancel_unfinished_idx",
+                condition=Q(status="BOOKED", cancel_requested_at__isnull=False),
+            ),
             # Cancelled bookings whose seats still have to go back: small, so partial.
             models.Index(
                 fields=["updated_at"],
@@ -88,3 +97,23 @@ class Booking(models.Model):
     @property
     def release_owed(self) -> bool:
         return self.status == self.Status.CANCELLED and self.seats_state in self.SEATS_OWED
+
+
+class CleanupRun(models.Model):
+    """One run of `cleanup_stale_bookings` (dry runs are not recorded).
+
+    Kept so that ops can see in admin when cron last ran, where, and what it did.
+    """
+
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    host = models.CharField(max_length=255)
+    counts = models.JSONField(help_text="The summary line's counts.")
+    failed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["-started_at"], name="cleanup_run_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"Cleanup run at {self.started_at:%Y-%m-%d %H:%M:%S} on {self.host}"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 
 from bookings.models import Booking
 from bookings_project.errors import NotFound
+from payments.models import Payment
+
+Status, SeatsState = Booking.Status, Booking.SeatsState
 
 
 def booking_list(*, user: AbstractBaseUser) -> QuerySet[Booking]:
@@ -21,3 +26,42 @@ def booking_get(*, user: AbstractBaseUser, booking_id: int) -> Booking:
     if booking is None:
         raise NotFound(f"Booking {booking_id} does not exist.")
     return booking
+
+
+# What cleanup acts on (DESIGN §4); the admin's cleanup page shows the same sets.
+
+
+def bookings_to_expire(*, expired_before: dt.datetime) -> QuerySet[Booking]:
+    """Unpaid bookings whose hold ended before `expired_before`."""
+    return Booking.objects.filter(status=Status.INITIATED, expires_at__lte=expired_before)
+
+
+def bookings_to_reconcile(*, expired_before: dt.datetime, attempted_before: dt.datetime) -> QuerySet[Booking]:
+    """PENDING bookings whose hold ended, once their payment attempt is over (older than
+    `attempted_before`): the gateway then says whether the money was taken."""
+    live_attempt = Payment.objects.filter(
+        booking=OuterRef("pk"), status=Payment.Status.PROCESSING, attempted_at__gt=attempted_before
+    )
+    return Booking.objects.filter(status=Status.PENDING, expires_at__lte=expired_before).exclude(Exists(live_attempt))
+
+
+def bookings_owing_release() -> QuerySet[Booking]:
+    """Cancelled bookings whose seats the Flights service may still hold (a release failed)."""
+    return Booking.objects.filter(status=Status.CANCELLED, seats_state__in=Booking.SEATS_OWED)
+
+
+def bookings_with_stuck_release(*, updated_before: dt.datetime) -> QuerySet[Booking]:
+    """Releases sent to a service without holds and never recorded (the sender died)."""
+    return Booking.objects.filter(
+        status=Status.CANCELLED, seats_state=SeatsState.RELEASING, updated_at__lte=updated_before
+    )
+
+
+def bookings_with_unfinished_cancel(*, requested_before: dt.datetime) -> QuerySet[Booking]:
+    """Paid bookings whose cancel (refund, then cancel) was cut short before `requested_before`."""
+    return Booking.objects.filter(status=Status.BOOKED, cancel_requested_at__lte=requested_before)
+
+
+def bookings_needing_a_person() -> QuerySet[Booking]:
+    """Seat outcomes only a person can settle (see `SeatsState.RECONCILE`)."""
+    return Booking.objects.filter(seats_state=SeatsState.RECONCILE)

@@ -46,7 +46,8 @@ class BookingSerializer(serializers.ModelSerializer):
 
     def to_representation(self, instance: Booking) -> dict:
         data = super().to_representation(instance)
-        data["cancelReason"] = instance.cancel_reason or None
+        # A paid booking being cancelled carries its reason before it is CANCELLED.
+        data["cancelReason"] = (instance.cancel_reason or None) if instance.status == Booking.Status.CANCELLED else None
         return data
 
 

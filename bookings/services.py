@@ -45,6 +45,27 @@ class Cancellation:
     booking: Booking
     # Seats this call gave back to the Flights service (0 if none, or already given back).
     seats_released: int
+    # This call made it CANCELLED (False: it was already).
+    cancelled_now: bool = False
+
+
+@dataclass(frozen=True)
+class SeatRelease:
+    """What one call of `booking_release_seats` did."""
+
+    class Outcome:
+        RELEASED = "released"  # This call gave the seats back.
+        NOT_OWED = "not_owed"  # Nothing to give back, or another caller did it.
+        FAILED = "failed"  # The Flights service did not confirm: still owed, retried later.
+        RECONCILE = "reconcile"  # Only a person can tell what the Flights service holds.
+
+    outcome: str
+    # Seats the Flights service took back (0 when the reserve had never reached it).
+    seats: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in (self.Outcome.FAILED, self.Outcome.RECONCILE)
 
 
 def booking_owner(*, caller: AbstractBaseUser, user_id: int | None) -> AbstractBaseUser:
@@ -122,8 +143,11 @@ def booking_cancel(*, booking_id: int, reason: str = CancelReason.USER) -> Cance
         if booking is None:
             raise NotFound(f"Booking {booking_id} does not exist.")
         if booking.status == Status.BOOKED:
+            # Written before the refund: if we die or the gateway fails, cleanup finishes it.
+            _request_cancel(booking, reason)
             payment_services.payment_refund_for_booking(booking_id=booking_id)
 
+        cancelled_now = False
         with transaction.atomic():
             bound_lock_wait()
             booking = Booking.objects.select_for_update().get(pk=booking_id)
@@ -133,32 +157,72 @@ def booking_cancel(*, booking_id: int, reason: str = CancelReason.USER) -> Cance
                 continue  # Paid since we looked: refund that payment first.
             if booking.status != Status.CANCELLED:
                 booking.status = Status.CANCELLED
-                booking.cancel_reason = reason
+                # A cancel cut short and finished later keeps the reason it was asked with.
+                booking.cancel_reason = booking.cancel_reason or reason
                 booking.cancelled_at = timezone.now()
                 booking.save(update_fields=["status", "cancel_reason", "cancelled_at", "updated_at"])
-        released = booking_release_seats(booking_id=booking_id) if booking.release_owed else 0
+                cancelled_now = True
+        released = booking_release_seats(booking_id=booking_id).seats if booking.release_owed else 0
         booking.refresh_from_db()
-        return Cancellation(booking=booking, seats_released=released)
+        return Cancellation(booking=booking, seats_released=released, cancelled_now=cancelled_now)
     raise ResourceBusy(f"Booking {booking_id} changed while it was being cancelled. Retry shortly.")
 
 
-def booking_expire(*, booking: Booking) -> bool:
+def booking_expire(*, booking: Booking, payment_settled: bool = False) -> bool:
     """Cancel an unpaid booking whose hold ran out. Call it holding the booking's row lock,
-    then release its seats after the commit. True if this call cancelled it."""
-    if booking.status != Status.INITIATED or timezone.now() < booking.expires_at:
+    then release its seats after the commit. True if this call cancelled it.
+
+    A PENDING booking expires only once reconciliation has found that its payment took no
+    money (`payment_settled`): a PENDING one that was charged is BOOKED instead.
+    """
+    expirable = (Status.INITIATED, Status.PENDING) if payment_settled else (Status.INITIATED,)
+    if booking.status not in expirable or timezone.now() < booking.expires_at:
         return False
-    return _cancel(booking, CancelReason.EXPIRED)
+    return _cancel(booking, CancelReason.EXPIRED, from_status=booking.status)
 
 
-def booking_release_seats(*, booking_id: int, gateway: FlightGateway | None = None) -> int:
-    """Give a cancelled booking's seats back, once. Answers the seats this call moved.
+def booking_expire_stale(*, booking_id: int, expired_before: dt.datetime) -> bool:
+    """Cleanup: cancel an INITIATED booking whose hold ended before `expired_before`.
+
+    A booking another process holds locked is skipped (the next run gets it), and its state
+    is checked again under the lock. True if this call cancelled it: its seats are then owed,
+    to be released after this returns.
+    """
+    with transaction.atomic():
+        booking = (
+            Booking.objects.select_for_update(skip_locked=True)
+            .filter(pk=booking_id, status=Status.INITIATED, expires_at__lte=expired_before)
+            .first()
+        )
+        return booking is not None and booking_expire(booking=booking)
+
+
+def booking_flag_stuck_release(*, booking_id: int, updated_before: dt.datetime) -> bool:
+    """Cleanup: a release sent to a Flights service that keeps no holds, and never recorded
+    (the process died mid-call). Resending could give back seats twice: hand it to a person."""
+    flagged = (
+        Booking.objects.filter(pk=booking_id, seats_state=SeatsState.RELEASING, updated_at__lte=updated_before).update(
+            seats_state=SeatsState.RECONCILE,
+            flight_service_error="The release was cut short; check the Flights service's seat count.",
+            updated_at=timezone.now(),
+        )
+        == 1
+    )
+    if flagged:
+        logger.error("booking %s: release cut short on a service without holds; needs reconciliation", booking_id)
+    return flagged
+
+
+def booking_release_seats(*, booking_id: int, gateway: FlightGateway | None = None) -> SeatRelease:
+    """Give a cancelled booking's seats back, once, and say what this call did.
 
     Safe to call any number of times, from anywhere (cancel, saga, cleanup), concurrently.
     A failure is recorded on the booking, which stays owed for the next try.
     """
+    Outcome = SeatRelease.Outcome
     booking = Booking.objects.get(pk=booking_id)
     if not booking.release_owed:
-        return 0
+        return SeatRelease(Outcome.NOT_OWED)
     gateway = gateway or get_flight_gateway()
     if not booking.flight_keeps_holds:
         return _release_without_holds(booking, gateway)
@@ -167,26 +231,28 @@ def booking_release_seats(*, booking_id: int, gateway: FlightGateway | None = No
     except (FlightServiceUnavailable, ResourceBusy) as error:
         logger.warning("booking %s: release failed, left for cleanup: %s", booking.pk, error.detail)
         _record_error(booking, error.detail)
-        return 0
+        return SeatRelease(Outcome.FAILED)
     except DomainError as error:
         # The ledger disagrees with us (e.g. another seat count): never guess, flag it.
         logger.error("booking %s: release refused, needs reconciliation: %s", booking.pk, error.detail)
-        _set_seats_state(booking, expect=booking.seats_state, to=SeatsState.RECONCILE, error=error.detail)
-        return 0
+        if _set_seats_state(booking, expect=booking.seats_state, to=SeatsState.RECONCILE, error=error.detail):
+            return SeatRelease(Outcome.RECONCILE)
+        return SeatRelease(Outcome.NOT_OWED)
     if _set_seats_state(booking, expect=booking.seats_state, to=SeatsState.RELEASED, released=True):
-        return change.hold_seats or 0
-    return 0
+        return SeatRelease(Outcome.RELEASED, change.hold_seats or 0)
+    return SeatRelease(Outcome.NOT_OWED)
 
 
-def _release_without_holds(booking: Booking, gateway: FlightGateway) -> int:
+def _release_without_holds(booking: Booking, gateway: FlightGateway) -> SeatRelease:
     """Against a service that keeps no holds a release is not idempotent: claim it first,
     send it once, and if its outcome is unknown hand it to a person, never resend."""
+    Outcome = SeatRelease.Outcome
     if booking.seats_state != SeatsState.RESERVED:
         # We do not know that the seats were ever taken: a blind release could create seats.
-        _set_seats_state(booking, expect=booking.seats_state, to=SeatsState.RECONCILE)
-        return 0
+        flagged = _set_seats_state(booking, expect=booking.seats_state, to=SeatsState.RECONCILE)
+        return SeatRelease(Outcome.RECONCILE if flagged else Outcome.NOT_OWED)
     if not _set_seats_state(booking, expect=SeatsState.RESERVED, to=SeatsState.RELEASING):
-        return 0  # Another caller claimed this release.
+        return SeatRelease(Outcome.NOT_OWED)  # Another caller claimed this release.
     try:
         gateway.release_seats(flight_id=booking.flight_id, seats=booking.seats, ref=booking.hold_ref)
     except (FlightServiceUnavailable, ResourceBusy) as error:
@@ -198,12 +264,12 @@ def _release_without_holds(booking: Booking, gateway: FlightGateway) -> int:
             to=SeatsState.RESERVED if retry_is_safe else SeatsState.RECONCILE,
             error=error.detail,
         )
-        return 0
+        return SeatRelease(Outcome.FAILED if retry_is_safe else Outcome.RECONCILE)
     except DomainError as error:
         _set_seats_state(booking, expect=SeatsState.RELEASING, to=SeatsState.RECONCILE, error=error.detail)
-        return 0
+        return SeatRelease(Outcome.RECONCILE)
     _set_seats_state(booking, expect=SeatsState.RELEASING, to=SeatsState.RELEASED, released=True)
-    return booking.seats
+    return SeatRelease(Outcome.RELEASED, booking.seats)
 
 
 def _abandon_after_unknown_outcome(booking: Booking, error: FlightServiceUnavailable, gateway: FlightGateway) -> None:
@@ -217,11 +283,20 @@ def _abandon_after_unknown_outcome(booking: Booking, error: FlightServiceUnavail
         _set_seats_state(booking, expect=SeatsState.UNCONFIRMED, to=outcome, error=error.detail)
 
 
-def _cancel(booking: Booking, reason: str, *, error: str = "") -> bool:
-    """Cancel an INITIATED booking; True if this call did it."""
+def _request_cancel(booking: Booking, reason: str) -> None:
+    """Record that a paid booking is to be cancelled (the first request's reason wins)."""
+    now = timezone.now()
+    Booking.objects.filter(pk=booking.pk, status=Status.BOOKED, cancel_requested_at__isnull=True).update(
+        cancel_requested_at=now, cancel_reason=reason, updated_at=now
+    )
+
+
+def _cancel(booking: Booking, reason: str, *, error: str = "", from_status: str = Status.INITIATED) -> bool:
+    """Cancel an unpaid booking (INITIATED, or PENDING once its payment is settled as not
+    charged); True if this call did it."""
     now = timezone.now()
     return (
-        Booking.objects.filter(pk=booking.pk, status=Status.INITIATED).update(
+        Booking.objects.filter(pk=booking.pk, status=from_status).update(
             status=Status.CANCELLED,
             cancel_reason=reason,
             cancelled_at=now,

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from bookings_project.errors import DomainError, IdempotencyKeyInUse, IdempotencyKeyReused, problem_body
 from payments.models import IdempotencyKey
-from payments.selectors import payment_attempt_window
+from payments.selectors import expired_idempotency_keys, payment_attempt_window
 
 logger = logging.getLogger(__name__)
 
@@ -134,3 +134,14 @@ def _complete(claim: IdempotencyKey, status: int, body: dict[str, Any]) -> None:
 
 def _let_go(claim: IdempotencyKey) -> None:
     IdempotencyKey.objects.filter(pk=claim.pk, lease=claim.lease, state=IdempotencyKey.State.IN_PROGRESS).delete()
+
+
+def idempotency_keys_purge(*, now: dt.datetime, batch_size: int) -> int:
+    """Delete the keys past their TTL, a batch per statement. Answers how many this call
+    deleted (several hosts may purge at once: each key is counted by one)."""
+    purged = 0
+    while True:
+        batch = list(expired_idempotency_keys(now=now).order_by("pk").values_list("pk", flat=True)[:batch_size])
+        if not batch:
+            return purged
+        purged += expired_idempotency_keys(now=now).filter(pk__in=batch).delete()[0]

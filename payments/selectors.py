@@ -8,9 +8,10 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
+from bookings.models import Booking
 from bookings_project.errors import NotFound
 from bookings_project.http_client import timeouts
-from payments.models import Payment
+from payments.models import IdempotencyKey, Payment
 
 
 def payment_list(*, user: AbstractBaseUser) -> QuerySet[Payment]:
@@ -37,3 +38,18 @@ def payment_attempt_window() -> dt.timedelta:
 def booking_has_standing_charge(*, booking_id: int) -> bool:
     """Money was taken for the booking and not given back."""
     return Payment.objects.filter(booking_id=booking_id, status=Payment.Status.SUCCEEDED).exists()
+
+
+def payments_stranded_on_cancelled_bookings(*, updated_before: dt.datetime) -> QuerySet[Payment]:
+    """Money taken for a booking that is cancelled, left unrefunded (a late charge whose
+    refund was cut short). `updated_before` leaves alone one a live request is refunding."""
+    return Payment.objects.filter(
+        status=Payment.Status.SUCCEEDED, booking__status=Booking.Status.CANCELLED, updated_at__lte=updated_before
+    )
+
+
+def expired_idempotency_keys(*, now: dt.datetime) -> QuerySet[IdempotencyKey]:
+    """Keys past their TTL (already treated as unknown), but for one a live request holds."""
+    return IdempotencyKey.objects.filter(expires_at__lte=now).exclude(
+        state=IdempotencyKey.State.IN_PROGRESS, locked_until__gt=now
+    )

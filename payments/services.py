@@ -12,6 +12,7 @@ A payment is three short steps, and no transaction or row lock is held across th
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
@@ -35,7 +36,7 @@ from bookings_project.errors import (
     PaymentInProgress,
     UserMismatch,
 )
-from payments.gateway import Charge, PaymentGateway, get_payment_gateway
+from payments.gateway import REFUNDED, SUCCEEDED, Charge, PaymentGateway, get_payment_gateway
 from payments.models import Payment
 
 logger = logging.getLogger(__name__)
@@ -215,19 +216,119 @@ def payment_refund(*, payment_id: int, gateway: PaymentGateway | None = None) ->
     """Give a SUCCEEDED payment's money back, once (the gateway refund is keyed by the
     payment). A no-op for a payment that took no money or was refunded already.
     Raises `PaymentGatewayUnavailable` when the gateway does not confirm the refund."""
+    return _refund(payment_id, gateway)[0]
+
+
+def payment_refund_stranded(*, payment_id: int, gateway: PaymentGateway | None = None) -> bool:
+    """Cleanup: refund money taken for a booking that was cancelled meanwhile (a charge that
+    landed after the booking was settled, its refund cut short). True if this call did it."""
+    return _refund(payment_id, gateway)[1]
+
+
+def _refund(payment_id: int, gateway: PaymentGateway | None) -> tuple[Payment, bool]:
     payment = Payment.objects.get(pk=payment_id)
     if payment.status != PaymentStatus.SUCCEEDED:
-        return payment
+        return payment, False
     refund = (gateway or get_payment_gateway()).refund(payment=payment)
     now = timezone.now()
-    Payment.objects.filter(pk=payment.pk, status=PaymentStatus.SUCCEEDED).update(
+    # Two callers may both get the gateway's (one, keyed) refund: one of them records it.
+    recorded = Payment.objects.filter(pk=payment.pk, status=PaymentStatus.SUCCEEDED).update(
         status=PaymentStatus.REFUNDED, refund_reference=refund.refund_reference, refunded_at=now, updated_at=now
     )
     payment.refresh_from_db()
-    return payment
+    if recorded:
+        logger.info("payment %s: refunded (%s)", payment.pk, refund.refund_reference)
+    return payment, bool(recorded)
 
 
 def payment_refund_for_booking(*, booking_id: int, gateway: PaymentGateway | None = None) -> list[Payment]:
     """Refund every payment that holds the booking's money (there is at most one)."""
     payments = Payment.objects.filter(booking_id=booking_id, status=PaymentStatus.SUCCEEDED)
     return [payment_refund(payment_id=payment.pk, gateway=gateway) for payment in payments]
+
+
+class Reconciliation:
+    """What reconciling an expired PENDING booking with the gateway came to."""
+
+    BOOKED = "booked"  # The charge had gone through: the booking is paid after all.
+    CANCELLED = "cancelled"  # No money stands: the booking expired; its seats are owed.
+    SKIPPED = "skipped"  # Not settled now: its attempt may still run, or another process has it.
+
+
+def payment_reconcile_expired(
+    *,
+    booking_id: int,
+    expired_before: dt.datetime,
+    attempted_before: dt.datetime,
+    gateway: PaymentGateway | None = None,
+) -> str:
+    """Cleanup: settle a PENDING booking whose hold ran out by asking the gateway what became
+    of its payment (the answer to the charge was lost, or the process died before recording
+    it). Answers a `Reconciliation`.
+
+    Its payment attempt must be older than `attempted_before` (the attempt window, so the
+    request that made it is over). The look-up runs outside any transaction; then, under the
+    booking's lock (skipped if another process holds it), nothing may have moved meanwhile:
+    a resumed attempt bumps `attempted_at`, and is left alone. A charge that lands after
+    this settled it as not charged is refunded by `_record_charge`.
+    Raises `PaymentGatewayUnavailable` when the gateway cannot say.
+    """
+    payment = Payment.objects.filter(booking_id=booking_id, status=PaymentStatus.PROCESSING).first()
+    if payment is not None and payment.attempted_at > attempted_before:
+        return Reconciliation.SKIPPED
+    charge = None
+    if payment is not None:
+        charge = (gateway or get_payment_gateway()).find_charge(reference=payment.reference)
+        taken = charge is not None and charge.money_taken
+        if taken and (charge.amount, charge.currency) != (payment.amount, payment.currency):
+            raise PaymentGatewayUnavailable(
+                f"The gateway holds {charge.amount} {charge.currency} under payment {payment.pk}'s reference, "
+                f"not {payment.amount} {payment.currency}: settle it by hand."
+            )
+
+    with transaction.atomic():
+        booking = (
+            Booking.objects.select_for_update(skip_locked=True)
+            .filter(pk=booking_id, status=BookingStatus.PENDING, expires_at__lte=expired_before)
+            .first()
+        )
+        if booking is None:
+            return Reconciliation.SKIPPED
+        current = Payment.objects.select_for_update().filter(booking=booking, status=PaymentStatus.PROCESSING).first()
+        if _attempt(current) != _attempt(payment):
+            return Reconciliation.SKIPPED  # Resumed or replaced since we looked.
+        now = timezone.now()
+        if charge is not None and charge.status == SUCCEEDED:
+            current.status, current.failure_reason = PaymentStatus.SUCCEEDED, ""
+            current.gateway_reference, current.completed_at = charge.gateway_reference, now
+            current.save()
+            booking.status = BookingStatus.BOOKED
+            booking.save(update_fields=["status", "updated_at"])
+            logger.info("booking %s: reconciled, the gateway had charged payment %s: BOOKED", booking.pk, current.pk)
+            return Reconciliation.BOOKED
+        if current is not None:
+            _settle_not_charged(current, charge, now)
+        booking_expire(booking=booking, payment_settled=True)
+        logger.info("booking %s: reconciled, no money stands: expired", booking.pk)
+        return Reconciliation.CANCELLED
+
+
+def _attempt(payment: Payment | None) -> tuple | None:
+    return None if payment is None else (payment.pk, payment.attempted_at)
+
+
+def _settle_not_charged(payment: Payment, charge: Charge | None, now: dt.datetime) -> None:
+    payment.completed_at = now
+    if charge is None:
+        payment.status, payment.failure_reason = PaymentStatus.FAILED, "The gateway holds no charge for it."
+    elif charge.status == REFUNDED:
+        # Charged, then refunded at the gateway (by hand, say): nothing of it stands.
+        payment.status, payment.gateway_reference, payment.refunded_at = (
+            PaymentStatus.REFUNDED,
+            charge.gateway_reference,
+            now,
+        )
+    else:
+        payment.status, payment.gateway_reference = PaymentStatus.DECLINED, charge.gateway_reference
+        payment.failure_reason = charge.decline_reason[:255]
+    payment.save()

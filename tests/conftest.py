@@ -1,5 +1,8 @@
+import datetime as dt
+
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -57,3 +60,26 @@ def staff_client(staff_user) -> APIClient:
 @pytest.fixture
 def flight(db):
     return make_flight(capacity=20)
+
+
+class Clock:
+    """A fixed clock for the code under test: `timezone.now()` answers `now` until moved."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> dt.datetime:
+        self.now += dt.timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    """Time stands still until the test moves it (every caller of `timezone.now()`, the
+    ORM's auto_now fields included, reads it): expiry is tested without sleeping."""
+    fixed = Clock(timezone.now().replace(microsecond=0))
+    monkeypatch.setattr(timezone, "now", fixed)
+    return fixed

@@ -212,7 +212,7 @@ def test_outbound_calls_outside_a_request_get_a_fresh_request_id(remote, user_cl
         assert cancel(user_client, booking_id).status_code == 200
     with faults(remote) as rsps:
         change = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane)))
-        assert booking_release_seats(booking_id=booking_id) == SEATS
+        assert booking_release_seats(booking_id=booking_id).seats == SEATS
 
     (call,) = change.calls
     assert call.request.headers["Authorization"] == f"Bearer {SERVICE_TOKEN}"
@@ -379,13 +379,13 @@ def test_reserve_and_release_both_fail_then_cleanup_gives_seats_back(remote, use
     assert SeatHold.objects.get(ref=booking.hold_ref).state == SeatHold.State.HELD
 
     # The service is back (no more faults): cleanup finishes the job, exactly once.
-    assert booking_release_seats(booking_id=booking.pk) == SEATS
+    assert booking_release_seats(booking_id=booking.pk).seats == SEATS
     booking.refresh_from_db()
     assert booking.seats_state == Booking.SeatsState.RELEASED and not booking.release_owed
     assert_bookings_match_ledger(plane)
     assert plane.available_seats == CAPACITY
 
-    assert booking_release_seats(booking_id=booking.pk) == 0
+    assert booking_release_seats(booking_id=booking.pk).seats == 0
     assert_bookings_match_ledger(plane)
     assert plane.available_seats == CAPACITY
 
@@ -414,13 +414,13 @@ def test_release_fails_after_cancel_then_cleanup_gives_seats_back(remote, user_c
     assert plane.available_seats == CAPACITY - SEATS
     assert_bookings_match_ledger(plane)  # Still held on both sides: consistent, just owed.
 
-    assert booking_release_seats(booking_id=booking_id) == SEATS
+    assert booking_release_seats(booking_id=booking_id).seats == SEATS
     booking.refresh_from_db()
     assert booking.seats_state == Booking.SeatsState.RELEASED and not booking.release_owed
     assert_bookings_match_ledger(plane)
     assert plane.available_seats == CAPACITY
 
-    assert booking_release_seats(booking_id=booking_id) == 0
+    assert booking_release_seats(booking_id=booking_id).seats == 0
     assert_bookings_match_ledger(plane)
     assert plane.available_seats == CAPACITY
 
@@ -453,7 +453,7 @@ def test_release_refused_as_busy_stays_owed_for_cleanup(remote, user_client, pla
     assert response.status_code == 200, response.content
     booking = Booking.objects.get(pk=booking_id)
     assert booking.seats_state == Booking.SeatsState.RESERVED and booking.release_owed  # Retry later, not ops.
-    assert booking_release_seats(booking_id=booking_id) == SEATS
+    assert booking_release_seats(booking_id=booking_id).seats == SEATS
     assert_bookings_match_ledger(plane)
     assert plane.available_seats == CAPACITY
 

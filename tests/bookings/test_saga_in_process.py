@@ -145,8 +145,8 @@ def test_reserve_and_its_compensation_both_fail_then_release_finishes(user, flig
     assert flight.available_seats == flight.capacity - 2  # Held until cleanup gives it back.
 
     monkeypatch.setattr(flight_services, "flight_seats_change", real_seats_change)  # The database is back.
-    assert booking_release_seats(booking_id=booking.pk) == 2
-    assert booking_release_seats(booking_id=booking.pk) == 0
+    assert booking_release_seats(booking_id=booking.pk).seats == 2
+    assert booking_release_seats(booking_id=booking.pk).seats == 0
     booking.refresh_from_db()
     assert booking.seats_state == Booking.SeatsState.RELEASED and not booking.release_owed
     assert_bookings_match_ledger(flight)
@@ -167,8 +167,8 @@ def test_release_fails_after_a_cancel_then_is_finished_later(user_client, flight
     assert flight.available_seats == flight.capacity - 3
 
     monkeypatch.setattr(flight_services, "flight_seats_change", real_seats_change)
-    assert booking_release_seats(booking_id=booking.pk) == 3
-    assert booking_release_seats(booking_id=booking.pk) == 0
+    assert booking_release_seats(booking_id=booking.pk).seats == 3
+    assert booking_release_seats(booking_id=booking.pk).seats == 0
     assert_bookings_match_ledger(flight)
     assert flight.available_seats == flight.capacity
 

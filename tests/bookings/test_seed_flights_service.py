@@ -245,7 +245,7 @@ def test_book_and_cancel_against_the_seed(seed, user_client, user):
     again = cancel(user_client, booking.pk)
     assert again.status_code == 200
     assert again.json()["id"] == booking.pk and again.json()["status"] == "CANCELLED"
-    assert services.booking_release_seats(booking_id=booking.pk) == 0
+    assert services.booking_release_seats(booking_id=booking.pk).seats == 0
     assert len(seed.patches(dec=False)) == 1
     assert seed.seats[1] == 120
 
@@ -313,7 +313,7 @@ def test_seats_driven_below_zero_are_given_back_and_the_booking_refused(seed, us
     # would release a second time, nor "reconcile": nothing is left to settle).
     assert booking.seats_state == Booking.SeatsState.NONE
     assert booking.release_owed is False
-    assert services.booking_release_seats(booking_id=booking.pk) == 0
+    assert services.booking_release_seats(booking_id=booking.pk).seats == 0
     assert len(seed.patches()) == 2
     assert seed.seats[1] == 1
 
@@ -387,7 +387,7 @@ def test_reserve_timing_out_after_the_seed_applied_it_is_reconcile(seed, user_cl
     assert seed.seats[1] == 116  # Ours stay taken until a person reconciles.
     # Neither a later cancel nor a cleanup retry sends a release.
     assert cancel(user_client, booking.pk).json()["status"] == "CANCELLED"
-    assert services.booking_release_seats(booking_id=booking.pk) == 0
+    assert services.booking_release_seats(booking_id=booking.pk).seats == 0
     assert seed.patches(dec=False) == []
 
     html = admin_listing(staff_user, "reconcile")
@@ -423,7 +423,7 @@ def test_a_cancelled_booking_whose_reserve_outcome_was_never_recorded_goes_to_re
         expires_at="2027-01-01T00:00:00Z",
     )
 
-    assert services.booking_release_seats(booking_id=booking.pk) == 0
+    assert services.booking_release_seats(booking_id=booking.pk).seats == 0
 
     booking.refresh_from_db()
     assert booking.seats_state == Booking.SeatsState.RECONCILE
@@ -448,7 +448,7 @@ def test_release_timing_out_is_reconcile_and_never_resent(seed, user_client):
     assert len(seed.patches(dec=False)) == 1
 
     assert cancel(user_client, booking.pk).status_code == 200
-    assert services.booking_release_seats(booking_id=booking.pk) == 0
+    assert services.booking_release_seats(booking_id=booking.pk).seats == 0
     assert len(seed.patches(dec=False)) == 1
     assert seed.seats[1] == 120
 
@@ -469,8 +469,8 @@ def test_release_refused_before_arriving_stays_owed_then_goes_through_once(seed,
     assert in_listing(admin_listing(staff_user, "release_owed"), booking.pk)
 
     # The seed is back: cleanup's retry gives the seats back, once.
-    assert services.booking_release_seats(booking_id=booking.pk) == 2
-    assert services.booking_release_seats(booking_id=booking.pk) == 0
+    assert services.booking_release_seats(booking_id=booking.pk).seats == 2
+    assert services.booking_release_seats(booking_id=booking.pk).seats == 0
 
     booking.refresh_from_db()
     assert booking.seats_state == Booking.SeatsState.RELEASED
@@ -513,7 +513,7 @@ def owed_booking(seed, user_client) -> Booking:
 def test_repeated_releases_send_once(seed, owed_booking):
     sent_before = len(seed.patches())
 
-    results = [services.booking_release_seats(booking_id=owed_booking.pk) for _ in range(2)]
+    results = [services.booking_release_seats(booking_id=owed_booking.pk).seats for _ in range(2)]
 
     assert results == [2, 0]
     assert len(seed.patches()) == sent_before + 1
@@ -525,9 +525,9 @@ def test_a_release_while_another_is_in_flight_sends_nothing(seed, owed_booking):
     racing: list[int] = []
     # The second caller (another cleanup host, a staff cancel) runs while our PATCH is on
     # the wire: the claim taken before sending must stop it.
-    seed.before_patch = lambda body: racing.append(services.booking_release_seats(booking_id=owed_booking.pk))
+    seed.before_patch = lambda body: racing.append(services.booking_release_seats(booking_id=owed_booking.pk).seats)
 
-    first = services.booking_release_seats(booking_id=owed_booking.pk)
+    first = services.booking_release_seats(booking_id=owed_booking.pk).seats
 
     assert (first, racing) == (2, [0])
     assert len(seed.patches()) == sent_before + 1

@@ -1,0 +1,362 @@
+"""Cleanup of stale bookings (DESIGN §4), run by cron on every host: `cleanup_stale_bookings`.
+
+This module drives the duties in batches and counts what they did; each rule it applies
+lives in the services it calls (`bookings.services`, `payments.services`), the same ones the
+API and admin use. Its duties, in order:
+
+1. finish cancels of paid bookings that were cut short (refund, then cancel, then release);
+2. refund money taken for bookings cancelled meanwhile (a charge that landed late);
+3. retry seat releases that failed before (the Flights service was down);
+4. reconcile expired PENDING bookings with the gateway: charged → BOOKED, else expired;
+5. expire INITIATED bookings past their hold, and release their seats;
+6. purge idempotency keys past their TTL.
+
+Releases are retried (3) before new ones are made (4, 5), so a release that fails in this
+run waits for the next one instead of being tried twice in a row.
+
+Every change is one short transaction on one booking, taken with
+`select_for_update(skip_locked=True)` and its state checked again under the lock, and
+every network call is made outside it: several copies can run at once on several hosts,
+and a copy killed at any point leaves work that the next run finishes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from bookings import selectors
+from bookings.flights_gateway import FlightGateway, get_flight_gateway
+from bookings.models import Booking, CleanupRun
+from bookings.services import (
+    booking_cancel,
+    booking_expire_stale,
+    booking_flag_stuck_release,
+    booking_release_seats,
+)
+from bookings_project import http_client
+from bookings_project.errors import DomainError
+from payments import selectors as payment_selectors
+from payments.gateway import SUCCEEDED, PaymentGateway, get_payment_gateway
+from payments.idempotency import idempotency_keys_purge
+from payments.models import Payment
+from payments.services import Reconciliation, payment_reconcile_expired, payment_refund_stranded
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 500
+# How long a cleanup run is kept in the table that admin shows.
+RUN_HISTORY = dt.timedelta(days=30)
+
+
+@dataclass
+class CleanupCounts:
+    """The summary line, in this order."""
+
+    expired: int = 0  # bookings cancelled because their hold ran out unpaid
+    released_seats: int = 0  # seats given back to the Flights service
+    retried_releases: int = 0  # earlier failed releases finished now
+    reconciled_booked: int = 0  # PENDING bookings the gateway had charged: now BOOKED
+    refunded: int = 0  # stranded money refunded, and cut-short cancels of paid bookings finished
+    purged_keys: int = 0  # idempotency keys deleted past their TTL
+    failed: int = 0  # steps that did not complete: retried next run, or flagged for a person
+
+    def summary(self) -> str:
+        return " ".join(f"{count.name}={getattr(self, count.name)}" for count in fields(self))
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    """Which stale things a run at `now` may touch."""
+
+    now: dt.datetime
+    # Holds that ended before this expire (`--older-than` moves it back).
+    expired_before: dt.datetime
+    # Payment attempts and refunds started before this are over: their requests timed out.
+    settled_before: dt.datetime
+
+    @classmethod
+    def at(cls, now: dt.datetime, *, older_than_minutes: int = 0) -> Cutoffs:
+        return cls(
+            now=now,
+            expired_before=now - dt.timedelta(minutes=older_than_minutes),
+            settled_before=now - payment_selectors.payment_attempt_window(),
+        )
+
+
+def cleanup_stale_bookings(
+    *,
+    dry_run: bool = False,
+    older_than_minutes: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    report: Callable[[str], None] | None = None,
+    flights: FlightGateway | None = None,
+    payments: PaymentGateway | None = None,
+) -> CleanupCounts:
+    """Run every duty once and answer the counts. `report` receives one line per booking
+    touched (the command prints them at -v 2). A dry run changes nothing: it counts what a
+    run would do, asking the payment gateway (read-only) about expired PENDING bookings."""
+    started = timezone.now()
+    run = _Run(
+        cutoffs=Cutoffs.at(started, older_than_minutes=older_than_minutes),
+        batch_size=batch_size,
+        dry_run=dry_run,
+        report=report or (lambda line: None),
+        flights=flights or get_flight_gateway(),
+        payments=payments or get_payment_gateway(),
+    )
+    for duty in (
+        _finish_cancels,
+        _refund_stranded_money,
+        _retry_releases,
+        _reconcile_pending,
+        _expire_initiated,
+        _purge_keys,
+    ):
+        duty(run)
+    counts = run.counts
+    logger.info("cleanup_stale_bookings%s: %s", " (dry run)" if dry_run else "", counts.summary())
+    if not dry_run:
+        CleanupRun.objects.create(
+            started_at=started,
+            finished_at=timezone.now(),
+            host=socket.gethostname()[:255],
+            counts=asdict(counts),
+            failed=counts.failed,
+        )
+        CleanupRun.objects.filter(started_at__lt=started - RUN_HISTORY).delete()
+    return counts
+
+
+@dataclass
+class _Run:
+    cutoffs: Cutoffs
+    batch_size: int
+    dry_run: bool
+    report: Callable[[str], None]
+    flights: FlightGateway
+    payments: PaymentGateway
+    counts: CleanupCounts = field(default_factory=CleanupCounts)
+
+    def each(self, queryset: QuerySet, what: str, step: Callable[[int], None]) -> None:
+        """Apply `step` to every id in `queryset`, a batch of ids at a time (keyset order,
+        so memory stays flat and a row that fails is not met again this run). One booking's
+        failure is counted and logged; the rest go on."""
+        for pk in _ids_in_batches(queryset, self.batch_size):
+            try:
+                step(pk)
+            except DomainError as error:  # The Flights service or the gateway is down: next run.
+                self.fail(f"{what} {pk}: {error.detail}")
+            except Exception:
+                logger.exception("cleanup: %s %s failed", what, pk)
+                self.fail(f"{what} {pk}: unexpected error (logged)")
+
+    def fail(self, line: str) -> None:
+        self.counts.failed += 1
+        logger.warning("cleanup: %s", line)
+        self.report(f"FAILED {line}")
+
+    def release(self, booking_id: int, *, retried: bool) -> None:
+        release = booking_release_seats(booking_id=booking_id, gateway=self.flights)
+        if release.outcome == release.Outcome.RELEASED:
+            self.counts.released_seats += release.seats
+            self.counts.retried_releases += retried
+            self.report(f"booking {booking_id}: released {release.seats} seat(s)")
+        elif release.failed:
+            person = release.outcome == release.Outcome.RECONCILE
+            self.fail(
+                f"release of booking {booking_id}: {'needs a person (see admin)' if person else 'retried next run'}"
+            )
+
+
+def _ids_in_batches(queryset: QuerySet, batch_size: int) -> Iterator[int]:
+    last = 0
+    while True:
+        batch = list(queryset.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:batch_size])
+        yield from batch
+        if len(batch) < batch_size:
+            return
+        last = batch[-1]
+
+
+# The duties ---------------------------------------------------------------------------
+
+
+def _finish_cancels(run: _Run) -> None:
+    bookings = selectors.bookings_with_unfinished_cancel(requested_before=run.cutoffs.settled_before)
+
+    def finish(booking_id: int) -> None:
+        if run.dry_run:
+            run.counts.refunded += 1
+            run.report(f"booking {booking_id}: would refund and finish its cancel")
+            return
+        # The same call the API makes, which keeps the reason the cancel was asked with:
+        # refund (keyed, so never twice), cancel, release.
+        cancellation = booking_cancel(booking_id=booking_id)
+        if cancellation.cancelled_now:
+            run.counts.refunded += 1
+            run.counts.released_seats += cancellation.seats_released
+            run.report(f"booking {booking_id}: refunded, cancel finished")
+        if cancellation.booking.release_owed:
+            run.fail(f"release of booking {booking_id}: retried next run")
+
+    run.each(bookings, "finishing the cancel of booking", finish)
+
+
+def _refund_stranded_money(run: _Run) -> None:
+    payments = payment_selectors.payments_stranded_on_cancelled_bookings(updated_before=run.cutoffs.settled_before)
+
+    def refund(payment_id: int) -> None:
+        if run.dry_run:
+            run.counts.refunded += 1
+            run.report(f"payment {payment_id}: would refund (its booking is cancelled)")
+        elif payment_refund_stranded(payment_id=payment_id, gateway=run.payments):
+            run.counts.refunded += 1
+            run.report(f"payment {payment_id}: refunded (its booking is cancelled)")
+
+    run.each(payments, "refund of payment", refund)
+
+
+def _retry_releases(run: _Run) -> None:
+    def retry(booking_id: int) -> None:
+        if run.dry_run:
+            run.counts.retried_releases += 1
+            run.counts.released_seats += Booking.objects.values_list("seats", flat=True).get(pk=booking_id)
+            run.report(f"booking {booking_id}: would retry its release")
+        else:
+            run.release(booking_id, retried=True)
+
+    run.each(selectors.bookings_owing_release(), "release of booking", retry)
+
+    def flag(booking_id: int) -> None:
+        if run.dry_run or booking_flag_stuck_release(booking_id=booking_id, updated_before=run.cutoffs.settled_before):
+            run.fail(f"release of booking {booking_id}: cut short on a service without holds, needs a person")
+
+    # Past the Flights call's timeouts (and the same margin as payments), its sender is gone.
+    window = sum(http_client.timeouts(settings.FLIGHT_SERVICE_TIMEOUT)) + settings.PAYMENT_ATTEMPT_MARGIN_SECONDS
+    stuck = selectors.bookings_with_stuck_release(updated_before=run.cutoffs.now - dt.timedelta(seconds=window))
+    run.each(stuck, "release of booking", flag)
+
+
+def _reconcile_pending(run: _Run) -> None:
+    cutoffs = run.cutoffs
+    bookings = selectors.bookings_to_reconcile(
+        expired_before=cutoffs.expired_before, attempted_before=cutoffs.settled_before
+    )
+
+    def reconcile(booking_id: int) -> None:
+        if run.dry_run:
+            _preview_reconciliation(run, booking_id)
+            return
+        outcome = payment_reconcile_expired(
+            booking_id=booking_id,
+            expired_before=cutoffs.expired_before,
+            attempted_before=cutoffs.settled_before,
+            gateway=run.payments,
+        )
+        if outcome == Reconciliation.BOOKED:
+            run.counts.reconciled_booked += 1
+            run.report(f"booking {booking_id}: the gateway had charged it: BOOKED")
+        elif outcome == Reconciliation.CANCELLED:
+            run.counts.expired += 1
+            run.report(f"booking {booking_id}: not charged: expired")
+            run.release(booking_id, retried=False)
+
+    run.each(bookings, "reconciliation of booking", reconcile)
+
+
+def _preview_reconciliation(run: _Run, booking_id: int) -> None:
+    payment = Payment.objects.filter(booking_id=booking_id, status=Payment.Status.PROCESSING).first()
+    charge = payment and run.payments.find_charge(reference=payment.reference)
+    if charge is not None and charge.status == SUCCEEDED:
+        run.counts.reconciled_booked += 1
+        run.report(f"booking {booking_id}: the gateway has charged it: would be BOOKED")
+    else:
+        run.counts.expired += 1
+        run.counts.released_seats += Booking.objects.values_list("seats", flat=True).get(pk=booking_id)
+        run.report(f"booking {booking_id}: not charged: would expire")
+
+
+def _expire_initiated(run: _Run) -> None:
+    expired_before = run.cutoffs.expired_before
+
+    def expire(booking_id: int) -> None:
+        if run.dry_run:
+            run.counts.expired += 1
+            run.counts.released_seats += Booking.objects.values_list("seats", flat=True).get(pk=booking_id)
+            run.report(f"booking {booking_id}: would expire")
+        elif booking_expire_stale(booking_id=booking_id, expired_before=expired_before):
+            run.counts.expired += 1
+            run.report(f"booking {booking_id}: expired")
+            run.release(booking_id, retried=False)
+
+    run.each(selectors.bookings_to_expire(expired_before=expired_before), "expiry of booking", expire)
+
+
+def _purge_keys(run: _Run) -> None:
+    now = run.cutoffs.now
+    if run.dry_run:
+        run.counts.purged_keys = payment_selectors.expired_idempotency_keys(now=now).count()
+        return
+    run.counts.purged_keys = idempotency_keys_purge(now=now, batch_size=run.batch_size)
+
+
+@dataclass(frozen=True)
+class BacklogItem:
+    label: str
+    count: int
+    # The longest-waiting item's due time: far in the past means cleanup is not running.
+    oldest: dt.datetime | None
+    # The bookings admin filter that lists them (None: not bookings).
+    attention_filter: str | None = None
+
+
+def cleanup_backlog(*, now: dt.datetime | None = None) -> list[BacklogItem]:
+    """What a cleanup run now would act on, without asking any remote service (admin)."""
+    cutoffs = Cutoffs.at(now or timezone.now())
+
+    def item(label: str, queryset: QuerySet, due_field: str, attention_filter: str | None = None) -> BacklogItem:
+        oldest = queryset.order_by(due_field).values_list(due_field, flat=True).first()
+        return BacklogItem(label, queryset.count(), oldest, attention_filter)
+
+    return [
+        item(
+            "Unpaid bookings past their hold (to expire)",
+            selectors.bookings_to_expire(expired_before=cutoffs.expired_before),
+            "expires_at",
+            "to_expire",
+        ),
+        item(
+            "PENDING bookings past their hold (to reconcile with the gateway)",
+            selectors.bookings_to_reconcile(
+                expired_before=cutoffs.expired_before, attempted_before=cutoffs.settled_before
+            ),
+            "expires_at",
+            "to_reconcile",
+        ),
+        item("Seat releases waiting for a retry", selectors.bookings_owing_release(), "updated_at", "release_owed"),
+        item(
+            "Paid bookings whose cancel was cut short",
+            selectors.bookings_with_unfinished_cancel(requested_before=cutoffs.settled_before),
+            "cancel_requested_at",
+            "unfinished_cancel",
+        ),
+        item(
+            "Payments to refund (booking cancelled)",
+            payment_selectors.payments_stranded_on_cancelled_bookings(updated_before=cutoffs.settled_before),
+            "updated_at",
+        ),
+        item(
+            "Idempotency keys past their TTL", payment_selectors.expired_idempotency_keys(now=cutoffs.now), "expires_at"
+        ),
+        item(
+            "Seat outcomes only a person can settle", selectors.bookings_needing_a_person(), "updated_at", "reconcile"
+        ),
+    ]
