@@ -1,9 +1,17 @@
+import datetime as dt
+
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils import timezone
 
-from bookings import services
-from bookings.models import Booking
+from bookings import selectors, services
+from bookings.cleanup import Cutoffs, cleanup_backlog
+from bookings.models import Booking, CleanupRun
 from bookings_project.errors import DomainError
 from payments.models import Payment
 
@@ -25,23 +33,35 @@ class PaymentInline(admin.TabularInline):
 
 
 class NeedsAttentionFilter(admin.SimpleListFilter):
-    """What ops must look at: releases still owed, and outcomes only a person can settle."""
+    """What cleanup will act on, and outcomes only a person can settle (the cleanup page
+    links here)."""
 
     title = "needs attention"
     parameter_name = "attention"
 
     def lookups(self, request, model_admin):
         return [
+            ("to_expire", "Unpaid, past their hold (cleanup expires them)"),
+            ("to_reconcile", "PENDING, past their hold (cleanup asks the gateway)"),
             ("release_owed", "Cancelled, seats not yet given back"),
+            ("unfinished_cancel", "Paid, cancel cut short (cleanup refunds and cancels)"),
             ("reconcile", "Needs reconciliation with the Flights service"),
         ]
 
     def queryset(self, request, queryset):
-        if self.value() == "release_owed":
-            return queryset.filter(status=Booking.Status.CANCELLED, seats_state__in=Booking.SEATS_OWED)
-        if self.value() == "reconcile":
-            return queryset.filter(seats_state=Booking.SeatsState.RECONCILE)
-        return queryset
+        cutoffs = Cutoffs.at(timezone.now())
+        matching = {
+            "to_expire": lambda: selectors.bookings_to_expire(expired_before=cutoffs.expired_before),
+            "to_reconcile": lambda: selectors.bookings_to_reconcile(
+                expired_before=cutoffs.expired_before, attempted_before=cutoffs.settled_before
+            ),
+            "release_owed": selectors.bookings_owing_release,
+            "unfinished_cancel": lambda: selectors.bookings_with_unfinished_cancel(
+                requested_before=cutoffs.settled_before
+            ),
+            "reconcile": selectors.bookings_needing_a_person,
+        }.get(self.value())
+        return queryset.filter(pk__in=matching().values("pk")) if matching else queryset
 
 
 @admin.register(Booking)
@@ -79,11 +99,44 @@ class BookingAdmin(admin.ModelAdmin):
         "updated_at",
         "expires_at",
         "cancelled_at",
+        "cancel_requested_at",
         "seats_released_at",
     ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # A booking must reserve its seats: the API does that, a form cannot.
+
+    def get_urls(self):
+        cleanup = path("cleanup/", self.admin_site.admin_view(self.cleanup_view), name="bookings_booking_cleanup")
+        return [cleanup, *super().get_urls()]
+
+    def cleanup_view(self, request: HttpRequest) -> TemplateResponse:
+        """What `cleanup_stale_bookings` would do now, and when it last ran: work waiting
+        longer than two cron intervals, or no recent run, means cron has stopped."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        now = timezone.now()
+        overdue_after = dt.timedelta(minutes=2 * settings.CLEANUP_INTERVAL_MINUTES)
+        backlog = cleanup_backlog(now=now)
+        runs = list(CleanupRun.objects.all()[:10])
+        warnings = []
+        if not runs:
+            warnings.append("cleanup_stale_bookings has never run: install its cron line (see the README).")
+        elif now - runs[0].started_at > overdue_after:
+            warnings.append(f"No cleanup run since {runs[0].started_at:%Y-%m-%d %H:%M:%S %Z}: is cron running it?")
+        for item in backlog:
+            if item.count and item.oldest and now - item.oldest > overdue_after:
+                warnings.append(f"{item.label}: waiting since {item.oldest:%Y-%m-%d %H:%M:%S %Z}.")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Cleanup of stale bookings",
+            "opts": self.model._meta,
+            "backlog": backlog,
+            "runs": runs,
+            "warnings": warnings,
+            "interval_minutes": settings.CLEANUP_INTERVAL_MINUTES,
+        }
+        return TemplateResponse(request, "admin/bookings/booking/cleanup.html", context)
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False  # Deleting a booking would strand its seats; cancel it instead.
@@ -103,3 +156,21 @@ class BookingAdmin(admin.ModelAdmin):
         self.message_user(request, f"Cancelled {cancelled} booking(s); released {seats} seat(s).", messages.SUCCESS)
         if refused:
             self.message_user(request, "Not cancelled: " + "; ".join(refused), messages.WARNING)
+
+
+@admin.register(CleanupRun)
+class CleanupRunAdmin(admin.ModelAdmin):
+    """Written by the command only."""
+
+    list_display = ["started_at", "finished_at", "host", "failed", "counts"]
+    list_filter = ["host"]
+    date_hierarchy = "started_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

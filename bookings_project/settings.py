@@ -207,6 +207,9 @@ BOOKING_HOLD_MINUTES = env.int("BOOKING_HOLD_MINUTES", default=10)
 MAX_SEATS_PER_BOOKING = env.int("MAX_SEATS_PER_BOOKING", default=10)
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 CURRENCY = env.str("CURRENCY", default="INR")
+# How often cron runs `cleanup_stale_bookings`; admin's cleanup page warns when no run has
+# been seen for twice that, or when work has been waiting that long.
+CLEANUP_INTERVAL_MINUTES = env.int("CLEANUP_INTERVAL_MINUTES", default=10)
 
 # Payment gateway (DESIGN §3.4): `simulated` (default) or `http` (a generic JSON gateway,
 # contract in the README).

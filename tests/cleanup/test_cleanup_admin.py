@@ -1,0 +1,166 @@
+"""Admin's cleanup page: what a run now would act on, when cron last ran, and warnings when
+work waits longer than two cron intervals (cron has stopped) — without calling any remote
+service. Its links open the bookings list filtered to the same sets cleanup uses."""
+
+import datetime as dt
+import io
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.core.management import call_command
+
+from bookings.models import Booking, CleanupRun
+from bookings.services import booking_create
+from payments.models import IdempotencyKey, Payment
+from tests.factories import make_flight
+
+pytestmark = pytest.mark.django_db
+
+PAGE = "/admin/bookings/booking/cleanup/"
+CHANGELIST = "/admin/bookings/booking/"
+
+
+@pytest.fixture
+def ops(client):
+    client.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "root-password"))
+    return client
+
+
+def backlog(response) -> dict[str, int]:
+    return {item.label: item.count for item in response.context["backlog"]}
+
+
+def listed(client, attention: str) -> set[int]:
+    response = client.get(CHANGELIST, {"attention": attention})
+    assert response.status_code == 200
+    return {booking.pk for booking in response.context["cl"].result_list}
+
+
+@pytest.fixture
+def stale(user, clock):
+    """One of each kind of work, all overdue once the clock has moved 20 minutes on."""
+    flight = make_flight(capacity=30)
+    to_expire = booking_create(user=user, flight_id=flight.pk, seats=1)
+    to_reconcile = booking_create(user=user, flight_id=flight.pk, seats=2)
+    Booking.objects.filter(pk=to_reconcile.pk).update(status=Booking.Status.PENDING)
+    Payment.objects.create(
+        booking=to_reconcile,
+        user=user,
+        created_by=user,
+        idempotency_key="k-1",
+        amount=to_reconcile.total_cost,
+        currency="INR",
+        attempted_at=clock.now,
+    )
+    owed = booking_create(user=user, flight_id=flight.pk, seats=3)
+    Booking.objects.filter(pk=owed.pk).update(status=Booking.Status.CANCELLED)
+    unfinished = booking_create(user=user, flight_id=flight.pk, seats=1)
+    Booking.objects.filter(pk=unfinished.pk).update(status=Booking.Status.BOOKED, cancel_requested_at=clock.now)
+    person = booking_create(user=user, flight_id=flight.pk, seats=1)
+    Booking.objects.filter(pk=person.pk).update(
+        status=Booking.Status.CANCELLED, seats_state=Booking.SeatsState.RECONCILE
+    )
+    fresh = booking_create(user=user, flight_id=flight.pk, seats=1)
+    IdempotencyKey.objects.create(user=user, key="old", fingerprint="f", expires_at=clock.now)
+    clock.advance(minutes=20)
+    # Made after the clock moved: not yet due, so on no list.
+    booking_create(user=user, flight_id=flight.pk, seats=1)
+    return {
+        "to_expire": {to_expire.pk, fresh.pk},
+        "to_reconcile": {to_reconcile.pk},
+        "release_owed": {owed.pk},
+        "unfinished_cancel": {unfinished.pk},
+        "reconcile": {person.pk},
+    }
+
+
+def test_the_page_counts_each_kind_of_work_and_links_to_the_same_bookings(ops, stale):
+    response = ops.get(PAGE)
+
+    assert response.status_code == 200
+    assert backlog(response) == {
+        "Unpaid bookings past their hold (to expire)": 2,
+        "PENDING bookings past their hold (to reconcile with the gateway)": 1,
+        "Seat releases waiting for a retry": 1,
+        "Paid bookings whose cancel was cut short": 1,
+        "Payments to refund (booking cancelled)": 0,
+        "Idempotency keys past their TTL": 1,
+        "Seat outcomes only a person can settle": 1,
+    }
+    html = response.content.decode()
+    for attention, bookings in stale.items():
+        assert f"?attention={attention}" in html
+        assert listed(ops, attention) == bookings
+
+
+def test_work_waiting_longer_than_two_intervals_and_no_run_are_warned_about(ops, stale, clock):
+    def warned() -> list[str]:
+        return [warning.split(":")[0] for warning in ops.get(PAGE).context["warnings"]]
+
+    # The holds ran out 10 minutes ago: within two intervals (2 x 10 minutes), no alarm yet.
+    assert warned() == ["cleanup_stale_bookings has never run"]
+
+    clock.advance(minutes=15)
+    assert warned() == [
+        "cleanup_stale_bookings has never run",
+        "Unpaid bookings past their hold (to expire)",
+        "PENDING bookings past their hold (to reconcile with the gateway)",
+        "Seat releases waiting for a retry",
+        "Paid bookings whose cancel was cut short",
+        "Idempotency keys past their TTL",
+        "Seat outcomes only a person can settle",
+    ]
+
+
+def test_a_recent_run_clears_the_warnings_and_a_stopped_cron_brings_one_back(ops, clock, user, settings):
+    flight = make_flight(capacity=5)
+    booking_create(user=user, flight_id=flight.pk, seats=1)
+    clock.advance(minutes=11)
+    call_command("cleanup_stale_bookings", stdout=io.StringIO())
+
+    response = ops.get(PAGE)
+    assert response.context["warnings"] == []
+    assert set(backlog(response).values()) == {0}
+    [run] = response.context["runs"]
+    assert run.counts["expired"] == 1 and run.failed == 0
+    assert "expired=1" in response.content.decode()
+
+    settings.CLEANUP_INTERVAL_MINUTES = 5
+    clock.advance(minutes=11)
+    [warning] = ops.get(PAGE).context["warnings"]
+    assert re.match(r"No cleanup run since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", warning)
+
+
+def test_the_page_asks_no_remote_service(ops, stale, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the cleanup page called a remote service")
+
+    monkeypatch.setattr("payments.gateway.SimulatedPaymentGateway.find_charge", no_network)
+    monkeypatch.setattr("flights.services.flight_seats_change", no_network)
+
+    assert ops.get(PAGE).status_code == 200
+
+
+def test_only_staff_who_may_view_bookings_see_it(client, user, staff_user):
+    client.force_login(user)
+    assert client.get(PAGE).status_code == 302  # To the admin login.
+
+    client.force_login(staff_user)
+    assert client.get(PAGE).status_code == 403
+    staff_user.user_permissions.add(Permission.objects.get(codename="view_booking"))
+    assert client.get(PAGE).status_code == 200
+
+
+def test_the_bookings_list_links_to_it_and_runs_are_read_only(ops, clock):
+    assert PAGE in ops.get(CHANGELIST).content.decode()
+    CleanupRun.objects.create(
+        started_at=clock.now, finished_at=clock.now + dt.timedelta(seconds=1), host="app-1", counts={}, failed=0
+    )
+    runs = "/admin/bookings/cleanuprun/"
+    assert ops.get(runs).status_code == 200
+    assert ops.get(f"{runs}add/").status_code == 403
+    run = CleanupRun.objects.get()
+    assert ops.post(f"{runs}{run.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert CleanupRun.objects.count() == 1
