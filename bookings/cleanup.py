@@ -5,7 +5,8 @@ lives in the services it calls (`bookings.services`, `payments.services`), the s
 API and admin use. Its duties, in order:
 
 1. finish cancels of paid bookings that were cut short (refund, then cancel, then release);
-2. refund money taken for bookings cancelled meanwhile (a charge that landed late);
+2. refund money taken for bookings cancelled meanwhile (a charge that landed late, whether
+   its request recorded it or a look-up finds it after reconciliation found none);
 3. retry seat releases that failed before (the Flights service was down);
 4. reconcile expired PENDING bookings with the gateway: charged → BOOKED, else expired;
 5. expire INITIATED bookings past their hold, and release their seats;
@@ -47,13 +48,22 @@ from payments import selectors as payment_selectors
 from payments.gateway import SUCCEEDED, PaymentGateway, get_payment_gateway
 from payments.idempotency import idempotency_keys_purge
 from payments.models import Payment
-from payments.services import Reconciliation, payment_reconcile_expired, payment_refund_stranded
+from payments.services import (
+    Reconciliation,
+    payment_find_charge,
+    payment_reconcile_expired,
+    payment_refund_late_charge,
+    payment_refund_stranded,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 500
 # How long a cleanup run is kept in the table that admin shows.
 RUN_HISTORY = dt.timedelta(days=30)
+# How long a payment that reconciliation found not charged is looked up again on every run,
+# in case the gateway was still working on the charge (such payments are rare).
+LATE_CHARGE_WATCH = dt.timedelta(hours=24)
 
 
 @dataclass
@@ -199,10 +209,11 @@ def _finish_cancels(run: _Run) -> None:
             return
         # The same call the API makes, which keeps the reason the cancel was asked with:
         # refund (keyed, so never twice), cancel, release.
-        cancellation = booking_cancel(booking_id=booking_id)
+        cancellation = booking_cancel(booking_id=booking_id, payment_gateway=run.payments, flight_gateway=run.flights)
+        # Another host may have cancelled it while this one gave the seats back: each counts its part.
+        run.counts.released_seats += cancellation.seats_released
         if cancellation.cancelled_now:
             run.counts.refunded += 1
-            run.counts.released_seats += cancellation.seats_released
             run.report(f"booking {booking_id}: refunded, cancel finished")
         if cancellation.booking.release_owed:
             run.fail(f"release of booking {booking_id}: retried next run")
@@ -222,6 +233,21 @@ def _refund_stranded_money(run: _Run) -> None:
             run.report(f"payment {payment_id}: refunded (its booking is cancelled)")
 
     run.each(payments, "refund of payment", refund)
+
+    watched = payment_selectors.payments_to_watch_for_late_charges(reconciled_after=run.cutoffs.now - LATE_CHARGE_WATCH)
+
+    def refund_if_charged_late(payment_id: int) -> None:
+        if run.dry_run:
+            payment = Payment.objects.get(pk=payment_id)
+            charge = payment_find_charge(payment=payment, gateway=run.payments)
+            if charge is not None and charge.status == SUCCEEDED:
+                run.counts.refunded += 1
+                run.report(f"payment {payment_id}: charged after it was settled as unpaid: would refund")
+        elif payment_refund_late_charge(payment_id=payment_id, gateway=run.payments):
+            run.counts.refunded += 1
+            run.report(f"payment {payment_id}: charged after it was settled as unpaid: refunded")
+
+    run.each(watched, "late-charge look-up of payment", refund_if_charged_late)
 
 
 def _retry_releases(run: _Run) -> None:
@@ -274,7 +300,7 @@ def _reconcile_pending(run: _Run) -> None:
 
 def _preview_reconciliation(run: _Run, booking_id: int) -> None:
     payment = Payment.objects.filter(booking_id=booking_id, status=Payment.Status.PROCESSING).first()
-    charge = payment and run.payments.find_charge(reference=payment.reference)
+    charge = payment and payment_find_charge(payment=payment, gateway=run.payments)
     if charge is not None and charge.status == SUCCEEDED:
         run.counts.reconciled_booked += 1
         run.report(f"booking {booking_id}: the gateway has charged it: would be BOOKED")

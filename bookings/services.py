@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -33,6 +34,9 @@ from bookings_project.errors import (
     ResourceBusy,
     UserMismatch,
 )
+
+if TYPE_CHECKING:
+    from payments.gateway import PaymentGateway
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +131,13 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
     return booking
 
 
-def booking_cancel(*, booking_id: int, reason: str = CancelReason.USER) -> Cancellation:
+def booking_cancel(
+    *,
+    booking_id: int,
+    reason: str = CancelReason.USER,
+    payment_gateway: PaymentGateway | None = None,
+    flight_gateway: FlightGateway | None = None,
+) -> Cancellation:
     """Cancel (a no-op if already cancelled), then give the seats back outside the lock.
 
     A BOOKED booking is refunded first, outside any transaction; a refund that fails raises
@@ -145,7 +155,7 @@ def booking_cancel(*, booking_id: int, reason: str = CancelReason.USER) -> Cance
         if booking.status == Status.BOOKED:
             # Written before the refund: if we die or the gateway fails, cleanup finishes it.
             _request_cancel(booking, reason)
-            payment_services.payment_refund_for_booking(booking_id=booking_id)
+            payment_services.payment_refund_for_booking(booking_id=booking_id, gateway=payment_gateway)
 
         cancelled_now = False
         with transaction.atomic():
@@ -162,7 +172,9 @@ def booking_cancel(*, booking_id: int, reason: str = CancelReason.USER) -> Cance
                 booking.cancelled_at = timezone.now()
                 booking.save(update_fields=["status", "cancel_reason", "cancelled_at", "updated_at"])
                 cancelled_now = True
-        released = booking_release_seats(booking_id=booking_id).seats if booking.release_owed else 0
+        released = (
+            booking_release_seats(booking_id=booking_id, gateway=flight_gateway).seats if booking.release_owed else 0
+        )
         booking.refresh_from_db()
         return Cancellation(booking=booking, seats_released=released, cancelled_now=cancelled_now)
     raise ResourceBusy(f"Booking {booking_id} changed while it was being cancelled. Retry shortly.")

@@ -48,12 +48,17 @@ class Payment(models.Model):
     attempts = models.PositiveSmallIntegerField(default=1)
     completed_at = models.DateTimeField(null=True, blank=True)
     refunded_at = models.DateTimeField(null=True, blank=True)
+    # When cleanup settled it from the gateway's books (its answer had been lost). One it
+    # found not charged is looked up again for a while, in case a late charge lands.
+    reconciled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
             # Reconciliation: attempts still processing, oldest first.
             models.Index(fields=["attempted_at"], name="payment_processing_idx", condition=Q(status="PROCESSING")),
+            # Settled as not charged by reconciliation: watched for a late charge.
+            models.Index(fields=["reconciled_at"], name="payment_reconciled_failed_idx", condition=Q(status="FAILED")),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gte=0), name="payment_amount_not_negative"),

@@ -53,3 +53,9 @@ def expired_idempotency_keys(*, now: dt.datetime) -> QuerySet[IdempotencyKey]:
     return IdempotencyKey.objects.filter(expires_at__lte=now).exclude(
         state=IdempotencyKey.State.IN_PROGRESS, locked_until__gt=now
     )
+
+
+def payments_to_watch_for_late_charges(*, reconciled_after: dt.datetime) -> QuerySet[Payment]:
+    """Payments reconciliation found not charged since `reconciled_after`: a gateway that
+    was still working on the charge when we looked may apply it later."""
+    return Payment.objects.filter(status=Payment.Status.FAILED, reconciled_at__gt=reconciled_after)

@@ -270,21 +270,14 @@ def payment_reconcile_expired(
     request that made it is over). The look-up runs outside any transaction; then, under the
     booking's lock (skipped if another process holds it), nothing may have moved meanwhile:
     a resumed attempt bumps `attempted_at`, and is left alone. A charge that lands after
-    this settled it as not charged is refunded by `_record_charge`.
+    this settled it as not charged is refunded: by `_record_charge` if its request is still
+    there to get the answer, else by cleanup (`payment_refund_late_charge`).
     Raises `PaymentGatewayUnavailable` when the gateway cannot say.
     """
     payment = Payment.objects.filter(booking_id=booking_id, status=PaymentStatus.PROCESSING).first()
     if payment is not None and payment.attempted_at > attempted_before:
         return Reconciliation.SKIPPED
-    charge = None
-    if payment is not None:
-        charge = (gateway or get_payment_gateway()).find_charge(reference=payment.reference)
-        taken = charge is not None and charge.money_taken
-        if taken and (charge.amount, charge.currency) != (payment.amount, payment.currency):
-            raise PaymentGatewayUnavailable(
-                f"The gateway holds {charge.amount} {charge.currency} under payment {payment.pk}'s reference, "
-                f"not {payment.amount} {payment.currency}: settle it by hand."
-            )
+    charge = payment_find_charge(payment=payment, gateway=gateway) if payment is not None else None
 
     with transaction.atomic():
         booking = (
@@ -300,17 +293,54 @@ def payment_reconcile_expired(
         now = timezone.now()
         if charge is not None and charge.status == SUCCEEDED:
             current.status, current.failure_reason = PaymentStatus.SUCCEEDED, ""
-            current.gateway_reference, current.completed_at = charge.gateway_reference, now
+            current.gateway_reference, current.completed_at, current.reconciled_at = charge.gateway_reference, now, now
             current.save()
             booking.status = BookingStatus.BOOKED
             booking.save(update_fields=["status", "updated_at"])
             logger.info("booking %s: reconciled, the gateway had charged payment %s: BOOKED", booking.pk, current.pk)
             return Reconciliation.BOOKED
         if current is not None:
+            current.reconciled_at = now
             _settle_not_charged(current, charge, now)
         booking_expire(booking=booking, payment_settled=True)
         logger.info("booking %s: reconciled, no money stands: expired", booking.pk)
         return Reconciliation.CANCELLED
+
+
+def payment_find_charge(*, payment: Payment, gateway: PaymentGateway | None = None) -> Charge | None:
+    """The gateway's charge under the payment's reference, if any. A charge that took another
+    amount or currency is no answer we can act on: `PaymentGatewayUnavailable`, for a person."""
+    charge = (gateway or get_payment_gateway()).find_charge(reference=payment.reference)
+    taken = charge is not None and charge.money_taken
+    if taken and (charge.amount, charge.currency) != (payment.amount, payment.currency):
+        raise PaymentGatewayUnavailable(
+            f"The gateway holds {charge.amount} {charge.currency} under payment {payment.pk}'s reference, "
+            f"not {payment.amount} {payment.currency}: settle it by hand."
+        )
+    return charge
+
+
+def payment_refund_late_charge(*, payment_id: int, gateway: PaymentGateway | None = None) -> bool:
+    """Cleanup: look a payment that reconciliation settled as not charged up again; if the
+    charge has landed since (the gateway was still working on it), record it and refund it.
+    True if this call refunded money. A crash between the two leaves a SUCCEEDED payment on a
+    cancelled booking, which `payment_refund_stranded` refunds next run."""
+    payment = Payment.objects.get(pk=payment_id)
+    charge = payment_find_charge(payment=payment, gateway=gateway)
+    if charge is None or charge.status != SUCCEEDED:
+        return False
+    with transaction.atomic():
+        bound_lock_wait()
+        landed = Payment.objects.filter(pk=payment.pk, status=PaymentStatus.FAILED).update(
+            status=PaymentStatus.SUCCEEDED,
+            gateway_reference=charge.gateway_reference,
+            failure_reason="Charged after its booking was settled as unpaid.",
+            updated_at=timezone.now(),
+        )
+    if not landed:
+        return False  # Another host got there first.
+    logger.error("payment %s: charged after reconciliation settled it as unpaid; refunding", payment.pk)
+    return payment_refund_stranded(payment_id=payment.pk, gateway=gateway)
 
 
 def _attempt(payment: Payment | None) -> tuple | None:
