@@ -173,6 +173,12 @@ class _Run:
         logger.warning("cleanup: %s", line)
         self.report(f"FAILED {line}")
 
+    def would_release(self, booking_id: int) -> None:
+        """Dry run: count the seats a release of this booking would give back."""
+        booking = Booking.objects.only("seats", "seats_state").get(pk=booking_id)
+        if booking.seats_state in Booking.SEATS_OWED:
+            self.counts.released_seats += booking.seats
+
     def release(self, booking_id: int, *, retried: bool) -> None:
         release = booking_release_seats(booking_id=booking_id, gateway=self.flights)
         if release.outcome == release.Outcome.RELEASED:
@@ -205,6 +211,7 @@ def _finish_cancels(run: _Run) -> None:
     def finish(booking_id: int) -> None:
         if run.dry_run:
             run.counts.refunded += 1
+            run.would_release(booking_id)
             run.report(f"booking {booking_id}: would refund and finish its cancel")
             return
         # The same call the API makes, which keeps the reason the cancel was asked with:
@@ -254,7 +261,7 @@ def _retry_releases(run: _Run) -> None:
     def retry(booking_id: int) -> None:
         if run.dry_run:
             run.counts.retried_releases += 1
-            run.counts.released_seats += Booking.objects.values_list("seats", flat=True).get(pk=booking_id)
+            run.would_release(booking_id)
             run.report(f"booking {booking_id}: would retry its release")
         else:
             run.release(booking_id, retried=True)
@@ -306,7 +313,7 @@ def _preview_reconciliation(run: _Run, booking_id: int) -> None:
         run.report(f"booking {booking_id}: the gateway has charged it: would be BOOKED")
     else:
         run.counts.expired += 1
-        run.counts.released_seats += Booking.objects.values_list("seats", flat=True).get(pk=booking_id)
+        run.would_release(booking_id)
         run.report(f"booking {booking_id}: not charged: would expire")
 
 
@@ -316,7 +323,7 @@ def _expire_initiated(run: _Run) -> None:
     def expire(booking_id: int) -> None:
         if run.dry_run:
             run.counts.expired += 1
-            run.counts.released_seats += Booking.objects.values_list("seats", flat=True).get(pk=booking_id)
+            run.would_release(booking_id)
             run.report(f"booking {booking_id}: would expire")
         elif booking_expire_stale(booking_id=booking_id, expired_before=expired_before):
             run.counts.expired += 1
