@@ -4,16 +4,16 @@ This module drives the duties in batches and counts what they did; each rule it 
 lives in the services it calls (`bookings.services`, `payments.services`), the same ones the
 API and admin use. Its duties, in order:
 
-1. finish cancels of paid bookings that were cut short (refund, then cancel, then release);
-2. refund money taken for bookings cancelled meanwhile (a charge that landed late, whether
+1. retry seat releases that failed before (the Flights service was down);
+2. finish cancels of paid bookings that were cut short (refund, then cancel, then release);
+3. refund money taken for bookings cancelled meanwhile (a charge that landed late, whether
    its request recorded it or a look-up finds it after reconciliation found none);
-3. retry seat releases that failed before (the Flights service was down);
 4. reconcile expired PENDING bookings with the gateway: charged → BOOKED, else expired;
 5. expire INITIATED bookings past their hold, and release their seats;
 6. purge idempotency keys past their TTL.
 
-Releases are retried (3) before new ones are made (4, 5), so a release that fails in this
-run waits for the next one instead of being tried twice in a row.
+Releases are retried (1) before new ones are made (2, 4, 5), so a release that fails in
+this run waits for the next one instead of being tried twice in a row.
 
 Every change is one short transaction on one booking, taken with
 `select_for_update(skip_locked=True)` and its state checked again under the lock, and
@@ -123,9 +123,9 @@ def cleanup_stale_bookings(
         payments=payments or get_payment_gateway(),
     )
     for duty in (
+        _retry_releases,
         _finish_cancels,
         _refund_stranded_money,
-        _retry_releases,
         _reconcile_pending,
         _expire_initiated,
         _purge_keys,
