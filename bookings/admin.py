@@ -12,6 +12,7 @@ from django.utils import timezone
 from bookings import selectors, services
 from bookings.cleanup import Cutoffs, cleanup_backlog
 from bookings.models import Booking, CleanupRun
+from bookings_project.admin import ReadOnlyAdmin
 from bookings_project.errors import DomainError
 from payments.models import Payment
 
@@ -159,18 +160,9 @@ class BookingAdmin(admin.ModelAdmin):
 
 
 @admin.register(CleanupRun)
-class CleanupRunAdmin(admin.ModelAdmin):
-    """Written by the command only."""
+class CleanupRunAdmin(ReadOnlyAdmin):
+    """Written by `cleanup_stale_bookings` only."""
 
     list_display = ["started_at", "finished_at", "host", "failed", "counts"]
     list_filter = ["host"]
     date_hierarchy = "started_at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False

@@ -1,20 +1,7 @@
 from django.contrib import admin
-from django.http import HttpRequest
 
+from bookings_project.admin import ReadOnlyAdmin
 from payments.models import IdempotencyKey, Payment, SimulatedCharge
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Money and its records change only through the services, never by hand."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 @admin.register(Payment)

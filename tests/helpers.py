@@ -1,10 +1,12 @@
 """Assertions and concurrency tools shared by the tests."""
 
 import contextlib
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import responses
 from django.db import connections, transaction
 from django.db.models import Sum
 
@@ -123,3 +125,42 @@ def assert_money_matches_bookings(standing: set[str] | None = None) -> None:
             assert len(charges) <= 1, f"booking {booking.pk} PENDING with {len(charges)} standing charges"
         else:
             assert not charges, f"booking {booking.pk} {booking.status} while its money is taken"
+
+
+# The Flights service over HTTP (the `remote` fixture in conftest) -----------------------
+
+SERVICE_TOKEN = "svc-token-for-tests"
+
+
+def flight_faults(base_url: str) -> responses.RequestsMock:
+    """Faults registered on it are injected; whatever is not registered reaches the live server."""
+    mock = responses.RequestsMock(assert_all_requests_are_fired=False)
+    mock.add_passthru(base_url)
+    return mock
+
+
+def closed_port() -> int:
+    """A local port nobody listens on: connections to it are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def close_cached_flight_gateway() -> None:
+    """Close the HTTP Flights gateway's keep-alive connections, then forget the gateway.
+
+    Session.close() is not enough with urllib3 2.x: PoolManager.clear() drops its pools
+    without closing them, and a pool kept alive by a logged exception's traceback keeps its
+    socket open. The live server's thread then waits on that socket holding a database
+    connection, and PostgreSQL refuses to drop the test database at the end.
+    """
+    from bookings.flights_gateway import _http_gateway, get_flight_gateway
+
+    if _http_gateway.cache_info().currsize:
+        session = get_flight_gateway().session
+        for adapter in set(session.adapters.values()):
+            pools = adapter.poolmanager.pools
+            for key in pools.keys():  # noqa: SIM118 (the container refuses iteration)
+                pools[key].close()
+        session.close()
+    _http_gateway.cache_clear()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 
 import pytest
 import requests
@@ -27,18 +26,23 @@ import responses
 from django.test import override_settings
 from responses import matchers
 
-from bookings.flights_gateway import _http_gateway, get_flight_gateway
 from bookings.models import Booking
 from bookings.services import booking_release_seats
 from bookings_project.errors import ReservationConflict
 from flights.models import Flight, SeatHold
 from flights.services import flight_seats_change
 from tests.factories import make_flight
-from tests.helpers import assert_bookings_match_ledger, assert_problem
+from tests.helpers import (
+    SERVICE_TOKEN,
+    assert_bookings_match_ledger,
+    assert_problem,
+    close_cached_flight_gateway,
+    closed_port,
+    flight_faults,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-SERVICE_TOKEN = "svc-token-for-tests"
 SEATS = 2
 CAPACITY = 20
 
@@ -50,49 +54,9 @@ RELEASE = matchers.json_params_matcher({"dec": False}, strict_match=False)
 # Fixtures and helpers -------------------------------------------------------------------
 
 
-def _close_cached_gateways() -> None:
-    """Close the current gateway's keep-alive connections to the live server, then forget it.
-
-    Session.close() is not enough with urllib3 2.x: PoolManager.clear() drops its pools
-    without closing them, and a pool kept alive by a logged exception's traceback keeps its
-    socket open. The live server's thread then waits on that socket holding a database
-    connection, and PostgreSQL refuses to drop the test database at the end.
-    """
-    if _http_gateway.cache_info().currsize:
-        session = get_flight_gateway().session
-        for adapter in set(session.adapters.values()):
-            pools = adapter.poolmanager.pools
-            for key in pools.keys():  # noqa: SIM118 (the container refuses iteration)
-                pools[key].close()
-        session.close()
-    _http_gateway.cache_clear()
-
-
-@pytest.fixture
-def remote(live_server):
-    """Bookings configured to reach Flights over HTTP at the live server. Yields its URL.
-
-    override_settings is process-wide, so the live server's thread sees the same token.
-    A short timeout keeps the fault tests fast.
-    """
-    _http_gateway.cache_clear()
-    with override_settings(
-        FLIGHT_SERVICE_URL=live_server.url, FLIGHT_SERVICE_TOKEN=SERVICE_TOKEN, FLIGHT_SERVICE_TIMEOUT=1.0
-    ):
-        yield live_server.url
-        _close_cached_gateways()
-
-
 @pytest.fixture
 def plane(db) -> Flight:
     return make_flight(capacity=CAPACITY, price="5500.00")
-
-
-def faults(base_url: str) -> responses.RequestsMock:
-    """A `responses` mock where whatever is not registered reaches the live server."""
-    mock = responses.RequestsMock(assert_all_requests_are_fired=False)
-    mock.add_passthru(base_url)
-    return mock
 
 
 def flight_url(base_url: str, flight: Flight) -> str:
@@ -179,7 +143,7 @@ def test_book_and_cancel_over_http(remote, user_client, plane):
 
 def test_request_id_and_service_token_reach_the_flights_service(remote, user_client, plane):
     # PassthroughResponse forwards to the live server *and* records the call.
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         get = rsps.add(responses.PassthroughResponse(responses.GET, flight_url(remote, plane)))
         change = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane)))
         created = book(user_client, plane, HTTP_X_REQUEST_ID="trace-create-1")
@@ -206,11 +170,11 @@ def test_request_id_and_service_token_reach_the_flights_service(remote, user_cli
 def test_outbound_calls_outside_a_request_get_a_fresh_request_id(remote, user_client, plane):
     # Cleanup runs outside any request: each call still carries an id, and the token.
     booking_id = book(user_client, plane).json()["id"]
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         refused = requests.exceptions.ConnectionError("Connection refused")
         rsps.add(responses.PATCH, seats_url(remote, plane), body=refused)
         assert cancel(user_client, booking_id).status_code == 200
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         change = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane)))
         assert booking_release_seats(booking_id=booking_id).seats == SEATS
 
@@ -246,7 +210,7 @@ def test_flight_read_fails_answers_503_and_writes_nothing(remote, user_client, p
     if isinstance(fault.get("json"), dict) and fault["json"].get("id") in (THIS, OTHER):
         ids = {THIS: plane.pk, OTHER: plane.pk + 1000}
         fault = {**fault, "json": {**fault["json"], "id": ids[fault["json"]["id"]]}}
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         get = rsps.add(responses.GET, flight_url(remote, plane), **fault)
         change = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane)))
         response = book(user_client, plane)
@@ -260,7 +224,7 @@ def test_flight_read_fails_answers_503_and_writes_nothing(remote, user_client, p
 
 
 def test_reserve_applied_but_answer_lost_is_released(remote, user_client, plane):
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         reserve = rsps.add_callback(
             responses.PATCH,
             seats_url(remote, plane),
@@ -298,7 +262,7 @@ RESERVE_NOT_APPLIED = [
 
 @pytest.mark.parametrize("fault", RESERVE_NOT_APPLIED)
 def test_reserve_fails_is_never_retried_and_leaves_a_tombstone(remote, user_client, plane, fault):
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         reserve = rsps.add(responses.PATCH, seats_url(remote, plane), match=[RESERVE], **fault)
         release = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane), match=[RELEASE]))
         response = book(user_client, plane)
@@ -329,7 +293,7 @@ def test_reserve_refused_answers_409_and_sends_no_release(remote, user_client, p
         "detail": "Only 1 seat left.",
         "code": "insufficient_seats",
     }
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         reserve = rsps.add(
             responses.PATCH,
             seats_url(remote, plane),
@@ -353,7 +317,7 @@ def test_reserve_refused_answers_409_and_sends_no_release(remote, user_client, p
 
 
 def test_reserve_and_release_both_fail_then_cleanup_gives_seats_back(remote, user_client, plane):
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         reserve = rsps.add_callback(
             responses.PATCH,
             seats_url(remote, plane),
@@ -395,7 +359,7 @@ def test_release_fails_after_cancel_then_cleanup_gives_seats_back(remote, user_c
     assert created.status_code == 201, created.content
     booking_id = created.json()["id"]
 
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         release = rsps.add(
             responses.PATCH,
             seats_url(remote, plane),
@@ -438,7 +402,7 @@ def test_release_refused_as_busy_stays_owed_for_cleanup(remote, user_client, pla
     }
 
     # The flight's row lock was held too long on the Flights side: nothing changed there.
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         rsps.add(
             responses.PATCH,
             seats_url(remote, plane),
@@ -461,13 +425,6 @@ def test_release_refused_as_busy_stays_owed_for_cleanup(remote, user_client, pla
 # 3. Readiness ------------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    """A local port nobody listens on: connections to it are refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_readyz_checks_the_flights_service(remote, client):
     response = client.get("/readyz")
 
@@ -476,9 +433,9 @@ def test_readyz_checks_the_flights_service(remote, client):
 
 
 def test_readyz_fails_when_flights_refuses_connections(remote, client):
-    with override_settings(FLIGHT_SERVICE_URL=f"http://127.0.0.1:{_closed_port()}"):
+    with override_settings(FLIGHT_SERVICE_URL=f"http://127.0.0.1:{closed_port()}"):
         response = client.get("/readyz")
-        _close_cached_gateways()
+        close_cached_flight_gateway()
 
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "checks": {"database": "ok", "flights": "failing"}}
@@ -492,7 +449,7 @@ def test_readyz_fails_when_flights_refuses_connections(remote, client):
     ],
 )
 def test_readyz_fails_when_flights_is_down(remote, client, fault):
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         rsps.add(responses.GET, f"{remote}/api/v1/flights", **fault)
         response = client.get("/readyz")
 

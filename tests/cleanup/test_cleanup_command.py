@@ -42,11 +42,9 @@ import responses
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import OperationalError
-from django.test import override_settings
 from responses import matchers
 
 from bookings.cleanup import cleanup_stale_bookings
-from bookings.flights_gateway import _http_gateway, get_flight_gateway
 from bookings.models import Booking, CleanupRun
 from bookings.services import booking_cancel, booking_create
 from bookings_project.errors import PaymentGatewayUnavailable
@@ -57,7 +55,7 @@ from payments.gateway import SimulatedPaymentGateway
 from payments.models import IdempotencyKey, Payment, SimulatedCharge
 from payments.selectors import payment_attempt_window
 from tests.factories import make_flight
-from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings
+from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, closed_port, flight_faults
 
 pytestmark = pytest.mark.django_db
 
@@ -613,12 +611,6 @@ print(Flight.objects.get().available_seats, booking.seats_state, SeatHold.object
 """
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_from_the_shell_a_failed_release_exits_1_and_the_next_run_exits_0(tmp_path):
     database = tmp_path / "cron.sqlite3"
     assert manage("migrate", "-v", "0", database=database).returncode == 0
@@ -628,7 +620,7 @@ def test_from_the_shell_a_failed_release_exits_1_and_the_next_run_exits_0(tmp_pa
     assert (status, seats_state) == ("CANCELLED", "reserved")
 
     # The Flights service refuses connections: the release fails, cron sees exit status 1.
-    down = manage("cleanup_stale_bookings", database=database, FLIGHT_SERVICE_URL=f"http://127.0.0.1:{_closed_port()}")
+    down = manage("cleanup_stale_bookings", database=database, FLIGHT_SERVICE_URL=f"http://127.0.0.1:{closed_port()}")
 
     assert down.returncode == 1, down
     assert down.stdout == summary(failed=1) + "\n"
@@ -822,38 +814,7 @@ def test_a_release_that_failed_at_the_customers_cancel_is_finished_once_flights_
 # Over HTTP: the live server is the remote Flights service; `responses` injects the faults
 # (as in tests/bookings/test_http_gateway.py).
 
-SERVICE_TOKEN = "svc-token-for-tests"
 RELEASE = matchers.json_params_matcher({"dec": False}, strict_match=False)
-
-
-def _close_cached_gateways() -> None:
-    """Close the HTTP gateway's keep-alive connections (see test_http_gateway.py: else
-    PostgreSQL cannot drop the test database), then forget it."""
-    if _http_gateway.cache_info().currsize:
-        session = get_flight_gateway().session
-        for adapter in set(session.adapters.values()):
-            pools = adapter.poolmanager.pools
-            for key in pools.keys():  # noqa: SIM118 (the container refuses iteration)
-                pools[key].close()
-        session.close()
-    _http_gateway.cache_clear()
-
-
-@pytest.fixture
-def remote(live_server):
-    _http_gateway.cache_clear()
-    with override_settings(
-        FLIGHT_SERVICE_URL=live_server.url, FLIGHT_SERVICE_TOKEN=SERVICE_TOKEN, FLIGHT_SERVICE_TIMEOUT=1.0
-    ):
-        yield live_server.url
-        _close_cached_gateways()
-
-
-def faults(base_url: str) -> responses.RequestsMock:
-    """Whatever is not registered reaches the live server."""
-    mock = responses.RequestsMock(assert_all_requests_are_fired=False)
-    mock.add_passthru(base_url)
-    return mock
 
 
 def _release_applied_then_lost(request):
@@ -882,7 +843,7 @@ def test_over_http_a_release_failed_at_cancel_is_finished_by_the_next_run_exactl
     seats_url = f"{remote}/api/v1/flights/{plane.pk}/seats"
     applied = HTTP_FAULTS[fault] is None
 
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         if applied:
             release = rsps.add_callback(
                 responses.PATCH, seats_url, callback=_release_applied_then_lost, match=[RELEASE]
@@ -905,7 +866,7 @@ def test_over_http_a_release_failed_at_cancel_is_finished_by_the_next_run_exactl
         assert (hold.state, available(plane)) == (SeatHold.State.HELD, 18)
         assert_bookings_match_ledger(plane)
 
-    with faults(remote) as rsps:
+    with flight_faults(remote) as rsps:
         release = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url, match=[RELEASE]))
         assert cleanup().lines == [summary(retried_releases=1, released_seats=2)]
         assert release.call_count == 1
