@@ -29,7 +29,6 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
-from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -42,7 +41,6 @@ from bookings.services import (
     booking_flag_stuck_release,
     booking_release_seats,
 )
-from bookings_project import http_client
 from bookings_project.errors import DomainError
 from payments import selectors as payment_selectors
 from payments.gateway import SUCCEEDED, PaymentGateway, get_payment_gateway
@@ -91,6 +89,8 @@ class Cutoffs:
     expired_before: dt.datetime
     # Payment attempts and refunds started before this are over: their requests timed out.
     settled_before: dt.datetime
+    # Releases sent to the Flights service before this are over (see `flight_call_window`).
+    released_before: dt.datetime
 
     @classmethod
     def at(cls, now: dt.datetime, *, older_than_minutes: int = 0) -> Cutoffs:
@@ -98,6 +98,7 @@ class Cutoffs:
             now=now,
             expired_before=now - dt.timedelta(minutes=older_than_minutes),
             settled_before=now - payment_selectors.payment_attempt_window(),
+            released_before=now - selectors.flight_call_window(),
         )
 
 
@@ -269,12 +270,10 @@ def _retry_releases(run: _Run) -> None:
     run.each(selectors.bookings_owing_release(), "release of booking", retry)
 
     def flag(booking_id: int) -> None:
-        if run.dry_run or booking_flag_stuck_release(booking_id=booking_id, updated_before=run.cutoffs.settled_before):
+        if run.dry_run or booking_flag_stuck_release(booking_id=booking_id, updated_before=run.cutoffs.released_before):
             run.fail(f"release of booking {booking_id}: cut short on a service without holds, needs a person")
 
-    # Past the Flights call's timeouts (and the same margin as payments), its sender is gone.
-    window = sum(http_client.timeouts(settings.FLIGHT_SERVICE_TIMEOUT)) + settings.PAYMENT_ATTEMPT_MARGIN_SECONDS
-    stuck = selectors.bookings_with_stuck_release(updated_before=run.cutoffs.now - dt.timedelta(seconds=window))
+    stuck = selectors.bookings_with_stuck_release(updated_before=run.cutoffs.released_before)
     run.each(stuck, "release of booking", flag)
 
 
@@ -375,6 +374,11 @@ def cleanup_backlog(*, now: dt.datetime | None = None) -> list[BacklogItem]:
             "to_reconcile",
         ),
         item("Seat releases waiting for a retry", selectors.bookings_owing_release(), "updated_at", "release_owed"),
+        item(
+            "Releases cut short on a Flights service without holds (for a person)",
+            selectors.bookings_with_stuck_release(updated_before=cutoffs.released_before),
+            "updated_at",
+        ),
         item(
             "Paid bookings whose cancel was cut short",
             selectors.bookings_with_unfinished_cancel(requested_before=cutoffs.settled_before),

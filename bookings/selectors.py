@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Exists, OuterRef, QuerySet
 
 from bookings.models import Booking
 from bookings_project.errors import NotFound
+from bookings_project.http_client import timeouts
 from payments.models import Payment
 
 Status, SeatsState = Booking.Status, Booking.SeatsState
@@ -48,6 +50,13 @@ def bookings_to_reconcile(*, expired_before: dt.datetime, attempted_before: dt.d
 def bookings_owing_release() -> QuerySet[Booking]:
     """Cancelled bookings whose seats the Flights service may still hold (a release failed)."""
     return Booking.objects.filter(status=Status.CANCELLED, seats_state__in=Booking.SEATS_OWED)
+
+
+def flight_call_window() -> dt.timedelta:
+    """How long a call to the Flights service can last: its connect and read timeouts plus
+    the same margin payments use. A release in flight longer than that has lost its sender."""
+    connect, read = timeouts(settings.FLIGHT_SERVICE_TIMEOUT)
+    return dt.timedelta(seconds=connect + read + settings.PAYMENT_ATTEMPT_MARGIN_SECONDS)
 
 
 def bookings_with_stuck_release(*, updated_before: dt.datetime) -> QuerySet[Booking]:

@@ -62,6 +62,10 @@ def stale(user, clock):
     Booking.objects.filter(pk=person.pk).update(
         status=Booking.Status.CANCELLED, seats_state=Booking.SeatsState.RECONCILE
     )
+    stuck = booking_create(user=user, flight_id=flight.pk, seats=1)
+    Booking.objects.filter(pk=stuck.pk).update(
+        status=Booking.Status.CANCELLED, seats_state=Booking.SeatsState.RELEASING, flight_keeps_holds=False
+    )
     fresh = booking_create(user=user, flight_id=flight.pk, seats=1)
     IdempotencyKey.objects.create(user=user, key="old", fingerprint="f", expires_at=clock.now)
     clock.advance(minutes=20)
@@ -84,6 +88,7 @@ def test_the_page_counts_each_kind_of_work_and_links_to_the_same_bookings(ops, s
         "Unpaid bookings past their hold (to expire)": 2,
         "PENDING bookings past their hold (to reconcile with the gateway)": 1,
         "Seat releases waiting for a retry": 1,
+        "Releases cut short on a Flights service without holds (for a person)": 1,
         "Paid bookings whose cancel was cut short": 1,
         "Payments to refund (booking cancelled)": 0,
         "Idempotency keys past their TTL": 1,
@@ -108,6 +113,7 @@ def test_work_waiting_longer_than_two_intervals_and_no_run_are_warned_about(ops,
         "Unpaid bookings past their hold (to expire)",
         "PENDING bookings past their hold (to reconcile with the gateway)",
         "Seat releases waiting for a retry",
+        "Releases cut short on a Flights service without holds (for a person)",
         "Paid bookings whose cancel was cut short",
         "Idempotency keys past their TTL",
         "Seat outcomes only a person can settle",
