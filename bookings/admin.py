@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from bookings import selectors, services
 from bookings.cleanup import Cutoffs, cleanup_backlog
-from bookings.models import Booking, CleanupRun
+from bookings.models import Booking, BookingEvent, CleanupRun
 from bookings_project.admin import ReadOnlyAdmin
 from bookings_project.errors import DomainError
 from payments.models import Payment
@@ -25,6 +25,28 @@ class PaymentInline(admin.TabularInline):
     readonly_fields = fields
     ordering = ["-created_at"]
     show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class BookingEventInline(admin.TabularInline):
+    """The audit trail: every status change, oldest first. Written by the services only."""
+
+    model = BookingEvent
+    extra = 0
+    can_delete = False
+    fields = ["created_at", "from_status", "to_status", "reason", "actor", "actor_user", "request_id"]
+    readonly_fields = fields
+    ordering = ["created_at", "id"]
+    verbose_name = "status change"
+    verbose_name_plural = "history (status changes)"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[BookingEvent]:
+        return super().get_queryset(request).select_related("actor_user")
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -84,7 +106,7 @@ class BookingAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ["-created_at", "-id"]
     actions = ["cancel_selected"]
-    inlines = [PaymentInline]
+    inlines = [BookingEventInline, PaymentInline]
     # Money, state and the saga's record change only through the services, never by hand.
     readonly_fields = [
         "user",
@@ -165,4 +187,16 @@ class CleanupRunAdmin(ReadOnlyAdmin):
 
     list_display = ["started_at", "finished_at", "host", "failed", "counts"]
     list_filter = ["host"]
+    search_fields = ["=run_id"]
     date_hierarchy = "started_at"
+
+
+@admin.register(BookingEvent)
+class BookingEventAdmin(ReadOnlyAdmin):
+    """The audit trail across bookings: find what one request (or cleanup run) changed."""
+
+    list_display = ["created_at", "booking", "from_status", "to_status", "reason", "actor", "actor_user", "request_id"]
+    list_filter = ["actor", "reason", "to_status"]
+    search_fields = ["=booking__id", "=request_id", "actor_user__username"]
+    list_select_related = ["booking", "actor_user"]
+    date_hierarchy = "created_at"

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from bookings import selectors, services
 from bookings.filters import BookingFilter
 from bookings.models import Booking
-from bookings.serializers import BookingCreateSerializer, BookingSerializer
+from bookings.serializers import BookingCreateSerializer, BookingEventSerializer, BookingSerializer
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
 
 # The seed's example flow: flight 123 at 5500.00 a seat, 2 seats, user 456, booking 789.
@@ -135,3 +135,19 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         reason = Booking.CancelReason.USER if booking.user_id == request.user.pk else Booking.CancelReason.STAFF
         cancellation = services.booking_cancel(booking_id=booking.pk, reason=reason)
         return Response(BookingSerializer(cancellation.booking).data)
+
+    @extend_schema(
+        summary="A booking's history",
+        description=(
+            "Every status change of the booking, oldest first: from, to, why, who (`user`, `staff`, `cleanup` "
+            "or `gateway`), the request id and the time. Paginated like every list."
+        ),
+        parameters=[ID_PATH_PARAMETER],
+        responses={200: BookingEventSerializer(many=True), **problem_responses(400, 401, 404)},
+        filters=False,
+    )
+    @action(detail=True, methods=["get"], url_path="events", filter_backends=[])
+    def events(self, request: Request, pk: str) -> Response:
+        events = selectors.booking_events(user=request.user, booking_id=int(pk))
+        page = self.paginate_queryset(events)
+        return self.get_paginated_response(BookingEventSerializer(page, many=True).data)

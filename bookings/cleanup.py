@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import socket
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
@@ -33,14 +34,16 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from bookings import selectors
+from bookings.audit import acting_as
 from bookings.flights_gateway import FlightGateway, get_flight_gateway
-from bookings.models import Booking, CleanupRun
+from bookings.models import Booking, BookingEvent, CleanupRun
 from bookings.services import (
     booking_cancel,
     booking_expire_stale,
     booking_flag_stuck_release,
     booking_release_seats,
 )
+from bookings_project import request_id
 from bookings_project.errors import DomainError
 from payments import selectors as payment_selectors
 from payments.gateway import SUCCEEDED, PaymentGateway, get_payment_gateway
@@ -123,22 +126,27 @@ def cleanup_stale_bookings(
         flights=flights or get_flight_gateway(),
         payments=payments or get_payment_gateway(),
     )
-    for duty in (
-        _retry_releases,
-        _finish_cancels,
-        _refund_stranded_money,
-        _reconcile_pending,
-        _expire_initiated,
-        _purge_keys,
-    ):
-        duty(run)
-    counts = run.counts
-    logger.info("cleanup_stale_bookings%s: %s", " (dry run)" if dry_run else "", counts.summary())
+    # One id for the run: its log lines, its calls to the Flights service and the audit
+    # trail's events all carry it, and so does its CleanupRun row.
+    run_id = f"cleanup-{uuid.uuid4().hex}"
+    with request_id.bound(run_id), acting_as(BookingEvent.Actor.CLEANUP):
+        for duty in (
+            _retry_releases,
+            _finish_cancels,
+            _refund_stranded_money,
+            _reconcile_pending,
+            _expire_initiated,
+            _purge_keys,
+        ):
+            duty(run)
+        counts = run.counts
+        logger.info("cleanup_stale_bookings%s: %s", " (dry run)" if dry_run else "", counts.summary())
     if not dry_run:
         CleanupRun.objects.create(
             started_at=started,
             finished_at=timezone.now(),
             host=socket.gethostname()[:255],
+            run_id=run_id,
             counts=asdict(counts),
             failed=counts.failed,
         )

@@ -108,6 +108,8 @@ class CleanupRun(models.Model):
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField()
     host = models.CharField(max_length=255)
+    # The request id its log lines, Flights calls and audit events carry.
+    run_id = models.CharField(max_length=64, blank=True)
     counts = models.JSONField(help_text="The summary line's counts.")
     failed = models.PositiveIntegerField(default=0)
 
@@ -117,3 +119,49 @@ class CleanupRun(models.Model):
 
     def __str__(self) -> str:
         return f"Cleanup run at {self.started_at:%Y-%m-%d %H:%M:%S} on {self.host}"
+
+
+class BookingEvent(models.Model):
+    """One change of a booking's status (DESIGN §2), written in the same transaction as
+    the change: who or what made it, why, and in which request. Never edited."""
+
+    class Actor(models.TextChoices):
+        USER = "user", "The customer"
+        STAFF = "staff", "Staff"
+        CLEANUP = "cleanup", "cleanup_stale_bookings"
+        GATEWAY = "gateway", "The payment gateway's answer"
+        # Neither a request nor cleanup: a shell, a data migration.
+        SYSTEM = "system", "System"
+
+    class Reason(models.TextChoices):
+        CREATED = "created", "Booked, seats being reserved"
+        PAYMENT_STARTED = "payment_started", "Payment started"
+        PAYMENT_SUCCEEDED = "payment_succeeded", "Payment succeeded"
+        PAYMENT_DECLINED = "payment_declined", "Payment declined"
+        PAYMENT_FAILED = "payment_failed", "Payment failed, nothing charged"
+        RECONCILED_CHARGED = "reconciled_charged", "Reconciled: the gateway had charged"
+        # Cancels carry the booking's cancel reason.
+        USER = "user", "Cancelled by the customer"
+        STAFF = "staff", "Cancelled by staff"
+        EXPIRED = "expired", "Hold expired unpaid"
+        RESERVATION_FAILED = "reservation_failed", "Seats could not be reserved"
+        FLIGHT_SERVICE_UNAVAILABLE = "flight_service_unavailable", "Flights service unavailable"
+
+    booking = models.ForeignKey(Booking, on_delete=models.PROTECT, related_name="events")
+    from_status = models.CharField(max_length=10, choices=Booking.Status.choices, blank=True)
+    to_status = models.CharField(max_length=10, choices=Booking.Status.choices)
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    actor = models.CharField(max_length=10, choices=Actor.choices)
+    # The signed-in caller whose request made the change (also for the gateway's answer to it).
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    request_id = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["booking", "id"], name="booking_event_booking_idx")]
+
+    def __str__(self) -> str:
+        return f"Booking {self.booking_id}: {self.from_status or '-'} → {self.to_status} ({self.reason})"

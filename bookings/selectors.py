@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Exists, OuterRef, QuerySet
 
-from bookings.models import Booking
+from bookings.models import Booking, BookingEvent
 from bookings_project.errors import NotFound
 from bookings_project.http_client import timeouts
 from payments.models import Payment
@@ -28,6 +28,12 @@ def booking_get(*, user: AbstractBaseUser, booking_id: int) -> Booking:
     if booking is None:
         raise NotFound(f"Booking {booking_id} does not exist.")
     return booking
+
+
+def booking_events(*, user: AbstractBaseUser, booking_id: int) -> QuerySet[BookingEvent]:
+    """The booking's status changes, oldest first; 404 for a booking the caller may not see."""
+    booking = booking_get(user=user, booking_id=booking_id)
+    return BookingEvent.objects.filter(booking=booking).order_by("created_at", "id")
 
 
 # What cleanup acts on (DESIGN §4); the admin's cleanup page shows the same sets.

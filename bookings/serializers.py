@@ -3,7 +3,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from bookings.models import Booking
+from bookings.models import Booking, BookingEvent
 from bookings_project.fields import StrictIntegerField, resolve_alias
 from bookings_project.openapi import MAX_ID
 
@@ -80,3 +80,36 @@ class BookingCreateSerializer(serializers.Serializer):
 
     def validate(self, attrs: dict) -> dict:
         return resolve_alias(attrs, "numberOfSeats", "noOfSeats")
+
+
+class BookingEventSerializer(serializers.ModelSerializer):
+    """One status change of a booking (the audit trail)."""
+
+    bookingId = serializers.IntegerField(source="booking_id")
+    fromStatus = serializers.ChoiceField(
+        source="from_status",
+        choices=Booking.Status.choices,
+        allow_null=True,
+        help_text="null for the booking's creation.",
+    )
+    toStatus = serializers.ChoiceField(source="to_status", choices=Booking.Status.choices)
+    reason = serializers.ChoiceField(choices=BookingEvent.Reason.choices)
+    actor = serializers.ChoiceField(
+        choices=BookingEvent.Actor.choices,
+        help_text="Who made the change: the customer, staff, the cleanup job, or the payment gateway's answer.",
+    )
+    requestId = serializers.CharField(
+        source="request_id", allow_null=True, help_text="The `X-Request-ID` of the request (or cleanup run)."
+    )
+    createdAt = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = BookingEvent
+        fields = ["id", "bookingId", "fromStatus", "toStatus", "reason", "actor", "requestId", "createdAt"]
+        read_only_fields = fields
+
+    def to_representation(self, instance: BookingEvent) -> dict:
+        data = super().to_representation(instance)
+        data["fromStatus"] = instance.from_status or None
+        data["requestId"] = instance.request_id or None
+        return data

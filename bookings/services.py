@@ -22,8 +22,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from bookings.audit import record_status_change
 from bookings.flights_gateway import FlightGateway, get_flight_gateway
-from bookings.models import Booking
+from bookings.models import Booking, BookingEvent
 from bookings_project.db import bound_lock_wait
 from bookings_project.errors import (
     DomainError,
@@ -96,16 +97,20 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
         raise InsufficientSeats(f"Flight {flight_id} has {max(flight.available_seats, 0)} seat(s) left; {seats} asked.")
 
     # Committed before the reserve, so a crash from here on leaves a row that cleanup sees.
-    booking = Booking.objects.create(
-        user=user,
-        flight_id=flight_id,
-        seats=seats,
-        total_cost=(flight.price * seats).quantize(CENT),
-        status=Status.INITIATED,
-        seats_state=SeatsState.UNCONFIRMED,
-        flight_keeps_holds=flight.keeps_holds,
-        expires_at=timezone.now() + dt.timedelta(minutes=settings.BOOKING_HOLD_MINUTES),
-    )
+    with transaction.atomic():
+        booking = Booking.objects.create(
+            user=user,
+            flight_id=flight_id,
+            seats=seats,
+            total_cost=(flight.price * seats).quantize(CENT),
+            status=Status.INITIATED,
+            seats_state=SeatsState.UNCONFIRMED,
+            flight_keeps_holds=flight.keeps_holds,
+            expires_at=timezone.now() + dt.timedelta(minutes=settings.BOOKING_HOLD_MINUTES),
+        )
+        record_status_change(
+            booking_id=booking.pk, from_status="", to_status=Status.INITIATED, reason=BookingEvent.Reason.CREATED
+        )
     try:
         change = gateway.reserve_seats(flight_id=flight_id, seats=seats, ref=booking.hold_ref)
     except FlightServiceUnavailable as error:
@@ -166,11 +171,18 @@ def booking_cancel(
             if booking.status == Status.BOOKED and payment_selectors.booking_has_standing_charge(booking_id=booking_id):
                 continue  # Paid since we looked: refund that payment first.
             if booking.status != Status.CANCELLED:
+                from_status = booking.status
                 booking.status = Status.CANCELLED
                 # A cancel cut short and finished later keeps the reason it was asked with.
                 booking.cancel_reason = booking.cancel_reason or reason
                 booking.cancelled_at = timezone.now()
                 booking.save(update_fields=["status", "cancel_reason", "cancelled_at", "updated_at"])
+                record_status_change(
+                    booking_id=booking_id,
+                    from_status=from_status,
+                    to_status=Status.CANCELLED,
+                    reason=booking.cancel_reason,
+                )
                 cancelled_now = True
         released = (
             booking_release_seats(booking_id=booking_id, gateway=flight_gateway).seats if booking.release_owed else 0
@@ -307,16 +319,22 @@ def _cancel(booking: Booking, reason: str, *, error: str = "", from_status: str 
     """Cancel an unpaid booking (INITIATED, or PENDING once its payment is settled as not
     charged); True if this call did it."""
     now = timezone.now()
-    return (
-        Booking.objects.filter(pk=booking.pk, status=from_status).update(
-            status=Status.CANCELLED,
-            cancel_reason=reason,
-            cancelled_at=now,
-            updated_at=now,
-            flight_service_error=error[:255],
+    with transaction.atomic():
+        cancelled = (
+            Booking.objects.filter(pk=booking.pk, status=from_status).update(
+                status=Status.CANCELLED,
+                cancel_reason=reason,
+                cancelled_at=now,
+                updated_at=now,
+                flight_service_error=error[:255],
+            )
+            == 1
         )
-        == 1
-    )
+        if cancelled:
+            record_status_change(
+                booking_id=booking.pk, from_status=from_status, to_status=Status.CANCELLED, reason=reason
+            )
+    return cancelled
 
 
 def _set_seats_state(

@@ -1,11 +1,13 @@
 """`X-Request-ID`: accepted from the client (or generated), echoed on the response, and
-passed on to the Flights service, so one request can be followed across both logs."""
+passed on to the Flights service, so one request can be followed across both logs. The
+request being served is also kept here, for the audit trail to name its user."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 from django.http import HttpRequest, HttpResponse
@@ -14,11 +16,27 @@ HEADER = "X-Request-ID"
 # Anything else from a client is replaced: the id ends up in logs and outbound headers.
 _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _current: ContextVar[str | None] = ContextVar("request_id", default=None)
+_request: ContextVar[HttpRequest | None] = ContextVar("request", default=None)
 
 
 def get() -> str | None:
     """The id of the request being served by this thread, if any."""
     return _current.get()
+
+
+def current_request() -> HttpRequest | None:
+    """The request being served by this thread, if any."""
+    return _request.get()
+
+
+@contextmanager
+def bound(value: str) -> Iterator[None]:
+    """Use `value` as the request id inside the block (for work outside a request: cleanup)."""
+    token = _current.set(value)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 class RequestIdMiddleware:
@@ -29,10 +47,11 @@ class RequestIdMiddleware:
         incoming = request.headers.get(HEADER, "")
         value = incoming if _ACCEPTABLE.fullmatch(incoming) else uuid.uuid4().hex
         request.request_id = value
-        token = _current.set(value)
+        token, request_token = _current.set(value), _request.set(request)
         try:
             response = self.get_response(request)
         finally:
             _current.reset(token)
+            _request.reset(request_token)
         response[HEADER] = value
         return response

@@ -23,7 +23,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from bookings.models import Booking
+from bookings.audit import record_status_change
+from bookings.models import Booking, BookingEvent
 from bookings.services import booking_expire, booking_release_seats
 from bookings_project.db import bound_lock_wait
 from bookings_project.errors import (
@@ -42,6 +43,7 @@ from payments.models import Payment
 logger = logging.getLogger(__name__)
 
 BookingStatus, PaymentStatus = Booking.Status, Payment.Status
+Reason, Actor = BookingEvent.Reason, BookingEvent.Actor
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,12 @@ def _start_attempt(
                 raise AmountMismatch(f"amount {amount} differs from the booking's totalCost {booking.total_cost}.")
             booking.status = BookingStatus.PENDING
             booking.save(update_fields=["status", "updated_at"])
+            record_status_change(
+                booking_id=booking_id,
+                from_status=BookingStatus.INITIATED,
+                to_status=BookingStatus.PENDING,
+                reason=Reason.PAYMENT_STARTED,
+            )
             payment = Payment.objects.create(
                 booking=booking,
                 user_id=booking.user_id,
@@ -161,12 +169,20 @@ def _record_charge(payment: Payment, charge: Charge, gateway: PaymentGateway) ->
             payment.completed_at = now
             if charge.money_taken:
                 payment.status, payment.failure_reason = PaymentStatus.SUCCEEDED, ""
-                booking.status = BookingStatus.BOOKED
+                booking.status, reason = BookingStatus.BOOKED, Reason.PAYMENT_SUCCEEDED
             else:
                 payment.status, payment.failure_reason = PaymentStatus.DECLINED, charge.decline_reason[:255]
-                booking.status = BookingStatus.INITIATED  # Pay again, with a new key.
+                # Pay again, with a new key.
+                booking.status, reason = BookingStatus.INITIATED, Reason.PAYMENT_DECLINED
             payment.save()
             booking.save(update_fields=["status", "updated_at"])
+            record_status_change(
+                booking_id=booking.pk,
+                from_status=BookingStatus.PENDING,
+                to_status=booking.status,
+                reason=reason,
+                actor=Actor.GATEWAY,
+            )
         elif charge.money_taken and payment.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.REFUNDED):
             # Settled meanwhile as not charged (cleanup found no charge and cancelled the
             # booking), yet the gateway took the money: record it, then give it back.
@@ -203,6 +219,13 @@ def _record_not_charged(payment: Payment, reason: str) -> None:
         if done and booking.status == BookingStatus.PENDING:
             booking.status = BookingStatus.INITIATED
             booking.save(update_fields=["status", "updated_at"])
+            record_status_change(
+                booking_id=booking.pk,
+                from_status=BookingStatus.PENDING,
+                to_status=BookingStatus.INITIATED,
+                reason=Reason.PAYMENT_FAILED,
+                actor=Actor.GATEWAY,
+            )
 
 
 def _record_unknown_outcome(payment: Payment, reason: str) -> None:
@@ -297,6 +320,12 @@ def payment_reconcile_expired(
             current.save()
             booking.status = BookingStatus.BOOKED
             booking.save(update_fields=["status", "updated_at"])
+            record_status_change(
+                booking_id=booking.pk,
+                from_status=BookingStatus.PENDING,
+                to_status=BookingStatus.BOOKED,
+                reason=Reason.RECONCILED_CHARGED,
+            )
             logger.info("booking %s: reconciled, the gateway had charged payment %s: BOOKED", booking.pk, current.pk)
             return Reconciliation.BOOKED
         if current is not None:

@@ -348,9 +348,8 @@ class TestPaymentsAdmin:
         page = ops.get(f"{BOOKINGS_ADMIN}{booking.pk}/change/")
 
         assert page.status_code == 200
-        inlines = page.context["inline_admin_formsets"]
-        assert [formset.opts.model for formset in inlines] == [Payment]
-        assert [form.original for form in inlines[0]] == [payment]
+        inlines = {formset.opts.model: formset for formset in page.context["inline_admin_formsets"]}
+        assert [form.original for form in inlines[Payment]] == [payment]
         html = page.content.decode()
         assert payment.gateway_reference in html
         assert "Refunded" in html

@@ -1,0 +1,65 @@
+"""The audit trail of booking status changes (`BookingEvent`).
+
+Every change of `Booking.status` goes through `record_status_change`, inside the transaction
+that makes it. Who made it is found, in order: an explicit `actor` (the payment gateway's
+answer), the surrounding `acting_as` block (cleanup), the signed-in user of the request being
+served (user or staff), else `system`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from bookings.models import BookingEvent
+from bookings_project import request_id
+
+logger = logging.getLogger(__name__)
+
+Actor = BookingEvent.Actor
+_acting: ContextVar[str | None] = ContextVar("booking_actor", default=None)
+
+
+@contextmanager
+def acting_as(actor: str) -> Iterator[None]:
+    """Attribute the status changes made inside the block to `actor` (e.g. cleanup)."""
+    token = _acting.set(actor)
+    try:
+        yield
+    finally:
+        _acting.reset(token)
+
+
+def record_status_change(
+    *, booking_id: int, from_status: str, to_status: str, reason: str, actor: str | None = None
+) -> BookingEvent:
+    """Write one event. Call it in the transaction that changes the status."""
+    user = _signed_in_user()
+    kind = actor or _acting.get() or (None if user is None else Actor.STAFF if user.is_staff else Actor.USER)
+    event = BookingEvent.objects.create(
+        booking_id=booking_id,
+        from_status=from_status,
+        to_status=to_status,
+        reason=reason,
+        actor=kind or Actor.SYSTEM,
+        actor_user=user,
+        request_id=request_id.get() or "",
+    )
+    logger.info(
+        "booking %s: %s -> %s (%s) by %s",
+        booking_id,
+        from_status or "new",
+        to_status,
+        reason,
+        event.actor,
+        extra={"booking_id": booking_id},
+    )
+    return event
+
+
+def _signed_in_user():
+    request = request_id.current_request()
+    user = getattr(request, "user", None)
+    return user if user is not None and user.is_authenticated else None
