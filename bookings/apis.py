@@ -13,6 +13,7 @@ from bookings.filters import BookingFilter
 from bookings.models import Booking
 from bookings.serializers import BookingCreateSerializer, BookingEventSerializer, BookingSerializer
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
+from bookings_project.throttling import BookingsThrottle
 
 # The seed's example flow: flight 123 at 5500.00 a seat, 2 seats, user 456, booking 789.
 SEED_BOOKING_REQUEST = {"flightId": 123, "userId": 456, "numberOfSeats": 2}
@@ -55,6 +56,7 @@ _FLIGHT_UNAVAILABLE = (
 )
 class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = BookingSerializer
+    throttle_classes = [BookingsThrottle]
     # People only: the Flights service token (a Bearer token) is no customer here, so its
     # authentication is left out and such a caller is anonymous (401).
     authentication_classes = [TokenAuthentication, SessionAuthentication]

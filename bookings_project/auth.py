@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from bookings_project.errors import InvalidCredentials
 from bookings_project.fields import StrictCharField
 from bookings_project.openapi import problem_responses
+from bookings_project.throttling import TokenThrottle
 
 
 class TokenRequestSerializer(serializers.Serializer):
@@ -26,6 +27,7 @@ class TokenSerializer(serializers.Serializer):
 class TokenView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes = [TokenThrottle]
 
     @extend_schema(
         summary="Get an API token",

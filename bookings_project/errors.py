@@ -7,6 +7,7 @@ here too, so a client always gets `application/problem+json` with a stable `code
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -271,7 +272,7 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
         if getattr(exc, "auth_header", None):
             headers["WWW-Authenticate"] = exc.auth_header
         if getattr(exc, "wait", None) is not None:
-            headers["Retry-After"] = str(max(1, int(exc.wait)))
+            headers["Retry-After"] = str(max(1, math.ceil(exc.wait)))
         detail, errors = str(exc.detail), None
         if isinstance(exc, drf_exceptions.ValidationError):
             detail, errors = "The request has invalid fields; see `errors`.", flatten_validation_errors(exc.detail)

@@ -1,6 +1,7 @@
 """Shared OpenAPI pieces: the problem-details schemas and the error responses per status."""
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
@@ -41,6 +42,7 @@ _DESCRIPTIONS = {
     405: "Method not allowed (`method_not_allowed`).",
     409: "Conflict with the resource's current state.",
     415: "Only `application/json` bodies are accepted (`unsupported_media_type`).",
+    429: "Too many requests (`throttled`); retry after `Retry-After` seconds.",
     503: "A dependency is unavailable; retry after `Retry-After` seconds.",
 }
 
@@ -89,3 +91,15 @@ class ServiceTokenScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "description": "The shared FLIGHT_SERVICE_TOKEN of a Bookings service calling this Flights service.",
         }
+
+
+class AutoSchema(SpectacularAutoSchema):
+    """Every operation of a rate-limited view documents its 429 answer."""
+
+    def _get_response_bodies(self, direction="response"):
+        bodies = super()._get_response_bodies(direction)
+        if self.view.throttle_classes and "429" not in bodies:
+            bodies["429"] = self._get_response_for_code(
+                problem(429, codes=("throttled",)), "429", media_types=[PROBLEM_CONTENT_TYPE], direction=direction
+            )
+        return bodies

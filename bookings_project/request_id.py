@@ -4,7 +4,9 @@ request being served is also kept here, for the audit trail to name its user."""
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +17,7 @@ from django.http import HttpRequest, HttpResponse
 HEADER = "X-Request-ID"
 # Anything else from a client is replaced: the id ends up in logs and outbound headers.
 _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+request_log = logging.getLogger("bookings_project.requests")
 _current: ContextVar[str | None] = ContextVar("request_id", default=None)
 _request: ContextVar[HttpRequest | None] = ContextVar("request", default=None)
 
@@ -48,10 +51,30 @@ class RequestIdMiddleware:
         value = incoming if _ACCEPTABLE.fullmatch(incoming) else uuid.uuid4().hex
         request.request_id = value
         token, request_token = _current.set(value), _request.set(request)
+        started = time.monotonic()
         try:
             response = self.get_response(request)
+            _log_request(request, response.status_code, started)
         finally:
             _current.reset(token)
             _request.reset(request_token)
         response[HEADER] = value
         return response
+
+
+def _log_request(request: HttpRequest, status: int, started: float) -> None:
+    """One line per request: what, for whom, the answer and how long it took."""
+    user = getattr(request, "user", None)  # Set by DRF's or the session's authentication.
+    request_log.info(
+        "%s %s %s",
+        request.method,
+        request.path,
+        status,
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            "user_id": getattr(user, "pk", None),
+        },
+    )

@@ -5,6 +5,7 @@ with DEBUG on or without a real SECRET_KEY, and the HTTPS hardening is on by def
 that `manage.py check --deploy` is clean.
 """
 
+import re
 from pathlib import Path
 
 import environ
@@ -135,6 +136,32 @@ STORAGES = {
 }
 
 
+# Cache: where the rate limits are counted. The default counts per process, so with several
+# processes (or hosts) each allows the full rate; share one cache (Redis, Memcached, or a
+# `dbcache://` table made by `manage.py createcachetable`) to count them together.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+
+# Rate limits (DRF throttles, `bookings_project/throttling.py`): "N/s|min|hour|day", empty =
+# no limit. Past one, a request gets 429 `throttled` with Retry-After.
+THROTTLE_RATES = {
+    # POST /auth/token, per client IP.
+    "token": env.str("THROTTLE_RATE_TOKEN", default="10/min"),
+    # Every bookings endpoint, per user.
+    "bookings": env.str("THROTTLE_RATE_BOOKINGS", default="120/min"),
+    # Every payments endpoint, per user.
+    "payments": env.str("THROTTLE_RATE_PAYMENTS", default="30/min"),
+}
+for _scope, _rate in THROTTLE_RATES.items():
+    if _rate and not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", _rate):
+        raise ImproperlyConfigured(
+            f"THROTTLE_RATE_{_scope.upper()} must look like 10/min (or be empty), not {_rate!r}."
+        )
+# How many proxies in front of us append to X-Forwarded-For: the client IP for the token
+# limit is taken that far from its end. 0 (the default) uses the socket's address, so that a
+# client cannot pick its own IP with a forged header.
+NUM_PROXIES = env.int("NUM_PROXIES", default=0)
+
+
 # Security -----------------------------------------------------------------------------
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -172,7 +199,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "bookings_project.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
     "EXCEPTION_HANDLER": "bookings_project.errors.problem_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "bookings_project.openapi.AutoSchema",
+    "NUM_PROXIES": NUM_PROXIES,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -241,10 +269,23 @@ if PAYMENT_SIMULATED_OUTCOME not in ("approve", "decline", "fail", "lose_answer"
 
 
 # Logging --------------------------------------------------------------------------------
+# One JSON object per line on stderr (`LOG_FORMAT=json`, the default), each with the request
+# id of the request (or cleanup run) it belongs to; `text` is easier on the eye in a terminal.
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured("LOG_FORMAT must be json or text.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "bookings_project.logs.RequestIdFilter"}},
+    "formatters": {
+        "json": {"()": "bookings_project.logs.JsonFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # Our own request log (bookings_project.requests) has the id, the user and the duration.
+    "loggers": {"django.server": {"level": "WARNING"}},
 }

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from bookings.services import booking_owner
 from bookings_project.errors import PROBLEM_CONTENT_TYPE, IdempotencyKeyMissing
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
+from bookings_project.throttling import PaymentsThrottle
 from payments import idempotency, selectors, services
 from payments.models import Payment
 from payments.serializers import PaymentCreateSerializer, PaymentSerializer
@@ -87,6 +88,7 @@ def idempotency_key_of(request: Request) -> str:
 )
 class PaymentViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = PaymentSerializer
+    throttle_classes = [PaymentsThrottle]
     # People only, as for bookings: the Flights service token is no customer.
     authentication_classes = [TokenAuthentication, SessionAuthentication]
     lookup_value_regex = ID_PATTERN

@@ -624,7 +624,11 @@ def test_from_the_shell_a_failed_release_exits_1_and_the_next_run_exits_0(tmp_pa
 
     assert down.returncode == 1, down
     assert down.stdout == summary(failed=1) + "\n"
-    assert f"WARNING bookings.cleanup cleanup: release of booking {booking_id}: retried next run" in down.stderr
+    # Logs are JSON lines; the run's lines carry its id.
+    logged = [json.loads(line) for line in down.stderr.splitlines() if line.startswith("{")]
+    warning = next(entry for entry in logged if entry["logger"] == "bookings.cleanup" and entry["level"] == "WARNING")
+    assert warning["message"] == f"cleanup: release of booking {booking_id}: retried next run"
+    assert warning["request_id"].startswith("cleanup-")
     assert "CommandError: 1 step(s) failed; the next run retries them (details in the log)." in down.stderr
 
     back = manage("cleanup_stale_bookings", database=database)

@@ -1,0 +1,44 @@
+"""Request rate limits (DRF throttles), counted in Django's cache (`CACHE_URL`).
+
+Rates come from the `THROTTLE_RATES` setting (`THROTTLE_RATE_*` in the environment), read
+on every request so that a changed setting applies at once; an empty rate means no limit.
+A throttled request gets 429 problem+json `throttled` with `Retry-After`.
+"""
+
+from django.conf import settings
+from rest_framework.request import Request
+from rest_framework.throttling import SimpleRateThrottle
+
+
+class _SettingsRateThrottle(SimpleRateThrottle):
+    def get_rate(self) -> str | None:
+        return settings.THROTTLE_RATES.get(self.scope) or None
+
+
+class TokenThrottle(_SettingsRateThrottle):
+    """`POST /auth/token` per client IP: guessing passwords is slow. The IP is REMOTE_ADDR,
+    or the one `NUM_PROXIES` trusted proxies put in X-Forwarded-For."""
+
+    scope = "token"
+
+    def get_cache_key(self, request: Request, view) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class _PerUserThrottle(_SettingsRateThrottle):
+    def get_cache_key(self, request: Request, view) -> str | None:
+        if not request.user or not request.user.is_authenticated:
+            return None  # Refused before this runs (401); nothing to count.
+        return self.cache_format % {"scope": self.scope, "ident": request.user.pk}
+
+
+class BookingsThrottle(_PerUserThrottle):
+    """Every bookings endpoint, per signed-in user."""
+
+    scope = "bookings"
+
+
+class PaymentsThrottle(_PerUserThrottle):
+    """Every payments endpoint, per signed-in user."""
+
+    scope = "payments"
