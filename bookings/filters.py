@@ -5,6 +5,7 @@ from django import forms
 
 from bookings.models import Booking
 from bookings_project.openapi import MAX_ID
+from bookings_project.query import StrictFilterSet
 
 
 class IdFilter(django_filters.NumberFilter):
@@ -13,7 +14,7 @@ class IdFilter(django_filters.NumberFilter):
     field_class = forms.IntegerField
 
 
-class BookingFilter(django_filters.FilterSet):
+class BookingFilter(StrictFilterSet):
     status = django_filters.ChoiceFilter(choices=Booking.Status.choices, help_text="Only bookings in this status.")
     flightId = IdFilter(
         field_name="flight_id", min_value=1, max_value=MAX_ID, help_text="Only bookings on this flight."

@@ -1,18 +1,29 @@
 from rest_framework import pagination
 from rest_framework.exceptions import ValidationError
 
+from bookings_project.query import single_value
+
 
 class PageNumberPagination(pagination.PageNumberPagination):
     """`?page=N&pageSize=M` (camelCase, like every other name in the API); at most 100 a page.
 
-    Unlike DRF's default, a bad `pageSize` is a 400 rather than silently ignored.
+    Unlike DRF's default, a bad `page` or `pageSize` (not a positive integer, empty, or given
+    twice) is a 400 rather than silently ignored; a page past the end is a 404.
     """
 
     page_size_query_param = "pageSize"
     max_page_size = 100
 
+    def get_page_number(self, request, paginator):
+        raw = single_value(request.query_params, self.page_query_param)
+        if raw is None:
+            return 1
+        if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+            raise ValidationError({self.page_query_param: "A page number from 1."})
+        return raw
+
     def get_page_size(self, request):
-        raw = request.query_params.get(self.page_size_query_param)
+        raw = single_value(request.query_params, self.page_size_query_param)
         if raw is None:
             return self.page_size
         if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
