@@ -13,11 +13,12 @@ _STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "ascti
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamps each record with the current request id (`-` outside a request)."""
+    """Stamps each record with the current request id (`-` outside a request). Django logs a
+    failed request after the middleware is done with it, so its record's request is asked too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = request_id.get() or "-"
+            record.request_id = request_id.get() or getattr(getattr(record, "request", None), "request_id", "-")
         return True
 
 
@@ -30,7 +31,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", None) or request_id.get(),
+            "request_id": getattr(record, "request_id", None) or request_id.get() or "-",
         }
         entry.update((key, value) for key, value in vars(record).items() if key not in _STANDARD_ATTRIBUTES)
         if record.exc_info:

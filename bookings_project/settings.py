@@ -286,6 +286,7 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    # Our own request log (bookings_project.requests) has the id, the user and the duration.
-    "loggers": {"django.server": {"level": "WARNING"}},
+    # Our own request log (bookings_project.requests) has every request with its id, user and
+    # duration; Django's would repeat each 4xx. Its 5xx (with the traceback) stay.
+    "loggers": {"django.server": {"level": "ERROR"}, "django.request": {"level": "ERROR"}},
 }
