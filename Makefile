@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv run migrate demo test lint format clean
+.PHONY: venv run migrate demo test lint format fuzz clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ run: demo
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# schemathesis against the running service (gunicorn, a fresh database; PostgreSQL if DATABASE_URL is set).
+fuzz: $(STAMP)
+	$(BIN)/python scripts/fuzz_api.py $(FUZZ_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -44,4 +48,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) staticfiles db.sqlite3 db.sqlite3-* .test-db.sqlite3* .pytest_cache .ruff_cache
+	rm -rf $(VENV) .schemathesis staticfiles db.sqlite3 db.sqlite3-* .test-db.sqlite3* .pytest_cache .ruff_cache
