@@ -41,7 +41,7 @@ class BookingEventInline(admin.TabularInline):
     can_delete = False
     fields = ["created_at", "from_status", "to_status", "reason", "actor", "actor_user", "request_id"]
     readonly_fields = fields
-    ordering = ["created_at", "id"]
+    ordering = ["id"]  # Write order (see BookingEvent.Meta).
     verbose_name = "status change"
     verbose_name_plural = "history (status changes)"
 

@@ -13,6 +13,7 @@ from bookings.filters import BookingFilter
 from bookings.models import Booking
 from bookings.serializers import BookingCreateSerializer, BookingEventSerializer, BookingSerializer
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
+from bookings_project.pagination import page_parameters
 from bookings_project.throttling import BookingsThrottle
 
 # The seed's example flow: flight 123 at 5500.00 a seat, 2 seats, user 456, booking 789.
@@ -144,7 +145,7 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "Every status change of the booking, oldest first: from, to, why, who (`user`, `staff`, `cleanup` "
             "or `gateway`), the request id and the time. Paginated like every list."
         ),
-        parameters=[ID_PATH_PARAMETER],
+        parameters=[ID_PATH_PARAMETER, *page_parameters()],
         responses={200: BookingEventSerializer(many=True), **problem_responses(400, 401, 404)},
         filters=False,
     )

@@ -160,7 +160,9 @@ class BookingEvent(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["created_at", "id"]
+        # Write order: events are written under the booking's row lock, so ids order them
+        # truly, where clocks of different app hosts might not.
+        ordering = ["id"]
         indexes = [models.Index(fields=["booking", "id"], name="booking_event_booking_idx")]
 
     def __str__(self) -> str:

@@ -31,9 +31,10 @@ def booking_get(*, user: AbstractBaseUser, booking_id: int) -> Booking:
 
 
 def booking_events(*, user: AbstractBaseUser, booking_id: int) -> QuerySet[BookingEvent]:
-    """The booking's status changes, oldest first; 404 for a booking the caller may not see."""
+    """The booking's status changes in the order they were made; 404 for a booking the caller
+    may not see."""
     booking = booking_get(user=user, booking_id=booking_id)
-    return BookingEvent.objects.filter(booking=booking).order_by("created_at", "id")
+    return BookingEvent.objects.filter(booking=booking).order_by("id")
 
 
 # What cleanup acts on (DESIGN §4); the admin's cleanup page shows the same sets.

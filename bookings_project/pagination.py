@@ -1,3 +1,4 @@
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import pagination
 from rest_framework.exceptions import ValidationError
 
@@ -47,3 +48,11 @@ class PageNumberPagination(pagination.PageNumberPagination):
                 "schema": {"type": "integer", "minimum": 1, "maximum": self.max_page_size},
             },
         ]
+
+
+def page_parameters() -> list[OpenApiParameter]:
+    """`page` and `pageSize`, for a paginated action that drf-spectacular does not see as a list."""
+    return [
+        OpenApiParameter(item["name"], item["schema"], OpenApiParameter.QUERY, description=item["description"])
+        for item in PageNumberPagination().get_schema_operation_parameters(view=None)
+    ]
