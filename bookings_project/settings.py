@@ -5,6 +5,7 @@ with DEBUG on or without a real SECRET_KEY, and the HTTPS hardening is on by def
 that `manage.py check --deploy` is clean.
 """
 
+import logging
 import re
 from pathlib import Path
 
@@ -272,6 +273,8 @@ if PAYMENT_SIMULATED_OUTCOME not in ("approve", "decline", "fail", "lose_answer"
 # One JSON object per line on stderr (`LOG_FORMAT=json`, the default), each with the request
 # id of the request (or cleanup run) it belongs to; `text` is easier on the eye in a terminal.
 LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+# Python warnings become log records (logger py.warnings), so stderr stays all JSON.
+logging.captureWarnings(True)
 if LOG_FORMAT not in ("json", "text"):
     raise ImproperlyConfigured("LOG_FORMAT must be json or text.")
 LOGGING = {

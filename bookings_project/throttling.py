@@ -14,6 +14,15 @@ class _SettingsRateThrottle(SimpleRateThrottle):
     def get_rate(self) -> str | None:
         return settings.THROTTLE_RATES.get(self.scope) or None
 
+    def wait(self) -> float | None:
+        """Seconds until a request is allowed again. DRF answers None (so no Retry-After) when
+        more requests are counted than the rate now allows, i.e. after the rate was lowered:
+        then it is until the newest request beyond the new limit leaves the window."""
+        wait = super().wait()
+        if wait is None and len(self.history) >= self.num_requests:
+            wait = max(0.0, self.history[self.num_requests - 1] + self.duration - self.now)
+        return wait
+
 
 class TokenThrottle(_SettingsRateThrottle):
     """`POST /auth/token` per client IP: guessing passwords is slow. The IP is REMOTE_ADDR,
