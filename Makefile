@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv run migrate demo test lint format fuzz clean
+.PHONY: venv run migrate demo test lint format fuzz chaos clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(STAMP)
 # schemathesis against the running service (gunicorn, a fresh database; PostgreSQL if DATABASE_URL is set).
 fuzz: $(STAMP)
 	$(BIN)/python scripts/fuzz_api.py $(FUZZ_ARGS)
+
+# Both services under gunicorn on PostgreSQL, Flights over HTTP, processes killed under load;
+# then cleanup and DESIGN §6 checked in the databases. CHAOS_PG_URL names the server.
+chaos: $(STAMP)
+	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
