@@ -122,6 +122,8 @@ def main() -> int:
                 *("--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4", "--worker-class", "gthread"),
                 # The longest request line gunicorn allows (nginx's default buffer is as long).
                 *("--limit-request-line", "8190", "--log-level", "warning"),
+                # gunicorn 27's control socket is one path per user: two servers would share it.
+                "--no-control-socket",
             ],
             cwd=ROOT,
             env=env,

@@ -1096,3 +1096,8 @@ def test_payments_racing_cleanup_on_expired_bookings_leave_one_terminal_event_ea
     assert_money_matches_bookings()
     assert_bookings_match_ledger(flight)
     assert flight.available_seats == flight.capacity - SEATS * len(pending)
+
+
+def test_every_cancel_reason_is_an_event_reason():
+    """A cancel's event carries the booking's cancel reason, so each must be a known one."""
+    assert set(Booking.CancelReason.values) <= set(BookingEvent.Reason.values)
