@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import datetime as dt
 import json
 import os
@@ -40,7 +39,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,10 +55,9 @@ from typing import Any
 import psycopg
 import requests
 from psycopg.rows import dict_row
+from serving import ROOT, Gunicorn, drop_database, recreate_database
 
-ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 DATABASES = {"bookings": "flight_bookings_chaos_bookings", "flights": "flight_bookings_chaos_flights"}
 
 HOLD_MINUTES = 10
@@ -86,27 +83,12 @@ RETRY_WAIT_CAP = 1.0
 RETRY_CODES = {"idempotency_key_in_use", "payment_in_progress", "resource_busy"}
 
 OUTAGE_SECONDS = (0.5, 2.0)
-START_TIMEOUT = 30.0
 HOLD_REF = re.compile(r"booking-(\d+)")
 SUMMARY_LINE = re.compile(r"expired=\d+ .*failed=\d+")
 SHOWN_PER_KIND = 10
-# What Django (an unhandled exception in a view) and gunicorn (one escaping the app) log for
-# a 500, whatever the log format: the Flights service's 500s reach clients only as 503s.
-SERVER_ERROR_LOG = re.compile(r"Internal Server Error|Error handling request")
 
 
 # Databases -----------------------------------------------------------------------------------
-
-
-def recreate_database(server_url: str, name: str) -> None:
-    with psycopg.connect(f"{server_url}/postgres", autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        connection.execute(f'CREATE DATABASE "{name}"')
-
-
-def drop_database(server_url: str, name: str) -> None:
-    with psycopg.connect(f"{server_url}/postgres", autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def query(database_url: str, sql: str) -> list[dict[str, Any]]:
@@ -206,105 +188,6 @@ def last_line_json(process: subprocess.Popen, what: str) -> Any:
     if result.returncode != 0:
         raise RuntimeError(f"{what} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
     return json.loads(result.stdout.splitlines()[-1])
-
-
-# The two services ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Gunicorn:
-    """One gunicorn serving the project on a loopback port, in its own session and so its own
-    process group: the master and its workers can be killed at once, and nothing else is."""
-
-    def __init__(self, name: str, env: dict[str, str], *, workers: int, log_dir: Path) -> None:
-        self.name = name
-        self.env = env
-        self.workers = workers
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{name}.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        command = [
-            GUNICORN,
-            "bookings_project.wsgi:application",
-            "--chdir",
-            str(ROOT),
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--workers",
-            str(self.workers),
-            "--threads",
-            "4",
-            "--worker-class",
-            "gthread",
-            "--timeout",
-            "30",
-            "--graceful-timeout",
-            "5",
-            # The app is loaded once, in the master: a worker it forks (at a restart, or to
-            # replace a killed one) serves at once.
-            "--preload",
-            # Each gunicorn would otherwise take the one default control socket in $HOME.
-            "--no-control-socket",
-        ]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def wait_ready(self, *paths: str) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        for path in paths:
-            while True:
-                if not self.running:
-                    raise RuntimeError(f"{self.name} gunicorn exited; see {self.log_path}")
-                try:
-                    if requests.get(self.url + path, timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name} {path} not ready after {START_TIMEOUT:.0f} s; see {self.log_path}")
-                time.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL the master and every worker (the process group this script started)."""
-        if self.running:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if self.process is not None:
-            self.process.wait()
-
-    def stop(self) -> None:
-        """Graceful shutdown (in-flight requests finish), then SIGKILL whatever is left."""
-        if self.running:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=10)
-        self.kill()
-
-    def logged_server_errors(self) -> list[str]:
-        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
-        return [f"{self.name} log: {line[:300]}" for line in lines if SERVER_ERROR_LOG.search(line)]
-
-    def worker_pids(self) -> list[int]:
-        if not self.running:
-            return []
-        pid = self.process.pid
-        try:
-            return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except FileNotFoundError:
-            return []
 
 
 # Load -------------------------------------------------------------------------------------------
