@@ -103,3 +103,14 @@ class AutoSchema(SpectacularAutoSchema):
                 problem(429, codes=("throttled",)), "429", media_types=[PROBLEM_CONTENT_TYPE], direction=direction
             )
         return bodies
+
+
+def allow_empty_query_values(result: dict, generator, request, public) -> dict:
+    """Postprocessing hook: an empty query parameter is read as absent (bookings_project.query),
+    so every query parameter says `allowEmptyValue`."""
+    for path_item in result.get("paths", {}).values():
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if parameter.get("in") == "query":
+                    parameter["allowEmptyValue"] = True
+    return result

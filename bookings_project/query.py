@@ -1,6 +1,7 @@
-"""Query-string parameters that are read strictly: a parameter the API documents as one value
-is refused (400) when it is sent twice or empty, instead of one of them being silently used
-or the filter silently dropped (`?userId=` would otherwise list everything)."""
+"""Query-string parameters read strictly: a parameter the API documents as one value is refused
+(400) when it is sent twice, instead of one of the values being silently used. An empty one
+is the same as leaving it out, as DESIGN §3.3 writes the list's URL (`?status=&flightId=`);
+the schema says so (`allowEmptyValue`)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,16 @@ from rest_framework.exceptions import ValidationError
 
 
 def single_value(query: QueryDict, name: str) -> str | None:
-    """The parameter's one value, None if absent; ValidationError if repeated or empty."""
+    """The parameter's one value, None if absent or empty; ValidationError if repeated."""
     values = query.getlist(name)
-    if not values:
-        return None
     if len(values) > 1:
         raise ValidationError({name: "Give this parameter once."})
-    if values[0] == "":
-        raise ValidationError({name: "Must not be empty; leave the parameter out instead."})
-    return values[0]
+    return values[0] if values and values[0] != "" else None
 
 
 class StrictFilterSet(django_filters.FilterSet):
-    """A FilterSet whose every filter takes one non-empty value (see the module's note)."""
+    """A FilterSet whose every filter takes one value (see the module's note); django-filter
+    already reads an empty one as no filter."""
 
     def is_valid(self) -> bool:
         valid = super().is_valid()
