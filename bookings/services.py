@@ -171,17 +171,11 @@ def booking_cancel(
             if booking.status == Status.BOOKED and payment_selectors.booking_has_standing_charge(booking_id=booking_id):
                 continue  # Paid since we looked: refund that payment first.
             if booking.status != Status.CANCELLED:
-                from_status = booking.status
-                booking.status = Status.CANCELLED
                 # A cancel cut short and finished later keeps the reason it was asked with.
                 booking.cancel_reason = booking.cancel_reason or reason
                 booking.cancelled_at = timezone.now()
-                booking.save(update_fields=["status", "cancel_reason", "cancelled_at", "updated_at"])
-                record_status_change(
-                    booking_id=booking_id,
-                    from_status=from_status,
-                    to_status=Status.CANCELLED,
-                    reason=booking.cancel_reason,
+                booking_move(
+                    booking, to=Status.CANCELLED, reason=booking.cancel_reason, also=("cancel_reason", "cancelled_at")
                 )
                 cancelled_now = True
         released = (
@@ -190,6 +184,16 @@ def booking_cancel(
         booking.refresh_from_db()
         return Cancellation(booking=booking, seats_released=released, cancelled_now=cancelled_now)
     raise ResourceBusy(f"Booking {booking_id} changed while it was being cancelled. Retry shortly.")
+
+
+def booking_move(
+    booking: Booking, *, to: str, reason: str, actor: str | None = None, also: tuple[str, ...] = ()
+) -> None:
+    """Change the status of a booking whose row lock the caller holds, and record the change
+    in the audit trail in the same transaction. `also` names other fields set on it."""
+    from_status, booking.status = booking.status, to
+    booking.save(update_fields=["status", "updated_at", *also])
+    record_status_change(booking_id=booking.pk, from_status=from_status, to_status=to, reason=reason, actor=actor)
 
 
 def booking_expire(*, booking: Booking, payment_settled: bool = False) -> bool:

@@ -23,9 +23,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from bookings.audit import record_status_change
 from bookings.models import Booking, BookingEvent
-from bookings.services import booking_expire, booking_release_seats
+from bookings.services import booking_expire, booking_move, booking_release_seats
 from bookings_project.db import bound_lock_wait
 from bookings_project.errors import (
     AmountMismatch,
@@ -133,14 +132,7 @@ def _start_attempt(
         if not expired:
             if amount != booking.total_cost:
                 raise AmountMismatch(f"amount {amount} differs from the booking's totalCost {booking.total_cost}.")
-            booking.status = BookingStatus.PENDING
-            booking.save(update_fields=["status", "updated_at"])
-            record_status_change(
-                booking_id=booking_id,
-                from_status=BookingStatus.INITIATED,
-                to_status=BookingStatus.PENDING,
-                reason=Reason.PAYMENT_STARTED,
-            )
+            booking_move(booking, to=BookingStatus.PENDING, reason=Reason.PAYMENT_STARTED)
             payment = Payment.objects.create(
                 booking=booking,
                 user_id=booking.user_id,
@@ -169,20 +161,12 @@ def _record_charge(payment: Payment, charge: Charge, gateway: PaymentGateway) ->
             payment.completed_at = now
             if charge.money_taken:
                 payment.status, payment.failure_reason = PaymentStatus.SUCCEEDED, ""
-                booking.status, reason = BookingStatus.BOOKED, Reason.PAYMENT_SUCCEEDED
+                to, reason = BookingStatus.BOOKED, Reason.PAYMENT_SUCCEEDED
             else:
                 payment.status, payment.failure_reason = PaymentStatus.DECLINED, charge.decline_reason[:255]
-                # Pay again, with a new key.
-                booking.status, reason = BookingStatus.INITIATED, Reason.PAYMENT_DECLINED
+                to, reason = BookingStatus.INITIATED, Reason.PAYMENT_DECLINED  # Pay again, with a new key.
             payment.save()
-            booking.save(update_fields=["status", "updated_at"])
-            record_status_change(
-                booking_id=booking.pk,
-                from_status=BookingStatus.PENDING,
-                to_status=booking.status,
-                reason=reason,
-                actor=Actor.GATEWAY,
-            )
+            booking_move(booking, to=to, reason=reason, actor=Actor.GATEWAY)
         elif charge.money_taken and payment.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.REFUNDED):
             # Settled meanwhile as not charged (cleanup found no charge and cancelled the
             # booking), yet the gateway took the money: record it, then give it back.
@@ -217,15 +201,7 @@ def _record_not_charged(payment: Payment, reason: str) -> None:
             updated_at=timezone.now(),
         )
         if done and booking.status == BookingStatus.PENDING:
-            booking.status = BookingStatus.INITIATED
-            booking.save(update_fields=["status", "updated_at"])
-            record_status_change(
-                booking_id=booking.pk,
-                from_status=BookingStatus.PENDING,
-                to_status=BookingStatus.INITIATED,
-                reason=Reason.PAYMENT_FAILED,
-                actor=Actor.GATEWAY,
-            )
+            booking_move(booking, to=BookingStatus.INITIATED, reason=Reason.PAYMENT_FAILED, actor=Actor.GATEWAY)
 
 
 def _record_unknown_outcome(payment: Payment, reason: str) -> None:
@@ -318,14 +294,7 @@ def payment_reconcile_expired(
             current.status, current.failure_reason = PaymentStatus.SUCCEEDED, ""
             current.gateway_reference, current.completed_at, current.reconciled_at = charge.gateway_reference, now, now
             current.save()
-            booking.status = BookingStatus.BOOKED
-            booking.save(update_fields=["status", "updated_at"])
-            record_status_change(
-                booking_id=booking.pk,
-                from_status=BookingStatus.PENDING,
-                to_status=BookingStatus.BOOKED,
-                reason=Reason.RECONCILED_CHARGED,
-            )
+            booking_move(booking, to=BookingStatus.BOOKED, reason=Reason.RECONCILED_CHARGED)
             logger.info("booking %s: reconciled, the gateway had charged payment %s: BOOKED", booking.pk, current.pk)
             return Reconciliation.BOOKED
         if current is not None:
