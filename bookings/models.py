@@ -67,6 +67,8 @@ class Booking(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["user", "-created_at", "-id"], name="booking_user_recent_idx"),
+            # Staff's list (and the admin's) walk every booking newest first.
+            models.Index(fields=["-created_at", "-id"], name="booking_recent_idx"),
             models.Index(fields=["status", "expires_at"], name="booking_status_expiry_idx"),
             # Paid bookings whose cancel was cut short: rare, so partial.
             models.Index(
@@ -80,6 +82,8 @@ class Booking(models.Model):
                 name="booking_release_owed_idx",
                 condition=Q(status="CANCELLED", seats_state__in=["unconfirmed", "reserved", "releasing"]),
             ),
+            # Seat outcomes left to a person: rare, so partial.
+            models.Index(fields=["updated_at"], name="booking_reconcile_idx", condition=Q(seats_state="reconcile")),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(seats__gte=1), name="booking_seats_positive"),
