@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv run migrate demo test lint format fuzz chaos clean
+.PHONY: venv run serve migrate demo test lint format fuzz chaos bench bench-cleanup clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ run: demo
 	@echo
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
+# Production serving: gunicorn (gunicorn.conf.py; GUNICORN_WORKERS and GUNICORN_THREADS),
+# WhiteNoise for static files, DEBUG off. The database is DATABASE_URL's (SQLite if unset).
+serve: migrate
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	DEBUG=false GUNICORN_BIND=$(HOST):$(PORT) $(BIN)/gunicorn --config gunicorn.conf.py
+
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -43,6 +49,15 @@ fuzz: $(STAMP)
 # then cleanup and DESIGN §6 checked in the databases. CHAOS_PG_URL names the server.
 chaos: $(STAMP)
 	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
+
+# Load: the scenarios against gunicorn on a throw-away PostgreSQL database (BENCH_PG_URL
+# names the server), with the in-process and the HTTP Flights adapter.
+bench: $(STAMP)
+	$(BIN)/python bench/load.py $(BENCH_ARGS)
+
+# The cleanup command's cost at 10k and 100k stale bookings: time per 1k and peak memory.
+bench-cleanup: $(STAMP)
+	$(BIN)/python bench/cleanup.py $(BENCH_CLEANUP_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,6 +6,7 @@ that `manage.py check --deploy` is clean.
 """
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -130,11 +131,22 @@ USE_TZ = True
 
 # Static files (WhiteNoise serves them; `collectstatic` fills STATIC_ROOT) -------------------
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
+
+
+# Serving (gunicorn.conf.py, `make serve`) ------------------------------------------------
+# Per host: GUNICORN_WORKERS processes of GUNICORN_THREADS threads each; every thread keeps
+# its own database connection (CONN_MAX_AGE), so a host holds up to workers x threads of them.
+_CORES = os.cpu_count() or 1
+GUNICORN_WORKERS = env.int("GUNICORN_WORKERS", default=2 * _CORES + 1)
+GUNICORN_THREADS = env.int("GUNICORN_THREADS", default=4)
+GUNICORN_TIMEOUT = env.int("GUNICORN_TIMEOUT", default=60)
+if GUNICORN_WORKERS < 1 or GUNICORN_THREADS < 1 or GUNICORN_TIMEOUT < 1:
+    raise ImproperlyConfigured("GUNICORN_WORKERS, GUNICORN_THREADS and GUNICORN_TIMEOUT must be at least 1.")
 
 
 # Cache: where the rate limits are counted. The default counts per process, so with several

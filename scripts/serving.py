@@ -45,42 +45,33 @@ class Gunicorn:
     """One gunicorn serving the project on a loopback port, in its own session and so its own
     process group: the master and its workers can be killed at once, and nothing else is."""
 
-    def __init__(self, name: str, env: dict[str, str], *, workers: int, log_dir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], *, workers: int, log_dir: Path, threads: int = 4) -> None:
         self.name = name
         self.env = env
         self.workers = workers
+        self.threads = threads
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        # The production configuration (gunicorn.conf.py), on a port of our own, with the
+        # size and the patience these scripts want.
         command = [
             GUNICORN,
-            "bookings_project.wsgi:application",
-            "--chdir",
-            str(ROOT),
+            "--config",
+            str(ROOT / "gunicorn.conf.py"),
             "--bind",
             f"127.0.0.1:{self.port}",
             "--workers",
             str(self.workers),
             "--threads",
-            "4",
-            "--worker-class",
-            "gthread",
+            str(self.threads),
             "--timeout",
             "30",
             "--graceful-timeout",
             "5",
-            # The app is loaded once, in the master: a worker it forks (at a restart, or to
-            # replace a killed one) serves at once.
-            "--preload",
-            # Each gunicorn would otherwise take the one default control socket in $HOME.
-            "--no-control-socket",
-            # The longest request line gunicorn allows (nginx's default buffer is as long):
-            # past it gunicorn answers 414 in HTML, which no API client expects.
-            "--limit-request-line",
-            "8190",
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

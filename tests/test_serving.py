@@ -1,0 +1,182 @@
+"""Production serving (`make serve`): gunicorn with gunicorn.conf.py, whose size comes from the
+settings; WhiteNoise serving the collected static files; DEBUG off; gunicorn's own log lines
+in the app's JSON format.
+
+Each case runs gunicorn in a fresh process, since the settings are read once at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+CONFIG = str(ROOT / "gunicorn.conf.py")
+
+
+def clean_env(**env: str) -> dict[str, str]:
+    """The environment a deployment gives: none of the test run's own database or settings."""
+    dropped = {"DATABASE_URL", "DEBUG", "DJANGO_ENV", "DJANGO_SETTINGS_MODULE"}
+    keep = {key: value for key, value in os.environ.items() if key not in dropped and not key.startswith("GUNICORN_")}
+    return keep | env
+
+
+def resolved_config(tmp_path: Path, **env: str) -> dict[str, str]:
+    """gunicorn's settings as it resolves them from the config file, started from elsewhere."""
+    result = subprocess.run(
+        [GUNICORN, "--config", CONFIG, "--print-config"],
+        cwd=tmp_path,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    config = {}
+    for line in result.stdout.splitlines():
+        name, separator, value = line.partition(" = ")
+        if separator:
+            config[name.strip()] = value.strip()
+    return config
+
+
+def test_the_size_defaults_to_the_machine_cores(tmp_path):
+    config = resolved_config(tmp_path)
+
+    assert config["workers"] == str(2 * os.cpu_count() + 1)
+    assert config["threads"] == "4"
+    assert config["worker_class"] == "gthread"
+    assert config["wsgi_app"] == "bookings_project.wsgi:application"
+    assert config["chdir"] == str(ROOT)
+    assert config["preload_app"] == "True"
+    assert config["timeout"] == "60"
+    assert config["bind"] == "['127.0.0.1:8000']"
+    assert config["control_socket_disable"] == "True"
+
+
+def test_workers_threads_timeout_and_address_come_from_the_environment(tmp_path):
+    config = resolved_config(
+        tmp_path, GUNICORN_WORKERS="3", GUNICORN_THREADS="8", GUNICORN_TIMEOUT="90", GUNICORN_BIND="0.0.0.0:9000"
+    )
+
+    assert (config["workers"], config["threads"], config["timeout"]) == ("3", "8", "90")
+    assert config["bind"] == "['0.0.0.0:9000']"
+
+
+@pytest.mark.parametrize("key", ["GUNICORN_WORKERS", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"])
+def test_a_size_below_one_refuses_to_start(tmp_path, key):
+    result = subprocess.run(
+        [GUNICORN, "--config", CONFIG, "--check-config"],
+        cwd=tmp_path,
+        env=clean_env(**{key: "0"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert "GUNICORN_WORKERS, GUNICORN_THREADS and GUNICORN_TIMEOUT must be at least 1" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
+    """gunicorn as `make serve` starts it (after collectstatic), one small worker, on a free
+    port; yields its URL, the static root and its log. The database is a scratch SQLite file:
+    nothing here reads it."""
+    tmp_path = tmp_path_factory.mktemp("served")
+    static_root = tmp_path / "static"
+    env = clean_env(
+        DEBUG="false",
+        STATIC_ROOT=str(static_root),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        GUNICORN_WORKERS="1",
+        GUNICORN_THREADS="2",
+        LOG_FORMAT="json",
+    )
+    collect = subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert collect.returncode == 0, collect.stderr
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [GUNICORN, "--config", CONFIG],
+            cwd=tmp_path,
+            env=env | {"GUNICORN_BIND": f"127.0.0.1:{port}"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, log_path.read_text()
+            try:
+                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"gunicorn not ready: {log_path.read_text()}"
+            time.sleep(0.05)
+        yield url, static_root, log_path
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_gunicorn_serves_static_files_through_whitenoise_with_debug_off(served):
+    url, static_root, _ = served
+    manifest = json.loads((static_root / "staticfiles.json").read_text())["paths"]
+    hashed = manifest["admin/css/base.css"]
+
+    css = requests.get(f"{url}/static/{hashed}", headers={"Accept-Encoding": "gzip"}, timeout=5)
+    assert css.status_code == 200
+    assert css.headers["Content-Type"].startswith("text/css")
+    # A hashed name never changes content, so browsers and CDNs may keep it for good.
+    assert "immutable" in css.headers["Cache-Control"]
+    assert css.headers["Content-Encoding"] == "gzip"
+
+    # DEBUG off: a missing page is the plain 404, not Django's debug page with the URL list.
+    missing = requests.get(f"{url}/no-such-page", timeout=5)
+    assert missing.status_code == 404
+    assert "DEBUG = True" not in missing.text
+    assert "api/v1/" not in missing.text
+
+
+def test_gunicorns_own_log_lines_are_json_like_the_apps(served):
+    url, _, log_path = served
+    requests.get(f"{url}/healthz", timeout=5)
+
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+
+    loggers = {record["logger"] for record in records}
+    assert "gunicorn.error" in loggers  # "Booting worker with pid ..."
+    assert "bookings_project.requests" in loggers
+    assert all({"time", "level", "message", "request_id"} <= set(record) for record in records)
