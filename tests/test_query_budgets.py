@@ -1,0 +1,221 @@
+"""Query budgets of the hot API calls: a ceiling on the SQL statements each one sends, at the
+count measured when it was written, so that an extra query (an N+1, a repeated read) fails
+here before it ships. Lower a budget when the code gets cheaper.
+
+Default settings: the in-process Flights adapter and the simulated payment gateway (whose
+own statements, in our database, stand in for an HTTP call to a real gateway).
+
+Measured with real transactions (`transaction=True`), as production runs: Django counts
+BEGIN / COMMIT / ROLLBACK as statements. Inside a test transaction they would be savepoints,
+and a failed claim would cost ROLLBACK TO SAVEPOINT + RELEASE instead of one ROLLBACK.
+
+PostgreSQL sends one statement more per locked transaction: `bound_lock_wait`'s
+`set_config('lock_timeout', ...)` (bookings_project/db.py); SQLite has no lock timeout to set.
+"""
+
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from bookings import services as booking_services
+from bookings.models import Booking
+from payments import services as payment_services
+from payments.models import Payment
+from tests.factories import make_flight
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BOOKINGS = "/api/v1/bookings"
+PAY = "/api/v1/payments"
+
+
+def _budget(*, sqlite: int, postgresql: int) -> int:
+    """The budget measured on this database."""
+    return {"sqlite": sqlite, "postgresql": postgresql}[connection.vendor]
+
+
+def _booking(user, flight, seats: int = 2) -> Booking:
+    return booking_services.booking_create(user=user, flight_id=flight.pk, seats=seats)
+
+
+def _paid_booking(user, flight) -> Booking:
+    booking = _booking(user, flight)
+    payment_services.payment_create(
+        caller=user, booking_id=booking.pk, amount=booking.total_cost, idempotency_key=str(uuid.uuid4())
+    )
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.BOOKED
+    return booking
+
+
+def _pay(client, booking_id: int, amount: Decimal | str, key: str):
+    return client.post(PAY, {"bookingId": booking_id, "amount": str(amount)}, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+
+def _queries_of(client, url: str) -> tuple[int, dict]:
+    """How many statements a GET sends, and its body."""
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(url)
+    assert response.status_code == 200, response.content
+    return len(captured.captured_queries), response.json()
+
+
+# Writes ------------------------------------------------------------------------------------
+
+
+def test_create_a_booking(user_client, flight, django_assert_max_num_queries):
+    # token auth 1; flight read (price, seats left) 1;
+    # booking + its event: BEGIN, INSERT booking, INSERT event, COMMIT 4;
+    # reserve (Flights): BEGIN, [PG lock_timeout], flight FOR UPDATE, hold by ref, UPDATE flight,
+    #   SAVEPOINT, INSERT hold, RELEASE SAVEPOINT, COMMIT 8 (+1);
+    # seats_state compare-and-set 1; booking re-read for the answer 1.
+    with django_assert_max_num_queries(_budget(sqlite=16, postgresql=17)):
+        response = user_client.post(BOOKINGS, {"flightId": flight.pk, "numberOfSeats": 2}, format="json")
+
+    assert response.status_code == 201, response.content
+    assert response.json()["status"] == "INITIATED"
+
+
+def test_pay(user, user_client, flight, django_assert_max_num_queries):
+    booking = _booking(user, flight)
+    # token auth 1; claim the key: BEGIN, INSERT key, COMMIT 3;
+    # start: BEGIN, [PG lock_timeout], booking FOR UPDATE, UPDATE booking PENDING, INSERT event,
+    #   INSERT payment, COMMIT 6 (+1);
+    # simulated gateway: charge by key, BEGIN, INSERT charge, COMMIT 4 (an HTTP call in production);
+    # record: BEGIN, [PG lock_timeout], booking FOR UPDATE, payment FOR UPDATE, UPDATE payment,
+    #   UPDATE booking BOOKED, INSERT event, COMMIT 7 (+1);
+    # store the answer on the key 1.
+    with django_assert_max_num_queries(_budget(sqlite=22, postgresql=24)):
+        response = _pay(user_client, booking.pk, booking.total_cost, "pay-once")
+
+    assert response.status_code == 201, response.content
+    assert response.json()["status"] == "SUCCEEDED"
+
+
+def test_replay_of_a_payment(user, user_client, flight, django_assert_max_num_queries):
+    booking = _booking(user, flight)
+    first = _pay(user_client, booking.pk, booking.total_cost, "pay-twice")
+    assert first.status_code == 201, first.content
+    # token auth 1; claim the key: BEGIN, INSERT key (taken), ROLLBACK 3; the key's stored answer 1.
+    with django_assert_max_num_queries(_budget(sqlite=5, postgresql=5)):
+        again = _pay(user_client, booking.pk, booking.total_cost, "pay-twice")
+
+    assert again.status_code == 201
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+
+
+def test_cancel_an_unpaid_booking(user, user_client, flight, django_assert_max_num_queries):
+    booking = _booking(user, flight)
+    # token auth 1; booking, scoped to the caller 1; booking re-read by booking_cancel 1;
+    # cancel: BEGIN, [PG lock_timeout], booking FOR UPDATE, UPDATE booking, INSERT event, COMMIT 5 (+1);
+    # release: booking re-read 1; Flights: BEGIN, [PG lock_timeout], flight FOR UPDATE,
+    #   hold FOR UPDATE, UPDATE flight, UPDATE hold, COMMIT 6 (+1);
+    # seats_state compare-and-set 1; booking re-read for the answer 1.
+    with django_assert_max_num_queries(_budget(sqlite=17, postgresql=19)):
+        response = user_client.post(f"{BOOKINGS}/{booking.pk}/cancel")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "CANCELLED"
+
+
+def test_cancel_a_paid_booking_refunds_it(user, user_client, flight, django_assert_max_num_queries):
+    booking = _paid_booking(user, flight)
+    # token auth 1; booking, scoped to the caller 1; booking re-read by booking_cancel 1;
+    # UPDATE cancel_requested_at 1;
+    # refund: SUCCEEDED payments of the booking 1, the payment by id 1, simulated gateway: BEGIN,
+    #   charge FOR UPDATE, UPDATE charge, COMMIT 4; UPDATE payment REFUNDED 1, payment re-read 1;
+    # cancel: BEGIN, [PG lock_timeout], booking FOR UPDATE, standing charge EXISTS, UPDATE booking,
+    #   INSERT event, COMMIT 6 (+1);
+    # release as for an unpaid booking 9 (+1).
+    with django_assert_max_num_queries(_budget(sqlite=27, postgresql=29)):
+        response = user_client.post(f"{BOOKINGS}/{booking.pk}/cancel")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "CANCELLED"
+    assert Payment.objects.get(booking=booking).status == Payment.Status.REFUNDED
+
+
+# Reads -------------------------------------------------------------------------------------
+
+
+def test_get_a_booking(user, user_client, flight, django_assert_max_num_queries):
+    booking = _booking(user, flight)
+    # token auth 1; booking, scoped to the caller 1.
+    with django_assert_max_num_queries(_budget(sqlite=2, postgresql=2)):
+        response = user_client.get(f"{BOOKINGS}/{booking.pk}")
+
+    assert response.status_code == 200
+    assert response.json()["id"] == booking.pk
+
+
+def test_get_a_payment(user, user_client, flight, django_assert_max_num_queries):
+    payment = Payment.objects.get(booking=_paid_booking(user, flight))
+    # token auth 1; payment, scoped to the caller 1.
+    with django_assert_max_num_queries(_budget(sqlite=2, postgresql=2)):
+        response = user_client.get(f"{PAY}/{payment.pk}")
+
+    assert response.status_code == 200
+    assert response.json()["id"] == payment.pk
+
+
+# token auth 1; booking, scoped to the caller 1; COUNT of its events 1; the page of events 1.
+EVENTS_BUDGET = {"sqlite": 4, "postgresql": 4}
+
+
+def test_events_cost_the_same_for_one_event_as_for_many(user, user_client, flight):
+    booking = _booking(user, flight)
+    url = f"{BOOKINGS}/{booking.pk}/events"
+    one, body = _queries_of(user_client, url)
+    assert body["count"] == 1
+
+    payment_services.payment_create(
+        caller=user, booking_id=booking.pk, amount=booking.total_cost, idempotency_key="pay-then-cancel"
+    )
+    booking_services.booking_cancel(booking_id=booking.pk)
+    many, body = _queries_of(user_client, url)
+    assert body["count"] == 4  # created, payment started, paid, cancelled
+
+    assert one == many, f"{one} statements for 1 event, {many} for 4: a query per event"
+    assert many <= _budget(**EVENTS_BUDGET)
+
+
+# A page of bookings: token auth 1; COUNT of the caller's bookings 1; the page 1. Nothing per
+# booking: the serializer reads only the booking's own columns.
+LIST_BUDGET = {"sqlite": 3, "postgresql": 3}
+PAGE = f"{BOOKINGS}?pageSize=50"
+
+
+def test_a_page_of_50_bookings_costs_what_a_page_of_1_does(user, other_user, user_client):
+    flight = make_flight(capacity=120)
+    _booking(user, flight, seats=1)
+    _booking(other_user, flight, seats=1)  # Not the caller's: neither counted nor listed.
+    one, body = _queries_of(user_client, PAGE)
+    assert len(body["results"]) == 1
+
+    for _ in range(49):
+        _booking(user, flight, seats=1)
+    fifty, body = _queries_of(user_client, PAGE)
+    assert len(body["results"]) == 50 and body["count"] == 50
+
+    assert one == fifty, f"{one} statements for 1 booking, {fifty} for 50: a query per booking"
+    assert fifty <= _budget(**LIST_BUDGET)
+
+
+def test_staff_page_of_everyones_50_bookings_costs_what_a_page_of_1_does(user, other_user, staff_client):
+    flight = make_flight(capacity=120)
+    _booking(user, flight, seats=1)
+    one, body = _queries_of(staff_client, PAGE)
+    assert len(body["results"]) == 1
+
+    for index in range(49):
+        _booking(other_user if index % 2 else user, flight, seats=1)
+    fifty, body = _queries_of(staff_client, PAGE)
+    assert len(body["results"]) == 50
+    assert {row["userId"] for row in body["results"]} == {user.pk, other_user.pk}
+
+    assert one == fifty, f"{one} statements for 1 booking, {fifty} for 50: a query per booking"
+    assert fifty <= _budget(**LIST_BUDGET)
