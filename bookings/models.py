@@ -69,16 +69,21 @@ class Booking(models.Model):
             models.Index(fields=["user", "-created_at", "-id"], name="booking_user_recent_idx"),
             # Staff's list (and the admin's) walk every booking newest first.
             models.Index(fields=["-created_at", "-id"], name="booking_recent_idx"),
+            # The list filtered by flight (`flightId`), newest first.
+            models.Index(fields=["flight_id", "-created_at", "-id"], name="booking_flight_recent_idx"),
             models.Index(fields=["status", "expires_at"], name="booking_status_expiry_idx"),
             # Paid bookings whose cancel was cut short: rare, so partial.
+            # On the id, which cleanup's keyset batches walk: the planner cannot tell how few
+            # rows the condition leaves, and would walk the primary key instead.
             models.Index(
-                fields=["cancel_requested_at"],
+                fields=["id"],
                 name="booking_cancel_unfinished_idx",
                 condition=Q(status="BOOKED", cancel_requested_at__isnull=False),
             ),
-            # Cancelled bookings whose seats still have to go back: small, so partial.
+            # Cancelled bookings whose seats still have to go back: small, so partial (on the id,
+            # as above).
             models.Index(
-                fields=["updated_at"],
+                fields=["id"],
                 name="booking_release_owed_idx",
                 condition=Q(status="CANCELLED", seats_state__in=["unconfirmed", "reserved", "releasing"]),
             ),

@@ -51,6 +51,10 @@ class Payment(models.Model):
     # When cleanup settled it from the gateway's books (its answer had been lost). One it
     # found not charged is looked up again for a while, in case a late charge lands.
     reconciled_at = models.DateTimeField(null=True, blank=True)
+    # When a charge was recorded on a booking already settled as unpaid (cancelled): its money
+    # is owed back. Set by each late-money path, so that cleanup finds the ones whose refund
+    # was cut short in a small index instead of joining every payment to its booking.
+    late_charge_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -59,6 +63,12 @@ class Payment(models.Model):
             models.Index(fields=["attempted_at"], name="payment_processing_idx", condition=Q(status="PROCESSING")),
             # Settled as not charged by reconciliation: watched for a late charge.
             models.Index(fields=["reconciled_at"], name="payment_reconciled_failed_idx", condition=Q(status="FAILED")),
+            # Late charges not refunded yet (cleanup refunds them).
+            models.Index(
+                fields=["updated_at"],
+                name="payment_late_charge_idx",
+                condition=Q(status="SUCCEEDED", late_charge_at__isnull=False),
+            ),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gte=0), name="payment_amount_not_negative"),

@@ -42,9 +42,14 @@ def booking_has_standing_charge(*, booking_id: int) -> bool:
 
 def payments_stranded_on_cancelled_bookings(*, updated_before: dt.datetime) -> QuerySet[Payment]:
     """Money taken for a booking that is cancelled, left unrefunded (a late charge whose
-    refund was cut short). `updated_before` leaves alone one a live request is refunding."""
+    refund was cut short). `updated_before` leaves alone one a live request is refunding.
+    Money reaches a cancelled booking only by a late charge, and every path that records one
+    marks it (`late_charge_at`): the look-up reads that small index, not every payment."""
     return Payment.objects.filter(
-        status=Payment.Status.SUCCEEDED, booking__status=Booking.Status.CANCELLED, updated_at__lte=updated_before
+        status=Payment.Status.SUCCEEDED,
+        late_charge_at__isnull=False,
+        booking__status=Booking.Status.CANCELLED,
+        updated_at__lte=updated_before,
     )
 
 

@@ -170,9 +170,10 @@ def _record_charge(payment: Payment, charge: Charge, gateway: PaymentGateway) ->
         elif charge.money_taken and payment.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.REFUNDED):
             # Settled meanwhile as not charged (cleanup found no charge and cancelled the
             # booking), yet the gateway took the money: record it, then give it back.
-            payment.status, payment.gateway_reference, payment.completed_at = (
+            payment.status, payment.gateway_reference, payment.completed_at, payment.late_charge_at = (
                 PaymentStatus.SUCCEEDED,
                 charge.gateway_reference,
+                now,
                 now,
             )
             payment.save()
@@ -333,6 +334,7 @@ def payment_refund_late_charge(*, payment_id: int, gateway: PaymentGateway | Non
             status=PaymentStatus.SUCCEEDED,
             gateway_reference=charge.gateway_reference,
             failure_reason="Charged after its booking was settled as unpaid.",
+            late_charge_at=timezone.now(),
             updated_at=timezone.now(),
         )
     if not landed:
