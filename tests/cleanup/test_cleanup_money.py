@@ -1104,3 +1104,33 @@ def test_a_charge_the_gateway_applies_after_cleanup_with_no_request_left_is_refu
     assert SimulatedCharge.objects.get(reference=payment.reference).status == SimulatedCharge.Status.REFUNDED
     assert_money_matches_bookings()
     assert asdict(cleanup_stale_bookings()) == counts()  # Refunded once.
+
+
+def test_a_late_charge_found_by_the_watch_whose_refund_fails_is_marked_and_refunded_by_a_later_run(
+    user, flight, clock, watch
+):
+    booking, payment = pending_never_charged(user, flight)
+    clock.advance(**PAST_THE_HOLD)
+    assert asdict(cleanup_stale_bookings()) == counts(expired=1, released_seats=SEATS)
+    SimulatedPaymentGateway().charge(
+        amount=payment.amount, currency=payment.currency, reference=payment.reference, idempotency_key=payment.reference
+    )
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.CANCELLED
+
+    # The watch finds the charge and records it, but the refund fails: the money is owed,
+    # and the payment says so (the stranded-money look-up reads only marked payments).
+    watch.refund_fault = "down"
+    clock.advance(hours=1)
+    assert asdict(cleanup_stale_bookings()) == counts(failed=1)
+    payment.refresh_from_db()
+    assert (payment.status, payment.late_charge_at) == (Payment.Status.SUCCEEDED, clock.now)
+
+    watch.refund_fault = None
+    clock.advance(minutes=10)
+    assert asdict(cleanup_stale_bookings()) == counts(refunded=1)
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.REFUNDED
+    assert SimulatedCharge.objects.get(reference=payment.reference).status == SimulatedCharge.Status.REFUNDED
+    assert_money_matches_bookings()
+    assert asdict(cleanup_stale_bookings()) == counts()
