@@ -72,6 +72,10 @@ class Booking(models.Model):
             # The list filtered by flight (`flightId`), newest first.
             models.Index(fields=["flight_id", "-created_at", "-id"], name="booking_flight_recent_idx"),
             models.Index(fields=["status", "expires_at"], name="booking_status_expiry_idx"),
+            # Unpaid bookings, on the id that cleanup's keyset batches walk: with the history
+            # settled and the stale ones the newest, the planner would otherwise walk the
+            # primary key through every settled booking to reach them.
+            models.Index(fields=["id"], name="booking_unpaid_idx", condition=Q(status__in=["INITIATED", "PENDING"])),
             # Paid bookings whose cancel was cut short: rare, so partial.
             # On the id, which cleanup's keyset batches walk: the planner cannot tell how few
             # rows the condition leaves, and would walk the primary key instead.

@@ -329,7 +329,7 @@ def test_staff_list_page_uses_an_index(seeded: Seeded, filter_name: str) -> None
         f"staff list {filter_name} page",
         plan,
         tables=(BOOKINGS_TABLE,),
-        indexes=("booking_recent_idx", "booking_status_expiry_idx", "booking_flight_recent_idx"),
+        indexes=("booking_recent_idx", "booking_status_expiry_idx", "booking_unpaid_idx", "booking_flight_recent_idx"),
     )
 
 
@@ -349,7 +349,7 @@ def test_staff_list_count_uses_an_index(seeded: Seeded, filter_name: str) -> Non
         f"staff list {filter_name} count",
         plan,
         tables=(BOOKINGS_TABLE,),
-        indexes=("booking_recent_idx", "booking_status_expiry_idx", "booking_flight_recent_idx"),
+        indexes=("booking_recent_idx", "booking_status_expiry_idx", "booking_unpaid_idx", "booking_flight_recent_idx"),
     )
 
 
@@ -370,14 +370,14 @@ CLEANUP_LOOKUPS = {
     "bookings_to_expire": Lookup(
         lambda cutoffs: selectors.bookings_to_expire(expired_before=cutoffs.expired_before),
         BOOKINGS_TABLE,
-        ("booking_status_expiry_idx",),
+        ("booking_status_expiry_idx", "booking_unpaid_idx"),
     ),
     "bookings_to_reconcile": Lookup(
         lambda cutoffs: selectors.bookings_to_reconcile(
             expired_before=cutoffs.expired_before, attempted_before=cutoffs.settled_before
         ),
         BOOKINGS_TABLE,
-        ("booking_status_expiry_idx",),
+        ("booking_status_expiry_idx", "booking_unpaid_idx"),
         also=(PAYMENTS_TABLE,),
     ),
     "bookings_owing_release": Lookup(
@@ -492,3 +492,28 @@ def test_idempotency_key_of_a_user_uses_the_unique_index(seeded: Seeded) -> None
         lambda: IdempotencyKey.objects.filter(user_id=key.user_id, key=key.key).first(), KEYS_TABLE
     )
     _check("idempotency key of a user", plan, tables=(KEYS_TABLE,), indexes=("idempotency_key_unique_per_user",))
+
+
+@pytest.mark.parametrize("stale", [500, 10_000])
+def test_expiry_batches_skip_the_settled_history(seeded: Seeded, stale: int) -> None:
+    """Cleanup's real backlog: every older booking settled by earlier runs, the stale ones the
+    newest ids. The batch reads the unpaid bookings, not the primary key through the history."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {BOOKINGS_TABLE} SET status = 'CANCELLED' WHERE status IN ('INITIATED', 'PENDING')")
+        cursor.execute(
+            f"UPDATE {BOOKINGS_TABLE} SET status = 'INITIATED', expires_at = %s "
+            f"WHERE id > (SELECT max(id) - %s FROM {BOOKINGS_TABLE})",
+            [seeded.now - dt.timedelta(hours=1), stale],
+        )
+        cursor.execute(f"ANALYZE {BOOKINGS_TABLE}")
+    queryset = selectors.bookings_to_expire(expired_before=Cutoffs.at(seeded.now).expired_before)
+    assert queryset.count() == stale
+    [(_, plan)] = _explain_executed(lambda: next(_ids_in_batches(queryset, DEFAULT_BATCH_SIZE), None), BOOKINGS_TABLE)
+
+    _check(
+        f"bookings_to_expire keyset batch, {stale} stale after a settled history",
+        plan,
+        tables=(BOOKINGS_TABLE,),
+        indexes=("booking_unpaid_idx", "booking_status_expiry_idx"),
+    )
+    assert "bookings_booking_pkey" not in plan, plan
