@@ -1,0 +1,1202 @@
+"""Load benchmark: the service under gunicorn on a throw-away PostgreSQL database, driven for a
+fixed time per scenario by `--concurrency` virtual users (asyncio + aiohttp, one session), with
+the in-process and with the HTTP Flights adapter.
+
+Scenarios, each after a warm-up that is not counted:
+
+- baseline: GET /api/v1/flights/{id}, the cheapest authenticated DRF endpoint: a token look-up
+  and one read by primary key, with no throttle, filter or pagination (the bookings and
+  payments endpoints add their throttle, and the lists a count). Every other figure is also
+  given as a ratio of it, measured on the same run, so that runs on other machines compare.
+  With the HTTP adapter it is still the Bookings service's own endpoint (its `flights` app,
+  on its own database), so that the ratios are of one and the same server.
+- read: GET /api/v1/bookings/{id} and GET /api/v1/bookings?pageSize=20, on the user's own
+  20 bookings, made through the API before the load.
+- spread: POST /api/v1/bookings (1 to 4 seats) on one of 50 flights that do not sell out,
+  then POST /api/v1/payments with a fresh Idempotency-Key and the booking's totalCost. A flow
+  is both answered 201.
+- hot: everyone books 2 seats on one flight (concurrency x 20 seats) and pays, until it is
+  sold out: lock contention on the flight's row. A user stops at 409 insufficient_seats; the
+  scenario ends when every user has, or at `--duration`.
+
+Setup: the database(s) migrated and the users made in a Django subprocess (there is no
+sign-up endpoint): a customer per virtual user, and staff. Then everything through the API:
+tokens (POST /auth/token), flights (staff POST /flights; on the Flights service with the
+HTTP adapter, since a booking's flightId is that service's id), the read scenario's bookings.
+
+After each scenario, the seats from the databases, for every flight: capacity = available +
+seats held by the ledger (flights SeatHold) = available + seats of bookings holding seats
+(INITIATED, PENDING, BOOKED); oversold = seats held beyond capacity, which must be 0.
+
+Prints per scenario the rate (flows/s, or requests/s for baseline and read), per endpoint n,
+p50/p95/p99 and the answers by status and code, where the CPU went (each gunicorn, the
+PostgreSQL backends of its databases, this process, and anything else on the host: the bench
+shares the cores with the servers) and how many backends waited on a lock; then a summary with
+every figure as a ratio to the baseline of the same run (`--markdown` prints it for the README
+too) and the machine. `--json PATH` writes the raw figures. Exits 1 if a seat check failed,
+an answer was 5xx (or anything but 2xx and 409), a request got no answer, or a server logged
+a 500; 2 if the run could not be made.
+
+Run: `.venv/bin/python bench/load.py [--scenarios baseline,read,spread,hot] [--adapter inprocess,http]
+[--duration 15] [--warmup 2] [--concurrency 32] [--markdown] [--json PATH]`.
+CI smoke: `--duration 2 --warmup 0.5 --concurrency 4`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from serving import Gunicorn, drop_database, recreate_database  # noqa: E402  (scripts/ is not a package)
+
+PYTHON = sys.executable
+SCENARIOS = ("baseline", "read", "spread", "hot")
+ADAPTERS = ("inprocess", "http")
+DATABASE_PREFIX = "flight_bookings_bench_load"
+
+CORES = os.cpu_count() or 1
+# The production defaults (bookings_project/settings.py: GUNICORN_WORKERS, GUNICORN_THREADS).
+DEFAULT_WORKERS = 2 * CORES + 1
+DEFAULT_THREADS = 4
+# The Flights service behind the HTTP adapter does less per request (one short transaction),
+# and shares the same cores: smaller.
+DEFAULT_FLIGHTS_WORKERS = CORES + 1
+
+STAFF = "bench-staff"
+POOL_FLIGHTS = 50
+POOL_CAPACITY = 1000  # flights.models.MAX_CAPACITY
+READ_BOOKINGS_PER_USER = 20
+PAGE_SIZE = 20
+SPREAD_SEATS = (1, 4)
+HOT_SEATS = 2  # Every hot booking asks for as many, and the capacity is a multiple: it sells out to the last seat.
+HOT_SEATS_PER_USER = 20
+CLIENT_TIMEOUT = 30.0
+PG_SAMPLE_SECONDS = 0.2
+# Other processes using more of a core than this (%) during a scenario make its figures suspect.
+BUSY_NEIGHBOURS_PERCENT = 20
+SHOWN_FAILURES = 10
+
+GET_FLIGHT = "GET /flights/{id}"
+GET_BOOKING = "GET /bookings/{id}"
+LIST_BOOKINGS = f"GET /bookings?pageSize={PAGE_SIZE}"
+POST_BOOKING = "POST /bookings"
+POST_PAYMENT = "POST /payments"
+
+
+# Users and databases: made in a Django subprocess --------------------------------------------
+
+
+def customer_name(index: int) -> str:
+    return f"bench-{index}"
+
+
+def run_django_task(users: int) -> int:
+    """This script re-invoked with `--django-task`: migrate DATABASE_URL's database, then make
+    staff and `users` customers, all with the password in BENCH_PASSWORD."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookings_project.settings")
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
+
+    call_command("migrate", interactive=False, verbosity=0)
+    # One hash for all: hashing is slow on purpose (~0.5 s), and they share the password.
+    password = make_password(os.environ["BENCH_PASSWORD"])
+    user_model = get_user_model()
+    people = [user_model(username=STAFF, password=password, is_staff=True)]
+    people += [user_model(username=customer_name(index), password=password) for index in range(users)]
+    user_model.objects.bulk_create(people)
+    return 0
+
+
+def start_django_task(env: dict[str, str], users: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [PYTHON, __file__, "--django-task", "--users", str(users)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish_django_task(process: subprocess.Popen, what: str) -> None:
+    stdout, stderr = process.communicate(timeout=180)
+    if process.returncode != 0:
+        raise RuntimeError(f"{what} failed ({process.returncode}):\n{stdout}{stderr}")
+
+
+# Answers and what is recorded of them --------------------------------------------------------
+
+
+@dataclass
+class Failure:
+    """Requests that failed the same way (endpoint and answer), with the first as evidence."""
+
+    kind: str
+    count: int
+    example: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} x {self.count}, first: {self.example}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    code: str  # The problem's `code` for an error answer, else "".
+    raw: bytes
+
+    @property
+    def label(self) -> str:
+        return f"{self.status} {self.code}" if self.code else str(self.status)
+
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+
+def problem_code(status: int, raw: bytes) -> str:
+    if status < 400:
+        return ""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return "(not json)"
+    return str(body.get("code", "")) if isinstance(body, dict) else ""
+
+
+class Recorder:
+    """What the virtual users saw in one scenario. Latencies, answers and flows count the
+    requests started in the measured window only; a failure counts whenever it happened."""
+
+    def __init__(self, measure_from: float = 0.0) -> None:
+        self.measure_from = measure_from
+        self.latencies: dict[str, list[float]] = defaultdict(list)
+        self.answers: dict[str, Counter[str]] = defaultdict(Counter)
+        self.flows = 0
+        self.failures: dict[str, Failure] = {}
+
+    def measured(self, started: float) -> bool:
+        return started >= self.measure_from
+
+    def answer(self, endpoint: str, started: float, label: str, seconds: float | None) -> None:
+        if self.measured(started):
+            self.answers[endpoint][label] += 1
+            if seconds is not None:
+                self.latencies[endpoint].append(seconds)
+
+    def flow(self, started: float) -> None:
+        if self.measured(started):
+            self.flows += 1
+
+    def fail(self, kind: str, evidence: str) -> None:
+        failure = self.failures.setdefault(kind, Failure(kind, 0, evidence))
+        failure.count += 1
+
+
+class Api:
+    """The one aiohttp session, and the recorder of the scenario running."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.session = session
+        self.base_url = base_url
+        self.recorder = Recorder()
+
+    async def send(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        *,
+        token: str,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        base_url: str | None = None,
+    ) -> Reply | None:
+        """One request, timed from sending to the last byte of the answer. None: no answer."""
+        url = (base_url or self.base_url) + path
+        started = time.perf_counter()
+        try:
+            authorization = {"Authorization": f"Token {token}"} if token else {}
+            async with self.session.request(
+                method, url, json=body, headers={**authorization, **(headers or {})}
+            ) as response:
+                raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            label = f"no answer ({type(error).__name__})"
+            self.recorder.answer(endpoint, started, label, None)
+            self.recorder.fail(f"{endpoint}: {label}", f"{method} {path}: {error}")
+            return None
+        seconds = time.perf_counter() - started
+        reply = Reply(response.status, problem_code(response.status, raw), raw)
+        self.recorder.answer(endpoint, started, reply.label, seconds)
+        # 409 is the service refusing for a reason (sold out, busy): part of the load. Anything
+        # else but 2xx is a fault of the service (5xx) or of this script (4xx).
+        if not (200 <= reply.status < 300 or reply.status == 409):
+            request_id = response.headers.get("X-Request-ID")
+            self.recorder.fail(f"{endpoint}: {reply.label}", f"{method} {path}, request id {request_id}: {raw[:200]!r}")
+        return reply
+
+
+def expect(reply: Reply | None, status: int, what: str) -> Any:
+    """A setup step's answer, or the run cannot be made."""
+    if reply is None or reply.status != status:
+        got = "no answer" if reply is None else f"{reply.label}: {reply.raw[:300]!r}"
+        raise RuntimeError(f"{what}: expected {status}, got {got}")
+    return reply.json()
+
+
+# Scenarios ------------------------------------------------------------------------------------
+
+
+@dataclass
+class User:
+    name: str
+    token: str = ""
+    booking_ids: list[int] = field(default_factory=list)
+
+
+class Scenario:
+    name = ""
+    unit = "requests"  # What the rate counts: "requests", or "flows" (a booking paid).
+    endpoints: tuple[str, ...] = ()
+
+    async def step(self, api: Api, user: User, rng: random.Random) -> bool:
+        """One flow of one user; False when this user is done."""
+        raise NotImplementedError
+
+
+class Baseline(Scenario):
+    name = "baseline"
+    endpoints = (GET_FLIGHT,)
+
+    def __init__(self, flight_id: int) -> None:
+        self.flight_id = flight_id
+
+    async def step(self, api: Api, user: User, rng: random.Random) -> bool:
+        await api.send(GET_FLIGHT, "GET", f"/api/v1/flights/{self.flight_id}", token=user.token)
+        return True
+
+
+class Read(Scenario):
+    name = "read"
+    endpoints = (GET_BOOKING, LIST_BOOKINGS)
+
+    async def step(self, api: Api, user: User, rng: random.Random) -> bool:
+        booking_id = rng.choice(user.booking_ids)
+        await api.send(GET_BOOKING, "GET", f"/api/v1/bookings/{booking_id}", token=user.token)
+        await api.send(LIST_BOOKINGS, "GET", f"/api/v1/bookings?pageSize={PAGE_SIZE}", token=user.token)
+        return True
+
+
+async def book(api: Api, user: User, flight_id: int, seats: int) -> Reply | None:
+    body = {"flightId": flight_id, "numberOfSeats": seats}
+    return await api.send(POST_BOOKING, "POST", "/api/v1/bookings", token=user.token, body=body)
+
+
+async def pay(api: Api, user: User, booked: Reply, flow_started: float) -> None:
+    """Pay a booking answered 201 with a fresh key: the flow is done when this is 201 too."""
+    booking = booked.json()
+    paid = await api.send(
+        POST_PAYMENT,
+        "POST",
+        "/api/v1/payments",
+        token=user.token,
+        body={"bookingId": booking["id"], "amount": booking["totalCost"]},
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+    )
+    if paid is not None and paid.status == 201:
+        api.recorder.flow(flow_started)
+
+
+class Spread(Scenario):
+    name = "spread"
+    unit = "flows"
+    endpoints = (POST_BOOKING, POST_PAYMENT)
+
+    def __init__(self, pool: list[int]) -> None:
+        self.pool = pool
+
+    async def step(self, api: Api, user: User, rng: random.Random) -> bool:
+        started = time.perf_counter()
+        booked = await book(api, user, rng.choice(self.pool), rng.randint(*SPREAD_SEATS))
+        if booked is not None and booked.status == 201:
+            await pay(api, user, booked, started)
+        return True
+
+
+class Hot(Scenario):
+    name = "hot"
+    unit = "flows"
+    endpoints = (POST_BOOKING, POST_PAYMENT)
+
+    def __init__(self, flight_id: int, pool: list[int]) -> None:
+        self.flight_id = flight_id
+        self.pool = pool  # The warm-up books there: the hot flight is all for the measured window.
+        self.last_sale: float | None = None
+
+    async def step(self, api: Api, user: User, rng: random.Random) -> bool:
+        started = time.perf_counter()
+        warming_up = started < api.recorder.measure_from
+        booked = await book(api, user, rng.choice(self.pool) if warming_up else self.flight_id, HOT_SEATS)
+        if booked is None:
+            return True
+        if booked.status == 201:
+            if not warming_up:
+                self.last_sale = time.perf_counter()
+            await pay(api, user, booked, started)
+            return True
+        return warming_up or not (booked.status == 409 and booked.code == "insufficient_seats")
+
+
+# Figures ----------------------------------------------------------------------------------------
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """Nearest rank: the smallest value with at least p% of the values at or below it."""
+    if not ordered:
+        return math.nan
+    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+@dataclass
+class EndpointFigures:
+    n: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    answers: dict[str, int]
+
+    @classmethod
+    def of(cls, seconds: list[float], answers: Counter[str]) -> EndpointFigures:
+        ordered = sorted(value * 1000 for value in seconds)
+        mean = sum(ordered) / len(ordered) if ordered else math.nan
+        return cls(
+            n=sum(answers.values()),
+            p50_ms=percentile(ordered, 50),
+            p95_ms=percentile(ordered, 95),
+            p99_ms=percentile(ordered, 99),
+            mean_ms=mean,
+            answers=dict(sorted(answers.items())),
+        )
+
+
+@dataclass
+class SeatFigures:
+    flights: int = 0
+    capacity: int = 0
+    available: int = 0
+    held: int = 0  # Seats of held holds in the Flights ledger.
+    booked: int = 0  # Seats of bookings holding seats (INITIATED, PENDING, BOOKED).
+    oversold: int = 0
+    violations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PostgresFigures:
+    """pg_stat_activity sampled during the measured window, over the bench's databases."""
+
+    samples: int = 0
+    active_mean: float = 0.0
+    active_max: int = 0
+    lock_waiting_mean: float = 0.0
+    lock_waiting_max: int = 0
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    unit: str
+    users: int
+    seconds: float  # The measured window: from the end of the warm-up until the last user stopped.
+    rate: float  # `unit` per second.
+    requests_per_second: float
+    flows: int
+    endpoints: dict[str, EndpointFigures]
+    cpu: CpuFigures  # Over the measured window.
+    postgres: PostgresFigures
+    seats: SeatFigures
+    hot_flight: SeatFigures | None = None
+    sold_out_after: float | None = None  # hot: seconds from the end of the warm-up to the last seat sold.
+    failures: list[Failure] = field(default_factory=list)
+
+
+def seat_figures(inventory_url: str, bookings_url: str, flight_ids: set[int] | None = None) -> SeatFigures:
+    """Seats per flight from the service's own data; every flight's books must balance."""
+    with psycopg.connect(inventory_url) as connection:
+        flights = connection.execute(
+            "SELECT f.id, f.capacity, f.available_seats,"
+            " COALESCE(SUM(h.seats) FILTER (WHERE h.state = 'held'), 0)"
+            " FROM flights_flight f LEFT JOIN flights_seathold h ON h.flight_id = f.id GROUP BY f.id ORDER BY f.id"
+        ).fetchall()
+    with psycopg.connect(bookings_url) as connection:
+        booked = dict(
+            connection.execute(
+                "SELECT flight_id, SUM(seats) FROM bookings_booking"
+                " WHERE status IN ('INITIATED', 'PENDING', 'BOOKED') GROUP BY flight_id"
+            ).fetchall()
+        )
+    figures = SeatFigures()
+    for flight_id, capacity, available, held in flights:
+        if flight_ids is not None and flight_id not in flight_ids:
+            continue
+        seats_booked = int(booked.get(flight_id, 0))
+        figures.flights += 1
+        figures.capacity += capacity
+        figures.available += available
+        figures.held += held
+        figures.booked += seats_booked
+        figures.oversold += max(0, held - capacity, seats_booked - capacity)
+        if not (0 <= available <= capacity and capacity - available == held == seats_booked):
+            figures.violations.append(
+                f"flight {flight_id}: capacity {capacity}, available {available}, ledger holds {held}, "
+                f"bookings hold {seats_booked}"
+            )
+    return figures
+
+
+async def sample_postgres(pg_url: str, databases: list[str], start: float, stop: asyncio.Event) -> PostgresFigures:
+    """Backends at work and backends waiting on a lock (a row lock: the hot flight's), sampled."""
+    sql = (
+        "SELECT count(*) FILTER (WHERE state = 'active'), count(*) FILTER (WHERE wait_event_type = 'Lock')"
+        " FROM pg_stat_activity WHERE datname = ANY(%s)"
+    )
+    active: list[int] = []
+    waiting: list[int] = []
+    connection = await psycopg.AsyncConnection.connect(f"{pg_url}/postgres", autocommit=True)
+    async with connection:
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        while not stop.is_set():
+            cursor = await connection.execute(sql, [databases])
+            row = await cursor.fetchone()
+            active.append(row[0])
+            waiting.append(row[1])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PG_SAMPLE_SECONDS)
+    if not active:
+        return PostgresFigures()
+    return PostgresFigures(
+        samples=len(active),
+        active_mean=sum(active) / len(active),
+        active_max=max(active),
+        lock_waiting_mean=sum(waiting) / len(waiting),
+        lock_waiting_max=max(waiting),
+    )
+
+
+@dataclass
+class CpuFigures:
+    """CPU over the measured window, in % of one core: this process (os.times), and, where
+    /proc can be read, the whole host's busy time split into each gunicorn (master, workers
+    and workers that exited meanwhile), the PostgreSQL backends of the bench's databases, and
+    everything else (other processes on the host included: the figures are only as good as
+    the host is quiet)."""
+
+    bench: float
+    host_busy: float | None = None
+    servers: dict[str, float] = field(default_factory=dict)
+    postgres: float | None = None
+    other: float | None = None
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    wall: float
+    bench: float
+    host_busy: float | None  # None when /proc cannot be read.
+    servers: dict[str, float]  # By gunicorn.
+    backends: dict[int, float]  # By PostgreSQL backend pid.
+
+
+class CpuMeter:
+    """CPU seconds so far, by group. Linux only (/proc); elsewhere, the bench's own alone."""
+
+    def __init__(self, server_pgids: dict[str, int], databases: list[str]) -> None:
+        self.server_pgids = server_pgids  # Each gunicorn runs in its own session: process group = master's pid.
+        self.databases = databases
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    async def snapshot_at(self, when: float) -> CpuSnapshot:
+        await asyncio.sleep(max(0.0, when - time.perf_counter()))
+        return self.snapshot()
+
+    def snapshot(self) -> CpuSnapshot:
+        own = os.times()
+        bench = own.user + own.system
+        try:
+            return CpuSnapshot(time.perf_counter(), bench, *self._read_proc())
+        except OSError:
+            return CpuSnapshot(time.perf_counter(), bench, None, {}, {})
+
+    def _read_proc(self) -> tuple[float, dict[str, float], dict[int, float]]:
+        # user nice system idle iowait irq softirq steal: all but idle and iowait is busy.
+        cpu = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        host_busy = (sum(cpu) - cpu[3] - cpu[4]) / self.tick
+        servers: dict[str, float] = dict.fromkeys(self.server_pgids, 0.0)
+        backends: dict[int, float] = {}
+        by_pgid = {pgid: name for name, pgid in self.server_pgids.items()}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                fields = stat.rsplit(")", 1)[1].split()
+                pgid, (utime, stime, cutime, cstime) = int(fields[2]), map(int, fields[11:15])
+                if pgid in by_pgid:
+                    # With the children the master has reaped: workers recycled (max_requests)
+                    # in the window count whole, and the group's sum only grows.
+                    servers[by_pgid[pgid]] += (utime + stime + cutime + cstime) / self.tick
+                elif stat.startswith(f"{entry.name} (postgres)"):
+                    title = (entry / "cmdline").read_bytes().decode(errors="replace")
+                    if any(f" {name} " in title for name in self.databases):
+                        backends[int(entry.name)] = (utime + stime) / self.tick
+            except (OSError, ValueError):
+                continue  # The process ended while we looked.
+        return host_busy, servers, backends
+
+    def figures(self, before: CpuSnapshot, after: CpuSnapshot) -> CpuFigures:
+        wall = after.wall - before.wall
+
+        def percent(seconds: float) -> float:
+            return 100 * seconds / wall if wall > 0 else math.nan
+
+        figures = CpuFigures(bench=percent(after.bench - before.bench))
+        if before.host_busy is None or after.host_busy is None:
+            return figures
+        figures.host_busy = percent(after.host_busy - before.host_busy)
+        figures.servers = {name: percent(after.servers[name] - before.servers[name]) for name in self.server_pgids}
+        # Per backend: one that ended in the window (a connection past CONN_MAX_AGE, a worker
+        # recycled) is left out, its share counted in "other".
+        figures.postgres = percent(
+            sum(seconds - before.backends.get(pid, 0.0) for pid, seconds in after.backends.items())
+        )
+        figures.other = figures.host_busy - sum(figures.servers.values()) - figures.postgres - figures.bench
+        return figures
+
+
+# One adapter's run ------------------------------------------------------------------------------
+
+
+@dataclass
+class Fixtures:
+    """What the setup made through the API."""
+
+    users: list[User]
+    baseline_flight: int = 0
+    pool: list[int] = field(default_factory=list)
+    hot_flight: int = 0
+    hot_capacity: int = 0
+
+
+class AdapterRun:
+    """Databases, servers and load for one Flights adapter."""
+
+    def __init__(self, adapter: str, args: argparse.Namespace, log_dir: Path, servers: list[Gunicorn]) -> None:
+        self.adapter = adapter
+        self.args = args
+        self.log_dir = log_dir
+        self.servers = servers  # Shared with the teardown.
+        self.running: dict[str, Gunicorn] = {}  # By role: bookings, flights.
+        self.password = secrets.token_urlsafe(16)
+        self.secret_key = secrets.token_urlsafe(50)
+        self.service_token = secrets.token_urlsafe(24)
+        roles = ("bookings", "flights") if adapter == "http" else ("bookings",)
+        self.databases = {role: f"{DATABASE_PREFIX}_{adapter}_{role}" for role in roles}
+        self.urls = {role: f"{args.pg_url}/{name}" for role, name in self.databases.items()}
+        # Where flights, the ledger and their seats live.
+        self.inventory_role = "flights" if adapter == "http" else "bookings"
+
+    def env(self, role: str, flights_url: str = "") -> dict[str, str]:
+        return {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "bookings_project.settings",
+            "DJANGO_ENV": "development",
+            "SECRET_KEY": self.secret_key,
+            "DEBUG": "false",
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "LOG_LEVEL": "WARNING",
+            "DATABASE_URL": self.urls[role],
+            "FLIGHT_SERVICE_URL": flights_url,
+            "FLIGHT_SERVICE_TOKEN": self.service_token,
+            "PAYMENT_GATEWAY": "simulated",
+            "PAYMENT_SIMULATED_OUTCOME": "approve",
+            "PAYMENT_SIMULATED_DELAY_MS": str(self.args.payment_delay_ms),
+            # The load is many requests from few users: no rate limits.
+            "THROTTLE_RATE_TOKEN": "",
+            "THROTTLE_RATE_BOOKINGS": "",
+            "THROTTLE_RATE_PAYMENTS": "",
+        }
+
+    def execute(self) -> list[ScenarioResult]:
+        args = self.args
+        for name in self.databases.values():
+            recreate_database(args.pg_url, name)
+        tasks = [
+            (role, start_django_task({**self.env(role), "BENCH_PASSWORD": self.password}, users))
+            for role, users in (("bookings", args.concurrency), ("flights", 0))
+            if role in self.databases
+        ]
+        for role, task in tasks:
+            finish_django_task(task, f"setting up the {role} database")
+
+        if self.adapter == "http":
+            flights = self.serve("flights", self.env("flights"), args.flights_workers, args.flights_threads)
+            self.bookings = self.serve(
+                "bookings", self.env("bookings", flights_url=flights.url), args.workers, args.threads
+            )
+            flights.wait_ready("/healthz", "/readyz")
+            self.inventory_url = flights.url
+        else:
+            self.bookings = self.serve("bookings", self.env("bookings"), args.workers, args.threads)
+            self.inventory_url = self.bookings.url
+        self.bookings.wait_ready("/healthz", "/readyz")
+        return asyncio.run(self.drive())
+
+    def serve(self, role: str, env: dict[str, str], workers: int, threads: int) -> Gunicorn:
+        server = Gunicorn(f"{self.adapter}-{role}", env, workers=workers, threads=threads, log_dir=self.log_dir)
+        self.servers.append(server)
+        self.running[role] = server
+        server.start()
+        return server
+
+    async def drive(self) -> list[ScenarioResult]:
+        args = self.args
+        connector = aiohttp.TCPConnector(limit=0)  # One connection per user at most; never queue in here.
+        timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            api = Api(session, self.bookings.url)
+            setup_started = time.perf_counter()
+            fixtures = await self.set_up(api)
+            print(f"[{self.adapter}] setup through the API: {time.perf_counter() - setup_started:.1f} s", flush=True)
+            scenarios: dict[str, Scenario] = {
+                "baseline": Baseline(fixtures.baseline_flight),
+                "read": Read(),
+                "spread": Spread(fixtures.pool),
+                "hot": Hot(fixtures.hot_flight, fixtures.pool),
+            }
+            results = []
+            for name in args.scenarios:
+                result = await self.run_scenario(api, scenarios[name], fixtures)
+                print_scenario(self.adapter, result, args)
+                results.append(result)
+        return results
+
+    async def set_up(self, api: Api) -> Fixtures:
+        """Tokens, flights, and the read scenario's bookings, through the API."""
+        args = self.args
+        logins = asyncio.Semaphore(args.workers)  # Password hashing is CPU work: no more at once than workers.
+
+        async def token(username: str, base_url: str) -> str:
+            async with logins:
+                reply = await api.send(
+                    "POST /auth/token",
+                    "POST",
+                    "/api/v1/auth/token",
+                    token="",
+                    body={"username": username, "password": self.password},
+                    base_url=base_url,
+                )
+            return expect(reply, 200, f"token of {username}")["token"]
+
+        users = [User(customer_name(index)) for index in range(args.concurrency)]
+        staff_tokens = await asyncio.gather(token(STAFF, self.bookings.url), token(STAFF, self.inventory_url))
+        tokens = await asyncio.gather(*(token(user.name, self.bookings.url) for user in users))
+        for user, user_token in zip(users, tokens, strict=True):
+            user.token = user_token
+        fixtures = Fixtures(users=users)
+
+        departure = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=30)
+
+        async def flight(number: str, capacity: int, base_url: str, staff_token: str) -> int:
+            body = {
+                "flightNumber": number,
+                "departureAirport": "BOM",
+                "arrivalAirport": "DEL",
+                "departureTime": departure.isoformat(),
+                "arrivalTime": (departure + dt.timedelta(hours=2)).isoformat(),
+                "price": "4500.00",
+                "capacity": capacity,
+            }
+            reply = await api.send(
+                "POST /flights", "POST", "/api/v1/flights", token=staff_token, body=body, base_url=base_url
+            )
+            return expect(reply, 201, f"flight {number}")["id"]
+
+        # The baseline flight is the Bookings service's own; the others are the inventory's.
+        bookings_staff, inventory_staff = staff_tokens
+        fixtures.baseline_flight = await flight("BN0", POOL_CAPACITY, self.bookings.url, bookings_staff)
+        fixtures.pool = list(
+            await asyncio.gather(
+                *(
+                    flight(f"BN{number}", POOL_CAPACITY, self.inventory_url, inventory_staff)
+                    for number in range(1, POOL_FLIGHTS + 1)
+                )
+            )
+        )
+        fixtures.hot_capacity = min(POOL_CAPACITY, args.concurrency * HOT_SEATS_PER_USER) // HOT_SEATS * HOT_SEATS
+        fixtures.hot_flight = await flight("BNHOT", fixtures.hot_capacity, self.inventory_url, inventory_staff)
+
+        if "read" in args.scenarios:
+
+            async def make_bookings(index: int, user: User) -> None:
+                for number in range(READ_BOOKINGS_PER_USER):
+                    flight_id = fixtures.pool[(index * READ_BOOKINGS_PER_USER + number) % len(fixtures.pool)]
+                    reply = await api.send(
+                        POST_BOOKING,
+                        "POST",
+                        "/api/v1/bookings",
+                        token=user.token,
+                        body={"flightId": flight_id, "numberOfSeats": 1},
+                    )
+                    user.booking_ids.append(expect(reply, 201, f"a booking of {user.name}")["id"])
+
+            await asyncio.gather(*(make_bookings(index, user) for index, user in enumerate(users)))
+        return fixtures
+
+    async def run_scenario(self, api: Api, scenario: Scenario, fixtures: Fixtures) -> ScenarioResult:
+        args = self.args
+        measure_from = time.perf_counter() + args.warmup
+        deadline = measure_from + args.duration
+        api.recorder = recorder = Recorder(measure_from)
+        stop_sampling = asyncio.Event()
+        sampler = asyncio.create_task(
+            sample_postgres(args.pg_url, list(self.databases.values()), measure_from, stop_sampling)
+        )
+        server_pgids = {role: server.process.pid for role, server in self.running.items()}
+        meter = CpuMeter(server_pgids, list(self.databases.values()))
+        cpu_before = asyncio.create_task(meter.snapshot_at(measure_from))
+
+        async def virtual_user(index: int, user: User) -> float:
+            rng = random.Random(f"{args.seed}:{self.adapter}:{scenario.name}:{index}")
+            while time.perf_counter() < deadline and await scenario.step(api, user, rng):
+                pass
+            return time.perf_counter()
+
+        stopped = await asyncio.gather(*(virtual_user(index, user) for index, user in enumerate(fixtures.users)))
+        stop_sampling.set()
+        postgres = await sampler
+        cpu = meter.figures(await cpu_before, meter.snapshot())
+
+        seconds = max(stopped) - measure_from
+        requests = sum(sum(answers.values()) for answers in recorder.answers.values())
+        inventory, bookings = self.urls[self.inventory_role], self.urls["bookings"]
+        result = ScenarioResult(
+            name=scenario.name,
+            unit=scenario.unit,
+            users=len(fixtures.users),
+            seconds=seconds,
+            rate=(recorder.flows if scenario.unit == "flows" else requests) / seconds,
+            requests_per_second=requests / seconds,
+            flows=recorder.flows,
+            endpoints={
+                endpoint: EndpointFigures.of(recorder.latencies[endpoint], recorder.answers[endpoint])
+                for endpoint in scenario.endpoints
+            },
+            cpu=cpu,
+            postgres=postgres,
+            seats=seat_figures(inventory, bookings),
+            failures=list(recorder.failures.values()),
+        )
+        if isinstance(scenario, Hot):
+            result.hot_flight = seat_figures(inventory, bookings, {fixtures.hot_flight})
+            if result.hot_flight.available == 0 and scenario.last_sale is not None:
+                result.sold_out_after = scenario.last_sale - measure_from
+        return result
+
+
+# Output -----------------------------------------------------------------------------------------
+
+
+def table(headers: list[str], rows: list[list[str]], *, markdown: bool = False, indent: str = "") -> str:
+    """Text columns, or a markdown table; columns of figures are right-aligned."""
+    numeric = [all(is_figure(row[column]) for row in rows) for column in range(len(headers))]
+    if markdown:
+        rule = ["---:" if right else "---" for right in numeric]
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in [headers, rule, *rows])
+    widths = [max(len(row[column]) for row in [headers, *rows]) for column in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
+
+    return "\n".join(indent + line(cells) for cells in [headers, *rows])
+
+
+def is_figure(cell: str) -> bool:
+    """A number, maybe with its unit (\"307.1 req/s\"), or blank or "-" for none."""
+    head = cell.split(" ")[0]
+    return head in ("", "-") or head.replace(".", "", 1).isdigit()
+
+
+def ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
+
+
+def rate_text(result: ScenarioResult) -> str:
+    unit = "flows/s" if result.unit == "flows" else "req/s"
+    return f"{result.rate:.1f} {unit}"
+
+
+def cpu_text(cpu: CpuFigures) -> str:
+    bench = f"bench {cpu.bench:.0f}%"
+    if cpu.host_busy is None:
+        return bench
+    parts = [f"{name} {percent:.0f}%" for name, percent in cpu.servers.items()]
+    parts += [f"PostgreSQL {cpu.postgres:.0f}%", bench, f"other {cpu.other:.0f}%"]
+    return f"host busy {cpu.host_busy:.0f}% = " + ", ".join(parts)
+
+
+def seats_text(seats: SeatFigures) -> str:
+    return (
+        f"capacity {seats.capacity}, sold {seats.capacity - seats.available} (ledger holds {seats.held}, "
+        f"bookings hold {seats.booked}), available {seats.available}, oversold {seats.oversold}"
+        + (f": {len(seats.violations)} VIOLATION(S)" if seats.violations else ": ok")
+    )
+
+
+def print_scenario(adapter: str, result: ScenarioResult, args: argparse.Namespace) -> None:
+    flows = f", {result.flows} flows" if result.unit == "flows" else ""
+    requests = f", {result.requests_per_second:.1f} req/s" if result.unit == "flows" else ""
+    print(
+        f"\n[{adapter}] {result.name}: {result.users} users, {result.seconds:.1f} s measured "
+        f"(after {args.warmup:g} s warm-up){flows}: {rate_text(result)}{requests}"
+    )
+    rows = [
+        [
+            endpoint,
+            str(figures.n),
+            ms(figures.p50_ms),
+            ms(figures.p95_ms),
+            ms(figures.p99_ms),
+            ", ".join(f"{label}={count}" for label, count in figures.answers.items()),
+        ]
+        for endpoint, figures in result.endpoints.items()
+    ]
+    print(table(["endpoint", "n", "p50 ms", "p95 ms", "p99 ms", "answers"], rows, indent="  "))
+    pg = result.postgres
+    print(f"  CPU, % of one core ({CORES} cores: {100 * CORES}%): {cpu_text(result.cpu)}")
+    print(
+        f"  PostgreSQL backends active {pg.active_mean:.1f} (max {pg.active_max}), "
+        f"waiting on a lock {pg.lock_waiting_mean:.1f} (max {pg.lock_waiting_max})"
+    )
+    print(f"  seats, all {result.seats.flights} flights: {seats_text(result.seats)}")
+    if result.hot_flight is not None:
+        sold_out = (
+            f"sold out {result.sold_out_after:.1f} s into the measured window"
+            if result.sold_out_after is not None
+            else f"NOT sold out ({result.hot_flight.available} seats left)"
+        )
+        print(f"  hot flight: {sold_out}; {seats_text(result.hot_flight)}")
+    for violation in result.seats.violations[:SHOWN_FAILURES]:
+        print(f"  - {violation}")
+    if result.failures:
+        print(f"  FAILED requests: {sum(failure.count for failure in result.failures)}")
+        for failure in result.failures[:SHOWN_FAILURES]:
+            print(f"  - {failure}")
+    sys.stdout.flush()
+
+
+def summary_rows(results: dict[str, list[ScenarioResult]]) -> list[list[str]]:
+    """Per adapter, scenario and endpoint: throughput and p50 as ratios of the same run's baseline."""
+    rows = []
+    for adapter, scenarios in results.items():
+        baseline = next((result for result in scenarios if result.name == "baseline"), None)
+        base_rate = baseline.rate if baseline else math.nan
+        base_p50 = baseline.endpoints[GET_FLIGHT].p50_ms if baseline else math.nan
+        for result in scenarios:
+            for position, (endpoint, figures) in enumerate(result.endpoints.items()):
+                first = position == 0
+                rows.append(
+                    [
+                        adapter if first else "",
+                        result.name if first else "",
+                        rate_text(result) if first else "",
+                        ratio(result.rate, base_rate) if first else "",
+                        endpoint,
+                        ms(figures.p50_ms),
+                        ratio(figures.p50_ms, base_p50),
+                        ms(figures.p95_ms),
+                        ms(figures.p99_ms),
+                    ]
+                )
+    return rows
+
+
+def ratio(value: float, base: float) -> str:
+    return "-" if math.isnan(value) or math.isnan(base) or base == 0 else f"{value / base:.2f}"
+
+
+SUMMARY_HEADERS = [
+    "adapter",
+    "scenario",
+    "throughput",
+    "÷ baseline",
+    "endpoint",
+    "p50 ms",
+    "÷ baseline p50",
+    "p95 ms",
+    "p99 ms",
+]
+
+
+def machine(args: argparse.Namespace) -> dict[str, Any]:
+    with psycopg.connect(f"{args.pg_url}/postgres") as connection:
+        postgres = connection.execute("SHOW server_version").fetchone()[0]
+    memory_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    return {
+        "cores": CORES,
+        "ram_gib": round(memory_kb / 1024**2, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "postgresql": postgres,
+        "bookings_gunicorn": f"{args.workers} workers x {args.threads} threads",
+        "flights_gunicorn": f"{args.flights_workers} workers x {args.flights_threads} threads",
+        "load_average_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def machine_text(info: dict[str, Any], args: argparse.Namespace) -> str:
+    flights = f"; Flights service (http adapter) {info['flights_gunicorn']}" if "http" in args.adapter else ""
+    return (
+        f"{info['cores']} cores, {info['ram_gib']} GiB RAM, {info['platform']}, Python {info['python']}, "
+        f"PostgreSQL {info['postgresql']}; Bookings gunicorn {info['bookings_gunicorn']}{flights}; "
+        f"{args.concurrency} users, {args.duration:g} s per scenario after {args.warmup:g} s warm-up, "
+        f"payment delay {args.payment_delay_ms} ms; the bench runs on the same cores; "
+        f"load average {info['load_average_at_start']} at the start"
+    )
+
+
+def without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+def without_nan(value: Any) -> Any:
+    """JSON has no NaN (an endpoint with no answer has no percentiles): null instead."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nan(item) for item in value]
+    return value
+
+
+# The run ----------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.log_dir = Path(tempfile.mkdtemp(prefix="bench-load-"))
+        self.servers: list[Gunicorn] = []
+        self.runs: list[AdapterRun] = []
+        self.failed = True  # Until the checks pass: keep the logs.
+        self.torn_down = False
+
+    def execute(self) -> int:
+        args = self.args
+        info = machine(args)
+        print(f"machine: {machine_text(info, args)}", flush=True)
+        cpu_before, wall_before = os.times(), time.perf_counter()
+        results: dict[str, list[ScenarioResult]] = {}
+        log_errors: list[str] = []
+        timings: dict[str, float] = {}
+        for adapter in args.adapter:
+            started = time.perf_counter()
+            run = AdapterRun(adapter, args, self.log_dir, self.servers)
+            self.runs.append(run)
+            results[adapter] = run.execute()
+            self.stop_servers()
+            log_errors += [line for server in self.servers for line in server.logged_server_errors()]
+            self.servers.clear()
+            self.drop_databases(run)
+            timings[adapter] = time.perf_counter() - started
+
+        cpu_after = os.times()
+        cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+        wall = time.perf_counter() - wall_before
+        rows = summary_rows(results)
+        print("\nsummary (throughput: flows/s for spread and hot, a flow being a booking and its payment; req/s else):")
+        print(table(SUMMARY_HEADERS, rows, indent="  "))
+        if args.markdown:
+            print(f"\nMachine: {machine_text(info, args)}.\n")
+            print(table(SUMMARY_HEADERS, rows, markdown=True))
+        print(f"\nbench process CPU: {cpu:.1f} s over {wall:.1f} s ({100 * cpu / wall:.0f}% of one of {CORES} cores)")
+        disturbed = [
+            f"{adapter} {result.name} ({result.cpu.other:.0f}%)"
+            for adapter, scenarios in results.items()
+            for result in scenarios
+            if (result.cpu.other or 0) > BUSY_NEIGHBOURS_PERCENT
+        ]
+        if disturbed:
+            print(
+                f"WARNING: other processes on the host took more than {BUSY_NEIGHBOURS_PERCENT}% of a core during "
+                f"{', '.join(disturbed)}: those figures (and ratios to them) are not clean; run again on a quiet host"
+            )
+
+        failures = [
+            f"[{adapter}] {result.name}: {item}"
+            for adapter, scenarios in results.items()
+            for result in scenarios
+            for item in [str(failure) for failure in result.failures] + result.seats.violations
+        ] + log_errors
+        oversold = sum(result.seats.oversold for scenarios in results.values() for result in scenarios)
+        self.failed = bool(failures or oversold)
+        if log_errors:
+            print(f"server log errors: {len(log_errors)}")
+            for line in log_errors[:SHOWN_FAILURES]:
+                print(f"  - {line}")
+        if args.json:
+            report = {
+                "machine": info,
+                "options": {
+                    **{key: value for key, value in vars(args).items() if key not in ("django_task", "users")},
+                    "pg_url": without_password(args.pg_url),
+                },
+                "seconds": timings,
+                "bench_cpu_seconds": cpu,
+                "results": {
+                    adapter: [dataclasses.asdict(result) for result in scenarios]
+                    for adapter, scenarios in results.items()
+                },
+                "server_log_errors": log_errors,
+                "failed": self.failed,
+            }
+            Path(args.json).write_text(json.dumps(without_nan(report), indent=2, allow_nan=False) + "\n")
+        print("FAILED" if self.failed else "ok: no oversold seat, no 5xx, every request answered")
+        return 1 if self.failed else 0
+
+    def stop_servers(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def drop_databases(self, run: AdapterRun) -> None:
+        if not self.args.keep:
+            for name in run.databases.values():
+                drop_database(self.args.pg_url, name)
+
+    def tear_down(self) -> None:
+        if self.torn_down:
+            return
+        self.torn_down = True
+        for server in self.servers:
+            server.kill()
+        for run in self.runs:
+            self.drop_databases(run)
+        if self.args.keep:
+            names = ", ".join(name for run in self.runs for name in run.databases.values())
+            print(f"kept: databases {names}; server logs in {self.log_dir}")
+        elif self.failed:
+            print(f"server logs kept in {self.log_dir}")
+        else:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+def choices(allowed: tuple[str, ...]) -> Any:
+    def parse(text: str) -> list[str]:
+        chosen = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = sorted(set(chosen) - set(allowed))
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)} (comma-separated)")
+        return [item for item in allowed if item in chosen]  # Always in this order: baseline first.
+
+    return parse
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", type=choices(SCENARIOS), default=list(SCENARIOS), help="default: all")
+    parser.add_argument("--adapter", type=choices(ADAPTERS), default=list(ADAPTERS), help="default: both")
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per scenario (default 15)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds not counted first (default 2)")
+    parser.add_argument("--concurrency", type=int, default=32, help="virtual users, a customer each (default 32)")
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help=f"default 2 x cores + 1 = {DEFAULT_WORKERS}"
+    )
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"default {DEFAULT_THREADS}")
+    parser.add_argument(
+        "--flights-workers",
+        type=int,
+        default=DEFAULT_FLIGHTS_WORKERS,
+        help=f"the Flights service's, http adapter (default cores + 1 = {DEFAULT_FLIGHTS_WORKERS})",
+    )
+    parser.add_argument("--flights-threads", type=int, default=DEFAULT_THREADS, help=f"default {DEFAULT_THREADS}")
+    parser.add_argument("--payment-delay-ms", type=int, default=0, help="the simulated gateway's delay (default 0)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the users' choices (default 1)")
+    parser.add_argument("--markdown", action="store_true", help="print the summary as a markdown table too")
+    parser.add_argument("--json", metavar="PATH", help="write the raw figures there")
+    parser.add_argument("--keep", action="store_true", help="keep the databases and the server logs")
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432"),
+        help="PostgreSQL server, no database name (default $BENCH_PG_URL or postgres://postgres@127.0.0.1:5432)",
+    )
+    parser.add_argument("--django-task", action="store_true", help=argparse.SUPPRESS)  # See run_django_task.
+    parser.add_argument("--users", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.concurrency < 1 or args.duration <= 0 or args.warmup < 0:
+        parser.error("--concurrency must be at least 1, --duration more than 0, --warmup at least 0")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    if args.django_task:
+        return run_django_task(args.users)
+    started = time.monotonic()
+    bench = Bench(args)
+    atexit.register(bench.tear_down)
+    # SIGTERM (CI cancelling the job) unwinds like Ctrl-C, so that the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        status = bench.execute()
+    except Exception as error:
+        sys.stdout.flush()
+        print(f"bench: the run could not be made: {error}", file=sys.stderr, flush=True)
+        status = 2
+    finally:
+        bench.tear_down()
+    print(f"took {time.monotonic() - started:.1f} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
