@@ -30,7 +30,6 @@ Run: `.venv/bin/python bench/cleanup.py [--sizes 10000,100000] [--pending-percen
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime as dt
 import json
 import math
@@ -38,7 +37,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -52,7 +50,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from serving import drop_database, recreate_database  # noqa: E402  (scripts/ is not a package)
+from serving import drop_database, recreate_database, run_to_the_end  # noqa: E402  (scripts/ is not a package)
 
 PYTHON = sys.executable
 DATABASE_PREFIX = "flight_bookings_bench_cleanup"
@@ -590,18 +588,7 @@ def main() -> int:
     if args.django_task:
         return run_django_task(args.django_task, args.task_size, args.pending_percent, args.expect)
     started = time.monotonic()
-    bench = Bench(args)
-    atexit.register(bench.tear_down)
-    # SIGTERM (CI cancelling the job) unwinds like Ctrl-C, so that the databases are dropped.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        status = bench.execute()
-    except Exception as error:
-        sys.stdout.flush()
-        print(f"bench-cleanup: the run could not be made: {error}", file=sys.stderr, flush=True)
-        status = 2
-    finally:
-        bench.tear_down()
+    status = run_to_the_end("bench-cleanup", Bench(args))
     print(f"took {time.monotonic() - started:.1f} s")
     return status
 

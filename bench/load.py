@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import dataclasses
 import datetime as dt
@@ -57,7 +56,6 @@ import platform
 import random
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -74,7 +72,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from serving import Gunicorn, drop_database, recreate_database  # noqa: E402  (scripts/ is not a package)
+from serving import Gunicorn, drop_database, recreate_database, run_to_the_end  # noqa: E402  (scripts/ is not a package)
 
 PYTHON = sys.executable
 SCENARIOS = ("baseline", "read", "spread", "hot")
@@ -1182,18 +1180,7 @@ def main() -> int:
     if args.django_task:
         return run_django_task(args.users)
     started = time.monotonic()
-    bench = Bench(args)
-    atexit.register(bench.tear_down)
-    # SIGTERM (CI cancelling the job) unwinds like Ctrl-C, so that the servers are stopped.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        status = bench.execute()
-    except Exception as error:
-        sys.stdout.flush()
-        print(f"bench: the run could not be made: {error}", file=sys.stderr, flush=True)
-        status = 2
-    finally:
-        bench.tear_down()
+    status = run_to_the_end("bench", Bench(args))
     print(f"took {time.monotonic() - started:.1f} s")
     return status
 

@@ -30,7 +30,6 @@ made). Run: `.venv/bin/python scripts/chaos.py [--duration S] [--clients N] [--s
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime as dt
 import json
 import os
@@ -55,7 +54,7 @@ from typing import Any
 import psycopg
 import requests
 from psycopg.rows import dict_row
-from serving import ROOT, Gunicorn, drop_database, recreate_database
+from serving import ROOT, Gunicorn, drop_database, recreate_database, run_to_the_end
 
 PYTHON = sys.executable
 DATABASES = {"bookings": "flight_bookings_chaos_bookings", "flights": "flight_bookings_chaos_flights"}
@@ -751,17 +750,7 @@ def main() -> int:
         return run_django_task(args.django_task, args.clients)
     started = time.monotonic()
     run = ChaosRun(args)
-    atexit.register(run.tear_down)
-    # SIGTERM (CI cancelling the job) unwinds like Ctrl-C, so that the servers are stopped.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        status = run.execute()
-    except Exception as error:
-        sys.stdout.flush()
-        print(f"chaos: the run could not be made: {error}", file=sys.stderr, flush=True)
-        status = 2
-    finally:
-        run.tear_down()
+    status = run_to_the_end("chaos", run)
     phases = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in run.phases.items())
     print(f"took {time.monotonic() - started:.1f} s ({phases})")
     return status

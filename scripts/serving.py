@@ -3,6 +3,7 @@ free loopback port, and throw-away PostgreSQL databases."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 import requests
@@ -124,3 +126,24 @@ class Gunicorn:
             return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         except FileNotFoundError:
             return []
+
+
+class Run(Protocol):
+    def execute(self) -> int: ...
+    def tear_down(self) -> None: ...
+
+
+def run_to_the_end(name: str, run: Run) -> int:
+    """`run.execute()`, with `run.tear_down()` however it ends (an error, Ctrl-C, SIGTERM, exit):
+    the servers stopped and the databases dropped. An error that stops the run is 2."""
+    atexit.register(run.tear_down)
+    # SIGTERM (CI cancelling the job) unwinds like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return run.execute()
+    except Exception as error:
+        sys.stdout.flush()
+        print(f"{name}: the run could not be made: {error}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        run.tear_down()
