@@ -4,6 +4,15 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def mark_standing_late_charges(apps, schema_editor):
+    """Money already stranded on a cancelled booking when this runs is marked too, so that
+    cleanup, which now looks only at marked payments, still refunds it."""
+    Payment = apps.get_model("payments", "Payment")
+    Payment.objects.filter(status="SUCCEEDED", booking__status="CANCELLED", late_charge_at__isnull=True).update(
+        late_charge_at=models.F("updated_at")
+    )
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -22,4 +31,5 @@ class Migration(migrations.Migration):
             model_name='payment',
             index=models.Index(condition=models.Q(('late_charge_at__isnull', False), ('status', 'SUCCEEDED')), fields=['updated_at'], name='payment_late_charge_idx'),
         ),
+        migrations.RunPython(mark_standing_late_charges, migrations.RunPython.noop),
     ]
