@@ -19,6 +19,9 @@ Scenarios, each after a warm-up that is not counted:
   sold out: lock contention on the flight's row. A user stops at 409 insufficient_seats; the
   scenario ends when every user has, or at `--duration`.
 
+`--hosts N` starts N Bookings gunicorns on the one database, as N app hosts would be, and
+gives each user one of them in turn: the seat checks then hold across hosts.
+
 Setup: the database(s) migrated and the users made in a Django subprocess (there is no
 sign-up endpoint): a customer per virtual user, and staff. Then everything through the API:
 tokens (POST /auth/token), flights (staff POST /flights; on the Flights service with the
@@ -668,17 +671,26 @@ class AdapterRun:
         for role, task in tasks:
             finish_django_task(task, f"setting up the {role} database")
 
+        flights_url = ""
         if self.adapter == "http":
             flights = self.serve("flights", self.env("flights"), args.flights_workers, args.flights_threads)
-            self.bookings = self.serve(
-                "bookings", self.env("bookings", flights_url=flights.url), args.workers, args.threads
-            )
             flights.wait_ready("/healthz", "/readyz")
-            self.inventory_url = flights.url
-        else:
-            self.bookings = self.serve("bookings", self.env("bookings"), args.workers, args.threads)
-            self.inventory_url = self.bookings.url
-        self.bookings.wait_ready("/healthz", "/readyz")
+            flights_url = flights.url
+        # With --hosts N, N gunicorn masters on one database, as N app hosts would be: they
+        # share nothing but PostgreSQL (and the Flights service).
+        self.hosts = [
+            self.serve(
+                "bookings" if number == 1 else f"bookings-{number}",
+                self.env("bookings", flights_url=flights_url),
+                args.workers,
+                args.threads,
+            )
+            for number in range(1, args.hosts + 1)
+        ]
+        self.bookings = self.hosts[0]
+        self.inventory_url = flights_url or self.bookings.url
+        for host in self.hosts:
+            host.wait_ready("/healthz", "/readyz")
         return asyncio.run(self.drive())
 
     def serve(self, role: str, env: dict[str, str], workers: int, threads: int) -> Gunicorn:
@@ -694,6 +706,8 @@ class AdapterRun:
         timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             api = Api(session, self.bookings.url)
+            # Each user talks to one host, in turn; the first host also serves the set-up.
+            self.apis = [api] + [Api(session, host.url) for host in self.hosts[1:]]
             setup_started = time.perf_counter()
             fixtures = await self.set_up(api)
             print(f"[{self.adapter}] setup through the API: {time.perf_counter() - setup_started:.1f} s", flush=True)
@@ -786,7 +800,9 @@ class AdapterRun:
         args = self.args
         measure_from = time.perf_counter() + args.warmup
         deadline = measure_from + args.duration
-        api.recorder = recorder = Recorder(measure_from)
+        recorder = Recorder(measure_from)
+        for host_api in self.apis:
+            host_api.recorder = recorder
         stop_sampling = asyncio.Event()
         sampler = asyncio.create_task(
             sample_postgres(args.pg_url, list(self.databases.values()), measure_from, stop_sampling)
@@ -797,7 +813,8 @@ class AdapterRun:
 
         async def virtual_user(index: int, user: User) -> float:
             rng = random.Random(f"{args.seed}:{self.adapter}:{scenario.name}:{index}")
-            while time.perf_counter() < deadline and await scenario.step(api, user, rng):
+            host_api = self.apis[index % len(self.apis)]
+            while time.perf_counter() < deadline and await scenario.step(host_api, user, rng):
                 pass
             return time.perf_counter()
 
@@ -982,7 +999,8 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "postgresql": postgres,
-        "bookings_gunicorn": f"{args.workers} workers x {args.threads} threads",
+        "bookings_gunicorn": (f"{args.hosts} hosts of " if args.hosts > 1 else "")
+        + f"{args.workers} workers x {args.threads} threads",
         "flights_gunicorn": f"{args.flights_workers} workers x {args.flights_threads} threads",
         "load_average_at_start": round(os.getloadavg()[0], 2),
     }
@@ -1151,6 +1169,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"default {DEFAULT_THREADS}")
     parser.add_argument(
+        "--hosts", type=int, default=1, help="Bookings gunicorns (app hosts) on one database (default 1)"
+    )
+    parser.add_argument(
         "--flights-workers",
         type=int,
         default=DEFAULT_FLIGHTS_WORKERS,
@@ -1172,6 +1193,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.concurrency < 1 or args.duration <= 0 or args.warmup < 0:
         parser.error("--concurrency must be at least 1, --duration more than 0, --warmup at least 0")
+    if not 1 <= args.hosts <= args.concurrency:
+        parser.error("--hosts must be from 1 to --concurrency")
     return args
 
 
