@@ -50,7 +50,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from serving import drop_database, recreate_database, run_to_the_end  # noqa: E402  (scripts/ is not a package)
+from serving import drop_database, recreate_database, run_to_the_end, service_env  # noqa: E402  (scripts/ is not a package)
 
 PYTHON = sys.executable
 DATABASE_PREFIX = "flight_bookings_bench_cleanup"
@@ -369,19 +369,7 @@ class Bench:
         self.torn_down = False
 
     def env(self, database: str) -> dict[str, str]:
-        return {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "bookings_project.settings",
-            "DJANGO_ENV": "development",
-            "DEBUG": "false",
-            "DATABASE_URL": f"{self.args.pg_url}/{database}",
-            "LOG_LEVEL": self.args.log_level,
-            "LOG_FORMAT": "json",
-            "FLIGHT_SERVICE_URL": "",  # The in-process Flights adapter, on the same database.
-            "PAYMENT_GATEWAY": "simulated",
-            "PAYMENT_SIMULATED_OUTCOME": "approve",
-            "PAYMENT_SIMULATED_DELAY_MS": "0",
-        }
+        return service_env(f"{self.args.pg_url}/{database}", LOG_LEVEL=self.args.log_level, LOG_FORMAT="json")
 
     def execute(self) -> int:
         self.print_header()

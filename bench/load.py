@@ -75,7 +75,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from serving import Gunicorn, drop_database, recreate_database, run_to_the_end  # noqa: E402  (scripts/ is not a package)
+from serving import Gunicorn, drop_database, recreate_database, run_to_the_end, service_env  # noqa: E402  (scripts/ is not a package)
 
 PYTHON = sys.executable
 SCENARIOS = ("baseline", "read", "spread", "hot")
@@ -639,25 +639,13 @@ class AdapterRun:
         self.inventory_role = "flights" if adapter == "http" else "bookings"
 
     def env(self, role: str, flights_url: str = "") -> dict[str, str]:
-        return {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "bookings_project.settings",
-            "DJANGO_ENV": "development",
-            "SECRET_KEY": self.secret_key,
-            "DEBUG": "false",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "LOG_LEVEL": "WARNING",
-            "DATABASE_URL": self.urls[role],
-            "FLIGHT_SERVICE_URL": flights_url,
-            "FLIGHT_SERVICE_TOKEN": self.service_token,
-            "PAYMENT_GATEWAY": "simulated",
-            "PAYMENT_SIMULATED_OUTCOME": "approve",
-            "PAYMENT_SIMULATED_DELAY_MS": str(self.args.payment_delay_ms),
-            # The load is many requests from few users: no rate limits.
-            "THROTTLE_RATE_TOKEN": "",
-            "THROTTLE_RATE_BOOKINGS": "",
-            "THROTTLE_RATE_PAYMENTS": "",
-        }
+        return service_env(
+            self.urls[role],
+            SECRET_KEY=self.secret_key,
+            FLIGHT_SERVICE_URL=flights_url,
+            FLIGHT_SERVICE_TOKEN=self.service_token,
+            PAYMENT_SIMULATED_DELAY_MS=str(self.args.payment_delay_ms),
+        )
 
     def execute(self) -> list[ScenarioResult]:
         args = self.args

@@ -54,7 +54,7 @@ from typing import Any
 import psycopg
 import requests
 from psycopg.rows import dict_row
-from serving import ROOT, Gunicorn, drop_database, recreate_database, run_to_the_end
+from serving import ROOT, Gunicorn, drop_database, recreate_database, run_to_the_end, service_env
 
 PYTHON = sys.executable
 DATABASES = {"bookings": "flight_bookings_chaos_bookings", "flights": "flight_bookings_chaos_flights"}
@@ -544,25 +544,14 @@ class ChaosRun:
         self.phase_started = time.monotonic()
 
     def env(self, role: str, flights_url: str = "") -> dict[str, str]:
-        return {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "bookings_project.settings",
-            "DJANGO_ENV": "development",
-            "SECRET_KEY": self.secret_key,
-            "DEBUG": "false",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "LOG_LEVEL": "WARNING",
-            "DATABASE_URL": self.urls[role],
-            "FLIGHT_SERVICE_URL": flights_url,
-            "FLIGHT_SERVICE_TOKEN": self.service_token,
-            "BOOKING_HOLD_MINUTES": str(HOLD_MINUTES),
-            "PAYMENT_GATEWAY": "simulated",
-            "PAYMENT_SIMULATED_OUTCOME": "approve",
-            "PAYMENT_SIMULATED_DELAY_MS": str(PAYMENT_DELAY_MS),
-            "THROTTLE_RATE_TOKEN": "",
-            "THROTTLE_RATE_BOOKINGS": "",
-            "THROTTLE_RATE_PAYMENTS": "",
-        }
+        return service_env(
+            self.urls[role],
+            SECRET_KEY=self.secret_key,
+            FLIGHT_SERVICE_URL=flights_url,
+            FLIGHT_SERVICE_TOKEN=self.service_token,
+            BOOKING_HOLD_MINUTES=str(HOLD_MINUTES),
+            PAYMENT_SIMULATED_DELAY_MS=str(PAYMENT_DELAY_MS),
+        )
 
     def execute(self) -> int:
         args = self.args

@@ -21,25 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serving import ROOT, Gunicorn, recreate_database
+from serving import ROOT, Gunicorn, recreate_database, service_env
 
 BIN = Path(sys.executable).parent
 TOKEN_LINE = re.compile(r"^(customer|staff).*token=(\w+)$", re.MULTILINE)
-
-
-def service_env(database_url: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "DEBUG": "false",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
-        # The fuzzer sends thousands of requests as one user: no rate limits here (429 is
-        # documented and checked by the test suite).
-        "THROTTLE_RATE_TOKEN": "",
-        "THROTTLE_RATE_BOOKINGS": "",
-        "THROTTLE_RATE_PAYMENTS": "",
-    }
 
 
 def manage(env: dict[str, str], *args: str) -> str:

@@ -37,6 +37,30 @@ def drop_database(server_url: str, name: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def service_env(database_url: str, **overrides: str) -> dict[str, str]:
+    """The environment of the service these scripts start: the production settings module
+    with DEBUG off, quiet logs, no rate limits (the scripts send many requests as few users;
+    429 is the suite's to test), the in-process Flights adapter and the simulated gateway
+    approving at once; `overrides` on top."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "bookings_project.settings",
+        "DJANGO_ENV": "development",
+        "DEBUG": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "LOG_LEVEL": "WARNING",
+        "DATABASE_URL": database_url,
+        "FLIGHT_SERVICE_URL": "",
+        "PAYMENT_GATEWAY": "simulated",
+        "PAYMENT_SIMULATED_OUTCOME": "approve",
+        "PAYMENT_SIMULATED_DELAY_MS": "0",
+        "THROTTLE_RATE_TOKEN": "",
+        "THROTTLE_RATE_BOOKINGS": "",
+        "THROTTLE_RATE_PAYMENTS": "",
+        **overrides,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
