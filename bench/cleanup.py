@@ -50,7 +50,15 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from serving import drop_database, recreate_database, run_to_the_end, service_env  # noqa: E402  (scripts/ is not a package)
+from serving import (  # noqa: E402  (scripts/ is not a package)
+    drop_database,
+    last_line_json,
+    recreate_database,
+    run_to_the_end,
+    service_env,
+    set_up_django,
+    start_django_task,
+)
 
 PYTHON = sys.executable
 DATABASE_PREFIX = "flight_bookings_bench_cleanup"
@@ -71,12 +79,9 @@ SUMMARY_LINE = re.compile(r"expired=\d+ .*failed=\d+")
 
 def run_django_task(task: str, size: int, pending_percent: int, expect: str) -> int:
     """This script re-invoked with `--django-task`: migrate, seed or verify one database."""
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookings_project.settings")
-    import django
+    set_up_django()
     from django.core.management import call_command
 
-    django.setup()
     if task == "migrate":
         call_command("migrate", interactive=False, verbosity=0)
         result: dict[str, Any] = {}
@@ -329,12 +334,7 @@ def measure_cleanup(env: dict[str, str], log_path: Path, batch_size: int | None)
 
 def django_task(task: str, env: dict[str, str], *, size: int = 0, pending_percent: int = 0, expect: str = "{}") -> Any:
     options = ["--task-size", str(size), "--pending-percent", str(pending_percent), "--expect", expect]
-    result = subprocess.run(
-        [PYTHON, __file__, "--django-task", task, *options], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{task} failed ({result.returncode}):\n{result.stdout}{result.stderr[-3000:]}")
-    return json.loads(result.stdout.splitlines()[-1])
+    return last_line_json(start_django_task(__file__, env, task, *options), task)
 
 
 # The run --------------------------------------------------------------------------------------

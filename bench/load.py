@@ -59,7 +59,6 @@ import platform
 import random
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,7 +74,16 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from serving import Gunicorn, drop_database, recreate_database, run_to_the_end, service_env  # noqa: E402  (scripts/ is not a package)
+from serving import (  # noqa: E402  (scripts/ is not a package)
+    Gunicorn,
+    drop_database,
+    recreate_database,
+    run_to_the_end,
+    service_env,
+    set_up_django,
+    start_django_task,
+    task_output,
+)
 
 PYTHON = sys.executable
 SCENARIOS = ("baseline", "read", "spread", "hot")
@@ -121,14 +129,10 @@ def customer_name(index: int) -> str:
 def run_django_task(users: int) -> int:
     """This script re-invoked with `--django-task`: migrate DATABASE_URL's database, then make
     staff and `users` customers, all with the password in BENCH_PASSWORD."""
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookings_project.settings")
-    import django
-    from django.core.management import call_command
-
-    django.setup()
+    set_up_django()
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import make_password
+    from django.core.management import call_command
 
     call_command("migrate", interactive=False, verbosity=0)
     # One hash for all: hashing is slow on purpose (~0.5 s), and they share the password.
@@ -138,23 +142,6 @@ def run_django_task(users: int) -> int:
     people += [user_model(username=customer_name(index), password=password) for index in range(users)]
     user_model.objects.bulk_create(people)
     return 0
-
-
-def start_django_task(env: dict[str, str], users: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [PYTHON, __file__, "--django-task", "--users", str(users)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish_django_task(process: subprocess.Popen, what: str) -> None:
-    stdout, stderr = process.communicate(timeout=180)
-    if process.returncode != 0:
-        raise RuntimeError(f"{what} failed ({process.returncode}):\n{stdout}{stderr}")
 
 
 # Answers and what is recorded of them --------------------------------------------------------
@@ -652,12 +639,15 @@ class AdapterRun:
         for name in self.databases.values():
             recreate_database(args.pg_url, name)
         tasks = [
-            (role, start_django_task({**self.env(role), "BENCH_PASSWORD": self.password}, users))
+            (
+                role,
+                start_django_task(__file__, {**self.env(role), "BENCH_PASSWORD": self.password}, "--users", str(users)),
+            )
             for role, users in (("bookings", args.concurrency), ("flights", 0))
             if role in self.databases
         ]
         for role, task in tasks:
-            finish_django_task(task, f"setting up the {role} database")
+            task_output(task, f"setting up the {role} database")
 
         flights_url = ""
         if self.adapter == "http":

@@ -54,7 +54,17 @@ from typing import Any
 import psycopg
 import requests
 from psycopg.rows import dict_row
-from serving import ROOT, Gunicorn, drop_database, recreate_database, run_to_the_end, service_env
+from serving import (
+    Gunicorn,
+    drop_database,
+    finish,
+    last_line_json,
+    recreate_database,
+    run_to_the_end,
+    service_env,
+    set_up_django,
+    start_django_task,
+)
 
 PYTHON = sys.executable
 DATABASES = {"bookings": "flight_bookings_chaos_bookings", "flights": "flight_bookings_chaos_flights"}
@@ -100,12 +110,9 @@ def query(database_url: str, sql: str) -> list[dict[str, Any]]:
 
 def run_django_task(task: str, clients: int) -> int:
     """This script re-invoked with `--django-task`: migrate and seed a database, or run cleanup late."""
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookings_project.settings")
-    import django
+    set_up_django()
     from django.core.management import call_command
 
-    django.setup()
     if task == "cleanup":
         return cleanup_with_clock_moved()
     call_command("migrate", interactive=False, verbosity=0)
@@ -166,27 +173,8 @@ def cleanup_with_clock_moved() -> int:
     return 0
 
 
-def start_django_task(task: str, env: dict[str, str], *, clients: int = 0) -> subprocess.Popen:
-    return subprocess.Popen(
-        [PYTHON, __file__, "--django-task", task, "--clients", str(clients)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
-    stdout, stderr = process.communicate(timeout=180)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def last_line_json(process: subprocess.Popen, what: str) -> Any:
-    result = finish(process)
-    if result.returncode != 0:
-        raise RuntimeError(f"{what} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
-    return json.loads(result.stdout.splitlines()[-1])
+def start_task(task: str, env: dict[str, str], *, clients: int = 0) -> subprocess.Popen:
+    return start_django_task(__file__, env, task, "--clients", str(clients))
 
 
 # Load -------------------------------------------------------------------------------------------
@@ -598,8 +586,8 @@ class ChaosRun:
         self.bookings.stop()  # Nothing is in flight any more: cleanup and the checks see a still picture.
         self.flights.wait_ready("/healthz")
 
-        first = finish(start_django_task("cleanup", bookings_env))
-        second = finish(start_django_task("cleanup", bookings_env))
+        first = finish(start_task("cleanup", bookings_env))
+        second = finish(start_task("cleanup", bookings_env))
         found = check(self.urls["bookings"], self.urls["flights"], stats.told)
         self.lap("cleanup and checks")
         self.failed = self.report(stats, chaos.kills, first, second, found)
@@ -614,8 +602,8 @@ class ChaosRun:
         """Both databases afresh, migrated and seeded at once: flights, and a customer per client."""
         for name in DATABASES.values():
             recreate_database(self.args.pg_url, name)
-        flights = start_django_task("set-up-flights", self.env("flights"))
-        users = start_django_task("set-up-bookings", self.env("bookings"), clients=self.args.clients)
+        flights = start_task("set-up-flights", self.env("flights"))
+        users = start_task("set-up-bookings", self.env("bookings"), clients=self.args.clients)
         return last_line_json(flights, "setting up flights"), last_line_json(users, "setting up bookings")
 
     def serve(self, name: str, env: dict[str, str], *, workers: int) -> Gunicorn:

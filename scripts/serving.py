@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 import requests
@@ -59,6 +60,46 @@ def service_env(database_url: str, **overrides: str) -> dict[str, str]:
         "THROTTLE_RATE_PAYMENTS": "",
         **overrides,
     }
+
+
+def set_up_django() -> None:
+    """In a script re-invoked as a Django task: the project importable, Django set up on the
+    DATABASE_URL of the environment it was started with."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookings_project.settings")
+    import django
+
+    django.setup()
+
+
+def start_django_task(script: str, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """`script` re-invoked with `--django-task` and `args`, in the environment of one service."""
+    return subprocess.Popen(
+        [sys.executable, script, "--django-task", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=180)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def task_output(process: subprocess.Popen, what: str) -> str:
+    """A task's stdout; a task that failed stops the run with what it printed."""
+    result = finish(process)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed ({result.returncode}):\n{result.stdout}{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def last_line_json(process: subprocess.Popen, what: str) -> Any:
+    """The JSON a task printed last."""
+    return json.loads(task_output(process, what).splitlines()[-1])
 
 
 def free_port() -> int:
