@@ -328,14 +328,15 @@ def payment_refund_late_charge(*, payment_id: int, gateway: PaymentGateway | Non
     charge = payment_find_charge(payment=payment, gateway=gateway)
     if charge is None or charge.status != SUCCEEDED:
         return False
+    now = timezone.now()
     with transaction.atomic():
         bound_lock_wait()
         landed = Payment.objects.filter(pk=payment.pk, status=PaymentStatus.FAILED).update(
             status=PaymentStatus.SUCCEEDED,
             gateway_reference=charge.gateway_reference,
             failure_reason="Charged after its booking was settled as unpaid.",
-            late_charge_at=timezone.now(),
-            updated_at=timezone.now(),
+            late_charge_at=now,
+            updated_at=now,
         )
     if not landed:
         return False  # Another host got there first.
