@@ -46,7 +46,7 @@ fuzz: $(STAMP)
 	$(BIN)/python scripts/fuzz_api.py $(FUZZ_ARGS)
 
 # Both services under gunicorn on PostgreSQL, Flights over HTTP, processes killed under load;
-# then cleanup and DESIGN §6 checked in the databases. CHAOS_PG_URL names the server.
+# then cleanup and the invariants (docs/design.md#invariants) checked in the databases. CHAOS_PG_URL names the server.
 chaos: $(STAMP)
 	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
@@ -62,6 +62,7 @@ bench-cleanup: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

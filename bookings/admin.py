@@ -9,12 +9,12 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
 
-from bookings import selectors, services
-from bookings.cleanup import Cutoffs, cleanup_backlog
 from bookings.models import Booking, BookingEvent, CleanupRun
 from bookings_project.admin import ReadOnlyAdmin
 from bookings_project.errors import DomainError
 from payments.models import Payment
+from workflows.cleanup import WORK_SETS, Cutoffs, cleanup_backlog
+from workflows.services import booking_cancel
 
 
 class PaymentInline(admin.TabularInline):
@@ -63,28 +63,13 @@ class NeedsAttentionFilter(admin.SimpleListFilter):
     parameter_name = "attention"
 
     def lookups(self, request, model_admin):
-        return [
-            ("to_expire", "Unpaid, past their hold (cleanup expires them)"),
-            ("to_reconcile", "PENDING, past their hold (cleanup asks the gateway)"),
-            ("release_owed", "Cancelled, seats not yet given back"),
-            ("unfinished_cancel", "Paid, cancel cut short (cleanup refunds and cancels)"),
-            ("reconcile", "Needs reconciliation with the Flights service"),
-        ]
+        return [work.attention for work in WORK_SETS if work.attention]
 
     def queryset(self, request, queryset):
-        cutoffs = Cutoffs.at(timezone.now())
-        matching = {
-            "to_expire": lambda: selectors.bookings_to_expire(expired_before=cutoffs.expired_before),
-            "to_reconcile": lambda: selectors.bookings_to_reconcile(
-                expired_before=cutoffs.expired_before, attempted_before=cutoffs.settled_before
-            ),
-            "release_owed": selectors.bookings_owing_release,
-            "unfinished_cancel": lambda: selectors.bookings_with_unfinished_cancel(
-                requested_before=cutoffs.settled_before
-            ),
-            "reconcile": selectors.bookings_needing_a_person,
-        }.get(self.value())
-        return queryset.filter(pk__in=matching().values("pk")) if matching else queryset
+        work = next((work for work in WORK_SETS if work.attention and work.attention[0] == self.value()), None)
+        if work is None:
+            return queryset
+        return queryset.filter(pk__in=work.rows(Cutoffs.at(timezone.now())).values("pk"))
 
 
 @admin.register(Booking)
@@ -170,7 +155,7 @@ class BookingAdmin(admin.ModelAdmin):
         refused: list[str] = []
         for booking_id in queryset.values_list("pk", flat=True):
             try:
-                result = services.booking_cancel(booking_id=booking_id, reason=Booking.CancelReason.STAFF)
+                result = booking_cancel(booking_id=booking_id, reason=Booking.CancelReason.STAFF)
             except DomainError as error:
                 refused.append(f"{booking_id}: {error.detail}")
                 continue

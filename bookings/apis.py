@@ -1,4 +1,4 @@
-"""Bookings API (DESIGN §3.3): thin views over bookings.services and bookings.selectors."""
+"""Bookings API (docs/api.md#bookings): thin views over bookings.services and bookings.selectors."""
 
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
@@ -15,6 +15,7 @@ from bookings.serializers import BookingCreateSerializer, BookingEventSerializer
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
 from bookings_project.pagination import page_parameters
 from bookings_project.throttling import BookingsThrottle
+from workflows.services import booking_cancel
 
 # The seed's example flow: flight 123 at 5500.00 a seat, 2 seats, user 456, booking 789.
 SEED_BOOKING_REQUEST = {"flightId": 123, "userId": 456, "numberOfSeats": 2}
@@ -136,7 +137,7 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def cancel(self, request: Request, pk: str) -> Response:
         booking = selectors.booking_get(user=request.user, booking_id=int(pk))
         reason = Booking.CancelReason.USER if booking.user_id == request.user.pk else Booking.CancelReason.STAFF
-        cancellation = services.booking_cancel(booking_id=booking.pk, reason=reason)
+        cancellation = booking_cancel(booking_id=booking.pk, reason=reason)
         return Response(BookingSerializer(cancellation.booking).data)
 
     @extend_schema(

@@ -1,4 +1,4 @@
-"""Booking reads, scoped to what the caller may see (DESIGN §3.1)."""
+"""Booking reads, scoped to what the caller may see (docs/api.md#auth)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import datetime as dt
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import QuerySet
 
 from bookings.models import Booking, BookingEvent
 from bookings_project.errors import NotFound
 from bookings_project.http_client import timeouts
-from payments.models import Payment
 
 Status, SeatsState = Booking.Status, Booking.SeatsState
 
@@ -37,21 +36,12 @@ def booking_events(*, user: AbstractBaseUser, booking_id: int) -> QuerySet[Booki
     return BookingEvent.objects.filter(booking=booking).order_by("id")
 
 
-# What cleanup acts on (DESIGN §4); the admin's cleanup page shows the same sets.
+# What cleanup acts on (docs/design.md#cleanup); the admin's cleanup page shows the same sets.
 
 
 def bookings_to_expire(*, expired_before: dt.datetime) -> QuerySet[Booking]:
     """Unpaid bookings whose hold ended before `expired_before`."""
     return Booking.objects.filter(status=Status.INITIATED, expires_at__lte=expired_before)
-
-
-def bookings_to_reconcile(*, expired_before: dt.datetime, attempted_before: dt.datetime) -> QuerySet[Booking]:
-    """PENDING bookings whose hold ended, once their payment attempt is over (older than
-    `attempted_before`): the gateway then says whether the money was taken."""
-    live_attempt = Payment.objects.filter(
-        booking=OuterRef("pk"), status=Payment.Status.PROCESSING, attempted_at__gt=attempted_before
-    )
-    return Booking.objects.filter(status=Status.PENDING, expires_at__lte=expired_before).exclude(Exists(live_attempt))
 
 
 def bookings_owing_release() -> QuerySet[Booking]:

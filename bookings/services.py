@@ -1,4 +1,4 @@
-"""Booking writes: the saga between a booking row and the Flights service (DESIGN §1, §2).
+"""Booking writes: the saga between a booking row and the Flights service (docs/design.md#the-saga, #state-machine).
 
 Writing the booking and reserving its seats commit separately (the Flights service may be
 another process), so every step has a compensation and every compensation is idempotent:
@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from enum import StrEnum
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -25,19 +25,14 @@ from django.utils import timezone
 from bookings.audit import record_status_change
 from bookings.flights_gateway import FlightGateway, get_flight_gateway
 from bookings.models import Booking, BookingEvent
-from bookings_project.db import bound_lock_wait
 from bookings_project.errors import (
     DomainError,
     FlightServiceUnavailable,
     InsufficientSeats,
     NotFound,
-    PaymentInProgress,
     ResourceBusy,
     UserMismatch,
 )
-
-if TYPE_CHECKING:
-    from payments.gateway import PaymentGateway
 
 logger = logging.getLogger(__name__)
 
@@ -46,25 +41,16 @@ Status, SeatsState, CancelReason = Booking.Status, Booking.SeatsState, Booking.C
 
 
 @dataclass(frozen=True)
-class Cancellation:
-    booking: Booking
-    # Seats this call gave back to the Flights service (0 if none, or already given back).
-    seats_released: int
-    # This call made it CANCELLED (False: it was already).
-    cancelled_now: bool = False
-
-
-@dataclass(frozen=True)
 class SeatRelease:
     """What one call of `booking_release_seats` did."""
 
-    class Outcome:
+    class Outcome(StrEnum):
         RELEASED = "released"  # This call gave the seats back.
         NOT_OWED = "not_owed"  # Nothing to give back, or another caller did it.
         FAILED = "failed"  # The Flights service did not confirm: still owed, retried later.
         RECONCILE = "reconcile"  # Only a person can tell what the Flights service holds.
 
-    outcome: str
+    outcome: Outcome
     # Seats the Flights service took back (0 when the reserve had never reached it).
     seats: int = 0
 
@@ -134,56 +120,6 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
         booking_release_seats(booking_id=booking.pk, gateway=gateway)
     booking.refresh_from_db()
     return booking
-
-
-def booking_cancel(
-    *,
-    booking_id: int,
-    reason: str = CancelReason.USER,
-    payment_gateway: PaymentGateway | None = None,
-    flight_gateway: FlightGateway | None = None,
-) -> Cancellation:
-    """Cancel (a no-op if already cancelled), then give the seats back outside the lock.
-
-    A BOOKED booking is refunded first, outside any transaction; a refund that fails raises
-    `PaymentGatewayUnavailable` and leaves the booking BOOKED. A release that fails leaves
-    the booking cancelled with its seats owed; cleanup retries.
-    """
-    from payments import selectors as payment_selectors
-    from payments import services as payment_services
-
-    # Twice at most: a booking seen unpaid may be paid before the lock is taken.
-    for _ in range(2):
-        booking = Booking.objects.filter(pk=booking_id).first()
-        if booking is None:
-            raise NotFound(f"Booking {booking_id} does not exist.")
-        if booking.status == Status.BOOKED:
-            # Written before the refund: if we die or the gateway fails, cleanup finishes it.
-            _request_cancel(booking, reason)
-            payment_services.payment_refund_for_booking(booking_id=booking_id, gateway=payment_gateway)
-
-        cancelled_now = False
-        with transaction.atomic():
-            bound_lock_wait()
-            booking = Booking.objects.select_for_update().get(pk=booking_id)
-            if booking.status == Status.PENDING:
-                raise PaymentInProgress(f"Booking {booking_id} has a payment in progress; cancel it once that is done.")
-            if booking.status == Status.BOOKED and payment_selectors.booking_has_standing_charge(booking_id=booking_id):
-                continue  # Paid since we looked: refund that payment first.
-            if booking.status != Status.CANCELLED:
-                # A cancel cut short and finished later keeps the reason it was asked with.
-                booking.cancel_reason = booking.cancel_reason or reason
-                booking.cancelled_at = timezone.now()
-                booking_move(
-                    booking, to=Status.CANCELLED, reason=booking.cancel_reason, also=("cancel_reason", "cancelled_at")
-                )
-                cancelled_now = True
-        released = (
-            booking_release_seats(booking_id=booking_id, gateway=flight_gateway).seats if booking.release_owed else 0
-        )
-        booking.refresh_from_db()
-        return Cancellation(booking=booking, seats_released=released, cancelled_now=cancelled_now)
-    raise ResourceBusy(f"Booking {booking_id} changed while it was being cancelled. Retry shortly.")
 
 
 def booking_move(
@@ -311,10 +247,11 @@ def _abandon_after_unknown_outcome(booking: Booking, error: FlightServiceUnavail
         _set_seats_state(booking, expect=SeatsState.UNCONFIRMED, to=outcome, error=error.detail)
 
 
-def _request_cancel(booking: Booking, reason: str) -> None:
-    """Record that a paid booking is to be cancelled (the first request's reason wins)."""
+def booking_request_cancel(*, booking_id: int, reason: str) -> None:
+    """Record that a paid booking is to be cancelled, before its refund: if the refund or the
+    process fails, cleanup finishes the cancel. The first request's reason wins."""
     now = timezone.now()
-    Booking.objects.filter(pk=booking.pk, status=Status.BOOKED, cancel_requested_at__isnull=True).update(
+    Booking.objects.filter(pk=booking_id, status=Status.BOOKED, cancel_requested_at__isnull=True).update(
         cancel_requested_at=now, cancel_reason=reason, updated_at=now
     )
 

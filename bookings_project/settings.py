@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "flights",
     "bookings",
     "payments",
+    "workflows",
 ]
 
 MIDDLEWARE = [
@@ -244,7 +245,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 
-# Flights service (DESIGN §1) ----------------------------------------------------------------
+# Flights service (docs/design.md#the-flights-service-boundary) ------------------------------
 # Empty URL: the in-process adapter. The token is the shared secret a remote Bookings
 # service presents (`Authorization: Bearer <token>`) to change seats on this one.
 FLIGHT_SERVICE_URL = env.str("FLIGHT_SERVICE_URL", default="")
@@ -261,8 +262,8 @@ CURRENCY = env.str("CURRENCY", default="INR")
 # been seen for twice that, or when work has been waiting that long.
 CLEANUP_INTERVAL_MINUTES = env.int("CLEANUP_INTERVAL_MINUTES", default=10)
 
-# Payment gateway (DESIGN §3.4): `simulated` (default) or `http` (a generic JSON gateway,
-# contract in the README).
+# Payment gateway (docs/design.md#payments-exactly-once): `simulated` (default) or `http` (a generic JSON gateway,
+# contract in docs/design.md#payments-exactly-once).
 PAYMENT_GATEWAY = env.str("PAYMENT_GATEWAY", default="simulated")
 PAYMENT_GATEWAY_URL = env.str("PAYMENT_GATEWAY_URL", default="")
 PAYMENT_GATEWAY_TOKEN = env.str("PAYMENT_GATEWAY_TOKEN", default="")

@@ -1,4 +1,4 @@
-"""Idempotency-Key handling (DESIGN §3.4, after the IETF httpapi draft and Stripe).
+"""Idempotency-Key handling (docs/api.md#idempotency, after the IETF httpapi draft and Stripe).
 
 A request claims its (user, key) by inserting a row: the unique constraint decides a race,
 never a read-then-write. The claimant runs the operation and stores its final answer on
@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from bookings_project.errors import DomainError, IdempotencyKeyInUse, IdempotencyKeyReused, problem_body
 from payments.models import IdempotencyKey
-from payments.selectors import expired_idempotency_keys, payment_attempt_window
+from payments.selectors import expired_idempotency_keys, idempotency_key_of, payment_attempt_window
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _claim(*, user: AbstractBaseUser, key: str, fingerprint: str) -> Idempotency
                 )
         except IntegrityError:
             pass  # The key exists: see what it says.
-        row = IdempotencyKey.objects.filter(user=user, key=key).first()
+        row = idempotency_key_of(user=user, key=key)
         if row is None:
             continue  # Let go meanwhile: claim it again.
         if row.expires_at <= now:

@@ -1,4 +1,4 @@
-"""Payment reads, scoped to what the caller may see (DESIGN §3.1)."""
+"""Payment reads, scoped to what the caller may see (docs/api.md#auth)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,27 @@ def payment_attempt_window() -> dt.timedelta:
     margin for lock waits and slow workers. Past it, the request that made it is over."""
     connect, read = timeouts(settings.PAYMENT_GATEWAY_TIMEOUT)
     return dt.timedelta(seconds=connect + read + settings.PAYMENT_ATTEMPT_MARGIN_SECONDS)
+
+
+def payment_in_flight(*, booking_id: int, lock: bool = False) -> Payment | None:
+    """The booking's payment attempt still PROCESSING, if any (there is at most one); with
+    `lock`, its row locked for the caller's transaction."""
+    payments = Payment.objects.select_for_update() if lock else Payment.objects.all()
+    return payments.filter(booking_id=booking_id, status=Payment.Status.PROCESSING).first()
+
+
+def payment_of_key(*, booking_id: int, caller: AbstractBaseUser, idempotency_key: str) -> Payment | None:
+    """The payment the caller made for the booking under this idempotency key (the latest,
+    if a decline let the key pay again)."""
+    return (
+        Payment.objects.filter(booking_id=booking_id, created_by=caller, idempotency_key=idempotency_key)
+        .order_by("-id")
+        .first()
+    )
+
+
+def idempotency_key_of(*, user: AbstractBaseUser, key: str) -> IdempotencyKey | None:
+    return IdempotencyKey.objects.filter(user=user, key=key).first()
 
 
 def booking_has_standing_charge(*, booking_id: int) -> bool:

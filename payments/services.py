@@ -1,4 +1,5 @@
-"""Payment writes (DESIGN §2, §3.4): charge a booking exactly once, refund it exactly once.
+"""Payment writes: charge a booking exactly once, refund it exactly once
+(docs/design.md#state-machine, docs/api.md#payments).
 
 A payment is three short steps, and no transaction or row lock is held across the gateway:
 1. under the booking's row lock: check owner, status, expiry and amount; mark the booking
@@ -12,7 +13,6 @@ A payment is three short steps, and no transaction or row lock is held across th
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
@@ -36,6 +36,7 @@ from bookings_project.errors import (
     PaymentInProgress,
     UserMismatch,
 )
+from payments import selectors as payment_selectors
 from payments.gateway import REFUNDED, SUCCEEDED, Charge, PaymentGateway, get_payment_gateway
 from payments.models import Payment
 
@@ -104,9 +105,7 @@ def _start_attempt(
             raise UserMismatch(f"Booking {booking_id} does not belong to user {user_id}.")
         # This key's own payment, if it made one: only a PENDING or BOOKED booking can have it.
         own = (
-            Payment.objects.filter(booking=booking, created_by=caller, idempotency_key=idempotency_key)
-            .order_by("-id")
-            .first()
+            payment_selectors.payment_of_key(booking_id=booking.pk, caller=caller, idempotency_key=idempotency_key)
             if booking.status in (BookingStatus.PENDING, BookingStatus.BOOKED)
             else None
         )
@@ -247,65 +246,6 @@ def payment_refund_for_booking(*, booking_id: int, gateway: PaymentGateway | Non
     return [payment_refund(payment_id=payment.pk, gateway=gateway) for payment in payments]
 
 
-class Reconciliation:
-    """What reconciling an expired PENDING booking with the gateway came to."""
-
-    BOOKED = "booked"  # The charge had gone through: the booking is paid after all.
-    CANCELLED = "cancelled"  # No money stands: the booking expired; its seats are owed.
-    SKIPPED = "skipped"  # Not settled now: its attempt may still run, or another process has it.
-
-
-def payment_reconcile_expired(
-    *,
-    booking_id: int,
-    expired_before: dt.datetime,
-    attempted_before: dt.datetime,
-    gateway: PaymentGateway | None = None,
-) -> str:
-    """Cleanup: settle a PENDING booking whose hold ran out by asking the gateway what became
-    of its payment (the answer to the charge was lost, or the process died before recording
-    it). Answers a `Reconciliation`.
-
-    Its payment attempt must be older than `attempted_before` (the attempt window, so the
-    request that made it is over). The look-up runs outside any transaction; then, under the
-    booking's lock (skipped if another process holds it), nothing may have moved meanwhile:
-    a resumed attempt bumps `attempted_at`, and is left alone. A charge that lands after
-    this settled it as not charged is refunded: by `_record_charge` if its request is still
-    there to get the answer, else by cleanup (`payment_refund_late_charge`).
-    Raises `PaymentGatewayUnavailable` when the gateway cannot say.
-    """
-    payment = Payment.objects.filter(booking_id=booking_id, status=PaymentStatus.PROCESSING).first()
-    if payment is not None and payment.attempted_at > attempted_before:
-        return Reconciliation.SKIPPED
-    charge = payment_find_charge(payment=payment, gateway=gateway) if payment is not None else None
-
-    with transaction.atomic():
-        booking = (
-            Booking.objects.select_for_update(skip_locked=True)
-            .filter(pk=booking_id, status=BookingStatus.PENDING, expires_at__lte=expired_before)
-            .first()
-        )
-        if booking is None:
-            return Reconciliation.SKIPPED
-        current = Payment.objects.select_for_update().filter(booking=booking, status=PaymentStatus.PROCESSING).first()
-        if _attempt(current) != _attempt(payment):
-            return Reconciliation.SKIPPED  # Resumed or replaced since we looked.
-        now = timezone.now()
-        if charge is not None and charge.status == SUCCEEDED:
-            current.status, current.failure_reason = PaymentStatus.SUCCEEDED, ""
-            current.gateway_reference, current.completed_at, current.reconciled_at = charge.gateway_reference, now, now
-            current.save()
-            booking_move(booking, to=BookingStatus.BOOKED, reason=Reason.RECONCILED_CHARGED)
-            logger.info("booking %s: reconciled, the gateway had charged payment %s: BOOKED", booking.pk, current.pk)
-            return Reconciliation.BOOKED
-        if current is not None:
-            current.reconciled_at = now
-            _settle_not_charged(current, charge, now)
-        booking_expire(booking=booking, payment_settled=True)
-        logger.info("booking %s: reconciled, no money stands: expired", booking.pk)
-        return Reconciliation.CANCELLED
-
-
 def payment_find_charge(*, payment: Payment, gateway: PaymentGateway | None = None) -> Charge | None:
     """The gateway's charge under the payment's reference, if any. A charge that took another
     amount or currency is no answer we can act on: `PaymentGatewayUnavailable`, for a person."""
@@ -344,13 +284,21 @@ def payment_refund_late_charge(*, payment_id: int, gateway: PaymentGateway | Non
     return payment_refund_stranded(payment_id=payment.pk, gateway=gateway)
 
 
-def _attempt(payment: Payment | None) -> tuple | None:
-    return None if payment is None else (payment.pk, payment.attempted_at)
-
-
-def _settle_not_charged(payment: Payment, charge: Charge | None, now: dt.datetime) -> None:
-    payment.completed_at = now
-    if charge is None:
+def payment_settle_from_gateway(*, payment: Payment | None, charge: Charge | None) -> bool:
+    """Record what the gateway's books say of an attempt whose answer was lost (reconciliation).
+    The caller holds the payment's and its booking's row locks. True if money was taken: the
+    payment is SUCCEEDED; else it is settled as not charged (FAILED, DECLINED or REFUNDED)."""
+    if payment is None:
+        return False
+    now = timezone.now()
+    payment.completed_at = payment.reconciled_at = now
+    if charge is not None and charge.status == SUCCEEDED:
+        payment.status, payment.failure_reason, payment.gateway_reference = (
+            PaymentStatus.SUCCEEDED,
+            "",
+            charge.gateway_reference,
+        )
+    elif charge is None:
         payment.status, payment.failure_reason = PaymentStatus.FAILED, "The gateway holds no charge for it."
     elif charge.status == REFUNDED:
         # Charged, then refunded at the gateway (by hand, say): nothing of it stands.
@@ -363,3 +311,4 @@ def _settle_not_charged(payment: Payment, charge: Charge | None, now: dt.datetim
         payment.status, payment.gateway_reference = PaymentStatus.DECLINED, charge.gateway_reference
         payment.failure_reason = charge.decline_reason[:255]
     payment.save()
+    return payment.status == PaymentStatus.SUCCEEDED

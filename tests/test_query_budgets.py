@@ -25,6 +25,7 @@ from bookings.models import Booking
 from payments import services as payment_services
 from payments.models import Payment
 from tests.factories import make_flight
+from workflows import services as workflow_services
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -175,7 +176,7 @@ def test_events_cost_the_same_for_one_event_as_for_many(user, user_client, fligh
     payment_services.payment_create(
         caller=user, booking_id=booking.pk, amount=booking.total_cost, idempotency_key="pay-then-cancel"
     )
-    booking_services.booking_cancel(booking_id=booking.pk)
+    workflow_services.booking_cancel(booking_id=booking.pk)
     many, body = _queries_of(user_client, url)
     assert body["count"] == 4  # created, payment started, paid, cancelled
 

@@ -24,18 +24,17 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import QuerySet
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from bookings import selectors
-from bookings.cleanup import DEFAULT_BATCH_SIZE, LATE_CHARGE_WATCH, Cutoffs, _ids_in_batches
 from bookings.models import Booking
 from payments import selectors as payment_selectors
 from payments.idempotency import idempotency_keys_purge
 from payments.models import IdempotencyKey, Payment
+from workflows.cleanup import DEFAULT_BATCH_SIZE, DUTIES, WORK_SETS, Cutoffs, WorkSet, _ids_in_batches, backlog_item
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -353,89 +352,54 @@ def test_staff_list_count_uses_an_index(seeded: Seeded, filter_name: str) -> Non
     )
 
 
-# (b) Cleanup: each set it walks, as the selector builds it and as cleanup's keyset batches
-# read it (`_ids_in_batches`, the first batch), and the admin's backlog counts. ---------------
+# (b) Cleanup: each of its work sets (`WORK_SETS`), as its keyset batches read it
+# (`_ids_in_batches`, the first batch) and as the admin's backlog counts it. -------------------
 
 
-@dataclass(frozen=True)
-class Lookup:
-    queryset: Callable[[Cutoffs], QuerySet]
-    table: str
-    indexes: tuple[str, ...]
-    # Other tables the query reads, which must not be read whole either.
-    also: tuple[str, ...] = ()
-
-
-CLEANUP_LOOKUPS = {
-    "bookings_to_expire": Lookup(
-        lambda cutoffs: selectors.bookings_to_expire(expired_before=cutoffs.expired_before),
-        BOOKINGS_TABLE,
-        ("booking_status_expiry_idx", "booking_unpaid_idx"),
-    ),
-    "bookings_to_reconcile": Lookup(
-        lambda cutoffs: selectors.bookings_to_reconcile(
-            expired_before=cutoffs.expired_before, attempted_before=cutoffs.settled_before
-        ),
-        BOOKINGS_TABLE,
-        ("booking_status_expiry_idx", "booking_unpaid_idx"),
-        also=(PAYMENTS_TABLE,),
-    ),
-    "bookings_owing_release": Lookup(
-        lambda cutoffs: selectors.bookings_owing_release(), BOOKINGS_TABLE, ("booking_release_owed_idx",)
-    ),
-    "bookings_with_stuck_release": Lookup(
-        lambda cutoffs: selectors.bookings_with_stuck_release(updated_before=cutoffs.released_before),
-        BOOKINGS_TABLE,
-        ("booking_release_owed_idx",),
-    ),
-    "bookings_with_unfinished_cancel": Lookup(
-        lambda cutoffs: selectors.bookings_with_unfinished_cancel(requested_before=cutoffs.settled_before),
-        BOOKINGS_TABLE,
-        ("booking_cancel_unfinished_idx",),
-    ),
-    "bookings_needing_a_person": Lookup(
-        lambda cutoffs: selectors.bookings_needing_a_person(), BOOKINGS_TABLE, ("booking_reconcile_idx",)
-    ),
-    "payments_stranded_on_cancelled_bookings": Lookup(
-        lambda cutoffs: payment_selectors.payments_stranded_on_cancelled_bookings(
-            updated_before=cutoffs.settled_before
-        ),
-        PAYMENTS_TABLE,
-        ("payment_late_charge_idx",),
-        also=(BOOKINGS_TABLE,),
-    ),
-    "payments_to_watch_for_late_charges": Lookup(
-        lambda cutoffs: payment_selectors.payments_to_watch_for_late_charges(
-            reconciled_after=cutoffs.now - LATE_CHARGE_WATCH
-        ),
-        PAYMENTS_TABLE,
-        ("payment_reconciled_failed_idx",),
-    ),
-    "expired_idempotency_keys": Lookup(
-        lambda cutoffs: payment_selectors.expired_idempotency_keys(now=cutoffs.now),
-        KEYS_TABLE,
-        ("idempotency_key_expiry_idx",),
-    ),
+# The index each of cleanup's work sets was written for (keyed by `WorkSet.name`), and the
+# other tables its query reads, which must not be read whole either.
+WORK_SET_INDEXES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "bookings_to_expire": (("booking_status_expiry_idx", "booking_unpaid_idx"), ()),
+    "bookings_to_reconcile": (("booking_status_expiry_idx", "booking_unpaid_idx"), (PAYMENTS_TABLE,)),
+    "bookings_owing_release": (("booking_release_owed_idx",), ()),
+    "bookings_with_stuck_release": (("booking_release_owed_idx",), ()),
+    "bookings_with_unfinished_cancel": (("booking_cancel_unfinished_idx",), ()),
+    "bookings_needing_a_person": (("booking_reconcile_idx",), ()),
+    "payments_stranded_on_cancelled_bookings": (("payment_late_charge_idx",), (BOOKINGS_TABLE,)),
+    "payments_to_watch_for_late_charges": (("payment_reconciled_failed_idx",), ()),
+    "expired_idempotency_keys": (("idempotency_key_expiry_idx",), ()),
 }
 
 
-def _check_lookup(name: str, plan: str, lookup: Lookup) -> None:
-    _check(name, plan, tables=(lookup.table, *lookup.also), indexes=lookup.indexes)
+def test_every_work_set_of_cleanup_has_its_expected_index() -> None:
+    """A work set added to cleanup needs its line above, so that its plan is checked."""
+    assert {work.name for work in WORK_SETS} == set(WORK_SET_INDEXES)
 
 
-@pytest.mark.parametrize("name", list(CLEANUP_LOOKUPS))
-def test_cleanup_set_uses_its_index(seeded: Seeded, name: str) -> None:
-    lookup = CLEANUP_LOOKUPS[name]
-    _check_lookup(name, lookup.queryset(Cutoffs.at(seeded.now)).explain(), lookup)
+def _check_work_set(name: str, plan: str, work: WorkSet) -> None:
+    indexes, also = WORK_SET_INDEXES[work.name]
+    table = work.rows(Cutoffs.at(timezone.now())).model._meta.db_table
+    _check(name, plan, tables=(table, *also), indexes=indexes)
 
 
-@pytest.mark.parametrize("name", list(CLEANUP_LOOKUPS))
-def test_cleanup_keyset_batch_uses_its_index(seeded: Seeded, name: str) -> None:
-    lookup = CLEANUP_LOOKUPS[name]
-    queryset = lookup.queryset(Cutoffs.at(seeded.now))
-    [(sql, plan)] = _explain_executed(lambda: next(_ids_in_batches(queryset, DEFAULT_BATCH_SIZE), None), lookup.table)
+@pytest.mark.parametrize("work", [work for work in WORK_SETS if work.label], ids=lambda work: work.name)
+def test_cleanup_backlog_counts_use_the_index(seeded: Seeded, work: WorkSet) -> None:
+    """The admin's cleanup page: the set's oldest due time and its count."""
+    table = work.rows(Cutoffs.at(seeded.now)).model._meta.db_table
+    statements = _explain_executed(lambda: backlog_item(work, Cutoffs.at(seeded.now)), table)
+    assert [sql.split()[0] for sql, _ in statements] == ["SELECT", "SELECT"], statements
+    for sql, plan in statements:
+        _check_work_set(f"{work.name} backlog {'count' if 'COUNT(' in sql else 'oldest'}", plan, work)
+
+
+@pytest.mark.parametrize("work", [duty.work for duty in DUTIES if duty.step], ids=lambda work: work.name)
+def test_cleanup_keyset_batch_uses_its_index(seeded: Seeded, work: WorkSet) -> None:
+    """A duty walks its set in keyset batches of ids."""
+    queryset = work.rows(Cutoffs.at(seeded.now))
+    table = queryset.model._meta.db_table
+    [(sql, plan)] = _explain_executed(lambda: next(_ids_in_batches(queryset, DEFAULT_BATCH_SIZE), None), table)
     assert f"LIMIT {DEFAULT_BATCH_SIZE}" in sql, sql
-    _check_lookup(f"{name} keyset batch", plan, lookup)
+    _check_work_set(f"{work.name} keyset batch", plan, work)
 
 
 def test_idempotency_key_purge_uses_the_expiry_index(seeded: Seeded) -> None:
@@ -458,13 +422,12 @@ def test_idempotency_key_purge_uses_the_expiry_index(seeded: Seeded) -> None:
 PAYMENT_INDEXES = ("payment_one_live_per_booking", PAYMENT_BOOKING_FK)
 
 
-def test_payment_processing_for_a_booking_uses_an_index(seeded: Seeded) -> None:
-    """payment_reconcile_expired and the dry run's preview: the booking's attempt in flight."""
+def test_payment_in_flight_of_a_booking_uses_an_index(seeded: Seeded) -> None:
+    """Reconciliation and the dry run's preview: the booking's attempt in flight."""
     [(_, plan)] = _explain_executed(
-        lambda: Payment.objects.filter(booking_id=seeded.booking_id, status=Payment.Status.PROCESSING).first(),
-        PAYMENTS_TABLE,
+        lambda: payment_selectors.payment_in_flight(booking_id=seeded.booking_id), PAYMENTS_TABLE
     )
-    _check("payment processing of a booking", plan, tables=(PAYMENTS_TABLE,), indexes=PAYMENT_INDEXES)
+    _check("payment in flight of a booking", plan, tables=(PAYMENTS_TABLE,), indexes=PAYMENT_INDEXES)
 
 
 def test_standing_charge_of_a_booking_uses_an_index(seeded: Seeded) -> None:
@@ -475,21 +438,22 @@ def test_standing_charge_of_a_booking_uses_an_index(seeded: Seeded) -> None:
 
 
 def test_payment_of_an_idempotency_key_uses_an_index(seeded: Seeded) -> None:
-    """_start_attempt: this key's own payment for the booking."""
-    booking = Booking.objects.get(pk=seeded.booking_id)
-    payment = Payment.objects.get(booking=booking)
-    own = Payment.objects.filter(
-        booking=booking, created_by_id=payment.created_by_id, idempotency_key=payment.idempotency_key
+    """A payment's start: this key's own payment for the booking."""
+    payment = Payment.objects.select_related("created_by").get(booking_id=seeded.booking_id)
+    [(_, plan)] = _explain_executed(
+        lambda: payment_selectors.payment_of_key(
+            booking_id=payment.booking_id, caller=payment.created_by, idempotency_key=payment.idempotency_key
+        ),
+        PAYMENTS_TABLE,
     )
-    plan = own.order_by("-id")[:1].explain()
     _check("payment of an idempotency key", plan, tables=(PAYMENTS_TABLE,), indexes=PAYMENT_INDEXES)
 
 
 def test_idempotency_key_of_a_user_uses_the_unique_index(seeded: Seeded) -> None:
     """run_idempotently's claim, when the key exists: the (user, key) row."""
-    key = seeded.key
+    key = IdempotencyKey.objects.select_related("user").get(pk=seeded.key.pk)
     [(_, plan)] = _explain_executed(
-        lambda: IdempotencyKey.objects.filter(user_id=key.user_id, key=key.key).first(), KEYS_TABLE
+        lambda: payment_selectors.idempotency_key_of(user=key.user, key=key.key), KEYS_TABLE
     )
     _check("idempotency key of a user", plan, tables=(KEYS_TABLE,), indexes=("idempotency_key_unique_per_user",))
 

@@ -2,7 +2,7 @@
 
 What this file proves:
 
-1. Every transition of DESIGN §2 writes exactly one event, with the exact from, to, reason,
+1. Every transition of docs/design.md#state-machine writes exactly one event, with the exact from, to, reason,
    actor, actor_user and the request id of the request that caused it (the client's
    `X-Request-ID`, or the one it was given; a cleanup run's id `cleanup-<hex>`, the same as
    its `CleanupRun.run_id`). Calls straight to a service outside any request are `system`;
@@ -36,6 +36,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -43,11 +44,9 @@ from django.db import OperationalError, connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from bookings import cleanup
 from bookings.audit import acting_as
-from bookings.cleanup import cleanup_stale_bookings
 from bookings.models import Booking, BookingEvent, CleanupRun
-from bookings.services import booking_cancel, booking_create
+from bookings.services import booking_create
 from bookings_project import request_id
 from bookings_project.errors import PaymentGatewayUnavailable
 from flights import selectors as flight_selectors
@@ -59,6 +58,9 @@ from payments.models import Payment, SimulatedCharge
 from payments.selectors import payment_attempt_window
 from tests.factories import make_flight
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem, race
+from workflows import cleanup
+from workflows.cleanup import cleanup_stale_bookings
+from workflows.services import booking_cancel
 
 pytestmark = pytest.mark.django_db
 
@@ -645,7 +647,7 @@ def test_after_a_mixed_day_every_bookings_history_is_an_unbroken_chain(
     for booking in Booking.objects.all():
         assert_chain(booking)
 
-    # The day covered every transition of DESIGN §2, each by its actor, and nothing else.
+    # The day covered every transition of docs/design.md#state-machine, each by its actor, and nothing else.
     signatures = set(BookingEvent.objects.values_list("from_status", "to_status", "reason", "actor"))
     assert signatures == {
         ("", INITIATED, "created", "user"),
@@ -984,14 +986,16 @@ def test_the_event_list_finds_what_one_request_or_one_cleanup_run_changed(user_c
 # 6. PostgreSQL, real threads ----------------------------------------------------------------------
 
 
-def signalling(reached: threading.Event, duty):
+def signalling(reached: threading.Event, duty: cleanup.Duty):
     """`duty`, which first says that a cleanup copy has reached it."""
 
-    def run(*args, **kwargs):
-        reached.set()
-        return duty(*args, **kwargs)
+    @dataclass(frozen=True)
+    class Signalling:
+        def perform(self, run) -> None:
+            reached.set()
+            duty.perform(run)
 
-    return run
+    return Signalling()
 
 
 @pytest.mark.postgres
@@ -1038,15 +1042,17 @@ def test_payments_racing_cleanup_on_expired_bookings_leave_one_terminal_event_ea
     # A cleanup copy's first duties touch none of these bookings: half the clients wait until a
     # copy is at the duty that does (reconcile for PENDING, expire for INITIATED), so that both
     # sides meet there; the other half start at once.
-    at_duty = {"_reconcile_pending": threading.Event(), "_expire_initiated": threading.Event()}
-    for name, reached in at_duty.items():
-        monkeypatch.setattr(cleanup, name, signalling(reached, getattr(cleanup, name)))
+    at_duty = {cleanup.TO_RECONCILE.name: threading.Event(), cleanup.TO_EXPIRE.name: threading.Event()}
+    signalled = [
+        signalling(at_duty[duty.work.name], duty) if duty.work.name in at_duty else duty for duty in cleanup.DUTIES
+    ]
+    monkeypatch.setattr(cleanup, "DUTIES", tuple(signalled))
 
     def act(index: int):
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
         if index % 2 and index < len(unpaid) + len(pending):
-            at_duty["_expire_initiated" if index < len(unpaid) else "_reconcile_pending"].wait(10)
+            at_duty[cleanup.TO_EXPIRE.name if index < len(unpaid) else cleanup.TO_RECONCILE.name].wait(10)
         if index < len(unpaid):  # Pays an expired booking.
             response = pay(client, unpaid[index], f"u{index}-late")
             return response.status_code, response.json().get("code")

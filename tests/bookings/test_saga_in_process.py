@@ -3,7 +3,7 @@
 The faults are injected at the boundary only: the `flights` app's functions are wrapped so
 that a call fails before doing its work, or does it and then loses the answer (as a
 database connection that drops at COMMIT would). The saga, the ledger and the database are
-real. After every failure the DESIGN §6 invariant holds, or (where the issue leaves the
+real. After every failure the invariants (docs/design.md#invariants) hold, or (where the issue leaves the
 rest to cleanup) the booking is marked for it and `booking_release_seats` finishes it.
 """
 
@@ -14,7 +14,7 @@ from django.db import OperationalError
 from django.test import override_settings
 
 from bookings.models import Booking
-from bookings.services import booking_cancel, booking_create, booking_release_seats
+from bookings.services import booking_create, booking_release_seats
 from bookings_project.errors import (
     FlightServiceUnavailable,
     ReservationConflict,
@@ -25,6 +25,7 @@ from flights import services as flight_services
 from flights.models import SeatHold
 from tests.factories import make_flight
 from tests.helpers import assert_bookings_match_ledger, assert_problem, flight_row_locked
+from workflows.services import booking_cancel
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,4 @@
-"""`cleanup_stale_bookings` killed after any of its steps is finished by the next run (DESIGN §4, §6).
+"""`cleanup_stale_bookings` killed after any of its steps is finished by the next run (docs/design.md#cleanup).
 
 One scenario gives every duty work, on three flights with distinct seat counts:
 
@@ -48,10 +48,9 @@ from django.core.management import CommandError, call_command
 from django.db import OperationalError
 from django.db.models import Sum
 
-from bookings import cleanup as cleanup_module
 from bookings import services as booking_services
 from bookings.models import Booking, CleanupRun
-from bookings.services import booking_cancel, booking_create, booking_release_seats
+from bookings.services import booking_create, booking_release_seats
 from bookings_project.errors import PaymentGatewayUnavailable
 from flights import services as flight_services
 from flights.models import Flight, SeatHold
@@ -59,9 +58,11 @@ from payments import services as payment_services
 from payments.gateway import SimulatedPaymentGateway
 from payments.idempotency import request_fingerprint, run_idempotently
 from payments.models import IdempotencyKey, Payment, SimulatedCharge
-from payments.services import Reconciliation, payment_create, payment_reconcile_expired
+from payments.services import payment_create
 from tests.factories import make_flight
 from tests.helpers import assert_bookings_match_ledger, assert_ledger_invariant, assert_money_matches_bookings
+from workflows import cleanup as cleanup_module
+from workflows.services import Reconciliation, booking_cancel, payment_reconcile_expired
 
 pytestmark = pytest.mark.django_db
 

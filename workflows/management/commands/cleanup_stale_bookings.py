@@ -1,4 +1,4 @@
-"""`manage.py cleanup_stale_bookings`: DESIGN §4, run by cron every 10 minutes on any host.
+"""`manage.py cleanup_stale_bookings` (docs/design.md#cleanup), run by cron every 10 minutes on any host.
 
 Prints one summary line; -v 2 adds a line per booking touched. Exits 1 when a step failed
 (cron reports it); the next run retries whatever failed.
@@ -8,7 +8,7 @@ import argparse
 
 from django.core.management.base import BaseCommand, CommandError
 
-from bookings.cleanup import DEFAULT_BATCH_SIZE, cleanup_stale_bookings
+from workflows.cleanup import DEFAULT_BATCH_SIZE, cleanup_stale_bookings
 
 MAX_BATCH_SIZE = 10_000
 
