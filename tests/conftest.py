@@ -10,6 +10,8 @@ from rest_framework.test import APIClient
 from tests.factories import make_flight
 from tests.helpers import SERVICE_TOKEN, close_cached_flight_gateway
 
+pytest_plugins = ["tests.fixtures.cleanup", "tests.fixtures.payments"]
+
 
 def pytest_collection_modifyitems(config, items):
     """`@pytest.mark.postgres` tests need PostgreSQL's row locks; on SQLite they are skipped."""

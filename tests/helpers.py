@@ -26,7 +26,7 @@ def assert_problem(response, status: int, code: str) -> dict:
 
 
 def assert_ledger_invariant(flight: Flight) -> None:
-    """DESIGN §6, inventory side: capacity - available = seats held by live holds."""
+    """The invariants (docs/design.md#invariants), inventory side: capacity - available = seats held by live holds."""
     flight.refresh_from_db()
     held = SeatHold.objects.filter(flight=flight, state=SeatHold.State.HELD).aggregate(total=Sum("seats"))["total"] or 0
     assert 0 <= flight.available_seats <= flight.capacity
@@ -34,7 +34,7 @@ def assert_ledger_invariant(flight: Flight) -> None:
 
 
 def assert_bookings_match_ledger(flight: Flight) -> None:
-    """DESIGN §6 in full: capacity - available = live holds = seats of bookings holding seats."""
+    """docs/design.md#invariants in full: capacity - available = live holds = seats of bookings holding seats."""
     from bookings.models import Booking
 
     assert_ledger_invariant(flight)
@@ -45,6 +45,12 @@ def assert_bookings_match_ledger(flight: Flight) -> None:
         or 0
     )
     assert flight.capacity - flight.available_seats == reserved, (flight.capacity, flight.available_seats, reserved)
+
+
+def seats_left(flight: Flight) -> int:
+    """The flight's available seats as the database has them now."""
+    flight.refresh_from_db()
+    return flight.available_seats
 
 
 def race(count: int, task: Callable[[int], object]) -> list:
@@ -97,7 +103,7 @@ def standing_simulated_charges() -> set[str]:
 
 
 def assert_money_matches_bookings(standing: set[str] | None = None) -> None:
-    """DESIGN §6, money side: no booking is BOOKED without a charge, no charge stands without
+    """docs/design.md#invariants, money side: no booking is BOOKED without a charge, no charge stands without
     a BOOKED booking, and nothing was charged twice.
 
     `standing` is the gateway's view: references of charges that took money and were not
