@@ -129,7 +129,9 @@ class BookingAdmin(admin.ModelAdmin):
         runs = list(CleanupRun.objects.all()[:10])
         warnings = []
         if not runs:
-            warnings.append("cleanup_stale_bookings has never run: install its cron line (see the README).")
+            warnings.append(
+                "cleanup_stale_bookings has never run: install its cron line (docs/operations.md#cleanup-from-cron)."
+            )
         elif now - runs[0].started_at > overdue_after:
             warnings.append(f"No cleanup run since {runs[0].started_at:%Y-%m-%d %H:%M:%S %Z}: is cron running it?")
         for item in backlog:
