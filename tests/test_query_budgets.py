@@ -13,18 +13,15 @@ PostgreSQL sends one statement more per locked transaction: `bound_lock_wait`'s
 `set_config('lock_timeout', ...)` (bookings_project/db.py); SQLite has no lock timeout to set.
 """
 
-import uuid
 from decimal import Decimal
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from bookings import services as booking_services
-from bookings.models import Booking
 from payments import services as payment_services
 from payments.models import Payment
-from tests.factories import make_flight
+from tests.factories import initiated, make_flight, paid
 from workflows import services as workflow_services
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -36,20 +33,6 @@ PAY = "/api/v1/payments"
 def _budget(*, sqlite: int, postgresql: int) -> int:
     """The budget measured on this database."""
     return {"sqlite": sqlite, "postgresql": postgresql}[connection.vendor]
-
-
-def _booking(user, flight, seats: int = 2) -> Booking:
-    return booking_services.booking_create(user=user, flight_id=flight.pk, seats=seats)
-
-
-def _paid_booking(user, flight) -> Booking:
-    booking = _booking(user, flight)
-    payment_services.payment_create(
-        caller=user, booking_id=booking.pk, amount=booking.total_cost, idempotency_key=str(uuid.uuid4())
-    )
-    booking.refresh_from_db()
-    assert booking.status == Booking.Status.BOOKED
-    return booking
 
 
 def _pay(client, booking_id: int, amount: Decimal | str, key: str):
@@ -81,7 +64,7 @@ def test_create_a_booking(user_client, flight, django_assert_max_num_queries):
 
 
 def test_pay(user, user_client, flight, django_assert_max_num_queries):
-    booking = _booking(user, flight)
+    booking = initiated(user, flight)
     # token auth 1; claim the key: BEGIN, INSERT key, COMMIT 3;
     # start: BEGIN, [PG lock_timeout], booking FOR UPDATE, UPDATE booking PENDING, INSERT event,
     #   INSERT payment, COMMIT 6 (+1);
@@ -97,7 +80,7 @@ def test_pay(user, user_client, flight, django_assert_max_num_queries):
 
 
 def test_replay_of_a_payment(user, user_client, flight, django_assert_max_num_queries):
-    booking = _booking(user, flight)
+    booking = initiated(user, flight)
     first = _pay(user_client, booking.pk, booking.total_cost, "pay-twice")
     assert first.status_code == 201, first.content
     # token auth 1; claim the key: BEGIN, INSERT key (taken), ROLLBACK 3; the key's stored answer 1.
@@ -110,7 +93,7 @@ def test_replay_of_a_payment(user, user_client, flight, django_assert_max_num_qu
 
 
 def test_cancel_an_unpaid_booking(user, user_client, flight, django_assert_max_num_queries):
-    booking = _booking(user, flight)
+    booking = initiated(user, flight)
     # token auth 1; booking, scoped to the caller 1; booking re-read by booking_cancel 1;
     # cancel: BEGIN, [PG lock_timeout], booking FOR UPDATE, UPDATE booking, INSERT event, COMMIT 5 (+1);
     # release: booking re-read 1; Flights: BEGIN, [PG lock_timeout], flight FOR UPDATE,
@@ -124,7 +107,7 @@ def test_cancel_an_unpaid_booking(user, user_client, flight, django_assert_max_n
 
 
 def test_cancel_a_paid_booking_refunds_it(user, user_client, flight, django_assert_max_num_queries):
-    booking = _paid_booking(user, flight)
+    booking = paid(user, flight).booking
     # token auth 1; booking, scoped to the caller 1; booking re-read by booking_cancel 1;
     # UPDATE cancel_requested_at 1;
     # refund: SUCCEEDED payments of the booking 1, the payment by id 1, simulated gateway: BEGIN,
@@ -144,7 +127,7 @@ def test_cancel_a_paid_booking_refunds_it(user, user_client, flight, django_asse
 
 
 def test_get_a_booking(user, user_client, flight, django_assert_max_num_queries):
-    booking = _booking(user, flight)
+    booking = initiated(user, flight)
     # token auth 1; booking, scoped to the caller 1.
     with django_assert_max_num_queries(_budget(sqlite=2, postgresql=2)):
         response = user_client.get(f"{BOOKINGS}/{booking.pk}")
@@ -154,7 +137,7 @@ def test_get_a_booking(user, user_client, flight, django_assert_max_num_queries)
 
 
 def test_get_a_payment(user, user_client, flight, django_assert_max_num_queries):
-    payment = Payment.objects.get(booking=_paid_booking(user, flight))
+    payment = Payment.objects.get(booking=paid(user, flight).booking)
     # token auth 1; payment, scoped to the caller 1.
     with django_assert_max_num_queries(_budget(sqlite=2, postgresql=2)):
         response = user_client.get(f"{PAY}/{payment.pk}")
@@ -168,7 +151,7 @@ EVENTS_BUDGET = {"sqlite": 4, "postgresql": 4}
 
 
 def test_events_cost_the_same_for_one_event_as_for_many(user, user_client, flight):
-    booking = _booking(user, flight)
+    booking = initiated(user, flight)
     url = f"{BOOKINGS}/{booking.pk}/events"
     one, body = _queries_of(user_client, url)
     assert body["count"] == 1
@@ -192,13 +175,13 @@ PAGE = f"{BOOKINGS}?pageSize=50"
 
 def test_a_page_of_50_bookings_costs_what_a_page_of_1_does(user, other_user, user_client):
     flight = make_flight(capacity=120)
-    _booking(user, flight, seats=1)
-    _booking(other_user, flight, seats=1)  # Not the caller's: neither counted nor listed.
+    initiated(user, flight, 1)
+    initiated(other_user, flight, 1)  # Not the caller's: neither counted nor listed.
     one, body = _queries_of(user_client, PAGE)
     assert len(body["results"]) == 1
 
     for _ in range(49):
-        _booking(user, flight, seats=1)
+        initiated(user, flight, 1)
     fifty, body = _queries_of(user_client, PAGE)
     assert len(body["results"]) == 50 and body["count"] == 50
 
@@ -208,12 +191,12 @@ def test_a_page_of_50_bookings_costs_what_a_page_of_1_does(user, other_user, use
 
 def test_staff_page_of_everyones_50_bookings_costs_what_a_page_of_1_does(user, other_user, staff_client):
     flight = make_flight(capacity=120)
-    _booking(user, flight, seats=1)
+    initiated(user, flight, 1)
     one, body = _queries_of(staff_client, PAGE)
     assert len(body["results"]) == 1
 
     for index in range(49):
-        _booking(other_user if index % 2 else user, flight, seats=1)
+        initiated(other_user if index % 2 else user, flight, 1)
     fifty, body = _queries_of(staff_client, PAGE)
     assert len(body["results"]) == 50
     assert {row["userId"] for row in body["results"]} == {user.pk, other_user.pk}

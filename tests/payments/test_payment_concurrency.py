@@ -16,9 +16,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from bookings.models import Booking
-from bookings.services import booking_create
 from payments.models import IdempotencyKey, Payment, SimulatedCharge
-from tests.factories import make_flight
+from tests.factories import initiated, make_flight
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem, race
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -27,86 +26,10 @@ THREADS = 50
 SLOW_CHARGE_MS = 500
 
 
-def _token(user) -> str:
-    return Token.objects.get_or_create(user=user)[0].key
-
-
-def _client(token: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
-    return client
-
-
-def _pay(token: str, booking: Booking, key: str):
-    body = {"bookingId": booking.pk, "amount": f"{booking.total_cost:.2f}"}
-    return _client(token).post("/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY=key)
-
-
-def _cancel(token: str, booking: Booking):
-    return _client(token).patch(f"/api/v1/bookings/{booking.pk}/cancel", format="json")
-
-
-def _outcome(response) -> tuple[int, str | None, bool]:
-    """(status, problem code or None, replayed?) of a payment answer."""
-    code = response.json().get("code") if response.status_code >= 400 else None
-    return response.status_code, code, response.get("Idempotent-Replayed") == "true"
-
-
-def _booking(user, flight, seats: int = 1) -> Booking:
-    return booking_create(user=user, flight_id=flight.pk, seats=seats)
-
-
-def _assert_one_paid(booking: Booking) -> Payment:
-    """The booking is BOOKED with exactly one charge at the gateway and one SUCCEEDED payment."""
-    booking.refresh_from_db()
-    books = {
-        "booking": booking.status,
-        "charges": Counter(SimulatedCharge.objects.values_list("status", flat=True)),
-        "payments": Counter(Payment.objects.filter(booking=booking).values_list("status", flat=True)),
-    }
-    assert booking.status == Booking.Status.BOOKED, books
-    assert SimulatedCharge.objects.count() == 1, books
-    assert Payment.objects.filter(booking=booking).count() == 1, books
-    payment = Payment.objects.get(booking=booking)
-    charge = SimulatedCharge.objects.get()
-    assert payment.status == Payment.Status.SUCCEEDED
-    assert (charge.reference, charge.status, charge.amount) == (payment.reference, "succeeded", booking.total_cost)
-    assert payment.gateway_reference == charge.charge_id
-    assert payment.attempts == 1
-    return payment
-
-
-def _check_same_key_answers(responses, payment: Payment) -> Counter:
-    """One fresh 201; every other answer a faithful replay of it or 409 `idempotency_key_in_use`."""
-    outcomes = Counter(_outcome(response) for response in responses)
-    fresh = [response for response in responses if response.status_code == 201 and not _outcome(response)[2]]
-    assert len(fresh) == 1, outcomes
-    fresh_body = fresh[0].json()
-    assert fresh_body["id"] == payment.pk
-    assert fresh_body["status"] == "SUCCEEDED"
-    assert fresh_body["gatewayReference"] == payment.gateway_reference
-    for response in responses:
-        if response is fresh[0]:
-            continue
-        if response.status_code == 201:
-            assert response["Idempotent-Replayed"] == "true"
-            assert response.json() == fresh_body
-        else:
-            assert_problem(response, 409, "idempotency_key_in_use")
-            assert response["Retry-After"] == "1"
-            assert "Idempotent-Replayed" not in response
-    assert set(outcomes) <= {(201, None, False), (201, None, True), (409, "idempotency_key_in_use", False)}, outcomes
-    assert sum(outcomes.values()) == THREADS
-    # The key holds the one final answer, and nothing else was stored.
-    key = IdempotencyKey.objects.get()
-    assert (key.state, key.response_status, key.response_body) == ("completed", 201, fresh_body)
-    return outcomes
-
-
 class TestSameKey:
     def test_fifty_requests_with_one_key_charge_once_and_overlap_answers_in_use(self, settings, user, flight):
         settings.PAYMENT_SIMULATED_DELAY_MS = SLOW_CHARGE_MS
-        booking = _booking(user, flight)
+        booking = initiated(user, flight, 1)
         token = _token(user)
 
         responses = race(THREADS, lambda _: _pay(token, booking, "same-key"))
@@ -129,7 +52,7 @@ class TestSameKey:
         """Half leave the barrier at once (overlap: 409 in use), half wait until the key holds
         its final answer (so each of them is certainly a replay)."""
         settings.PAYMENT_SIMULATED_DELAY_MS = SLOW_CHARGE_MS
-        booking = _booking(user, flight)
+        booking = initiated(user, flight, 1)
         token = _token(user)
         late = THREADS // 2
 
@@ -155,7 +78,7 @@ class TestSameKey:
 class TestManyKeysOneBooking:
     def test_fifty_keys_for_one_booking_charge_once(self, settings, user, flight):
         settings.PAYMENT_SIMULATED_DELAY_MS = SLOW_CHARGE_MS
-        booking = _booking(user, flight)
+        booking = initiated(user, flight, 1)
         token = _token(user)
 
         responses = race(THREADS, lambda index: _pay(token, booking, f"key-{index}"))
@@ -197,7 +120,7 @@ class TestCancelRacingPayment:
     @pytest.mark.parametrize("cancels", ["together", "during_the_charge", "after_the_charge"])
     def test_booking_ends_paid_or_cancelled_and_refunded(self, settings, user, flight, cancels):
         settings.PAYMENT_SIMULATED_DELAY_MS = 200
-        booking = _booking(user, flight, seats=2)
+        booking = initiated(user, flight, 2)
         token = _token(user)
         paid = threading.Event()
 
@@ -276,7 +199,7 @@ def test_twenty_bookings_paid_in_parallel_all_succeed(settings, user):
     delay_ms, count = 300, 20
     settings.PAYMENT_SIMULATED_DELAY_MS = delay_ms
     flight = make_flight(capacity=count)
-    bookings = [_booking(user, flight) for _ in range(count)]
+    bookings = [initiated(user, flight, 1) for _ in range(count)]
     token = _token(user)
 
     # The slow charges overlap, so a lock or key shared across bookings would show as 409s.
@@ -289,3 +212,78 @@ def test_twenty_bookings_paid_in_parallel_all_succeed(settings, user):
     assert Booking.objects.filter(status=Booking.Status.BOOKED).count() == count
     assert_money_matches_bookings()
     assert_bookings_match_ledger(flight)
+
+
+# Helpers ------------------------------------------------------------------------------------
+
+
+def _token(user) -> str:
+    return Token.objects.get_or_create(user=user)[0].key
+
+
+def _client(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    return client
+
+
+def _pay(token: str, booking: Booking, key: str):
+    body = {"bookingId": booking.pk, "amount": f"{booking.total_cost:.2f}"}
+    return _client(token).post("/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+
+def _cancel(token: str, booking: Booking):
+    return _client(token).patch(f"/api/v1/bookings/{booking.pk}/cancel", format="json")
+
+
+def _outcome(response) -> tuple[int, str | None, bool]:
+    """(status, problem code or None, replayed?) of a payment answer."""
+    code = response.json().get("code") if response.status_code >= 400 else None
+    return response.status_code, code, response.get("Idempotent-Replayed") == "true"
+
+
+def _assert_one_paid(booking: Booking) -> Payment:
+    """The booking is BOOKED with exactly one charge at the gateway and one SUCCEEDED payment."""
+    booking.refresh_from_db()
+    books = {
+        "booking": booking.status,
+        "charges": Counter(SimulatedCharge.objects.values_list("status", flat=True)),
+        "payments": Counter(Payment.objects.filter(booking=booking).values_list("status", flat=True)),
+    }
+    assert booking.status == Booking.Status.BOOKED, books
+    assert SimulatedCharge.objects.count() == 1, books
+    assert Payment.objects.filter(booking=booking).count() == 1, books
+    payment = Payment.objects.get(booking=booking)
+    charge = SimulatedCharge.objects.get()
+    assert payment.status == Payment.Status.SUCCEEDED
+    assert (charge.reference, charge.status, charge.amount) == (payment.reference, "succeeded", booking.total_cost)
+    assert payment.gateway_reference == charge.charge_id
+    assert payment.attempts == 1
+    return payment
+
+
+def _check_same_key_answers(responses, payment: Payment) -> Counter:
+    """One fresh 201; every other answer a faithful replay of it or 409 `idempotency_key_in_use`."""
+    outcomes = Counter(_outcome(response) for response in responses)
+    fresh = [response for response in responses if response.status_code == 201 and not _outcome(response)[2]]
+    assert len(fresh) == 1, outcomes
+    fresh_body = fresh[0].json()
+    assert fresh_body["id"] == payment.pk
+    assert fresh_body["status"] == "SUCCEEDED"
+    assert fresh_body["gatewayReference"] == payment.gateway_reference
+    for response in responses:
+        if response is fresh[0]:
+            continue
+        if response.status_code == 201:
+            assert response["Idempotent-Replayed"] == "true"
+            assert response.json() == fresh_body
+        else:
+            assert_problem(response, 409, "idempotency_key_in_use")
+            assert response["Retry-After"] == "1"
+            assert "Idempotent-Replayed" not in response
+    assert set(outcomes) <= {(201, None, False), (201, None, True), (409, "idempotency_key_in_use", False)}, outcomes
+    assert sum(outcomes.values()) == THREADS
+    # The key holds the one final answer, and nothing else was stored.
+    key = IdempotencyKey.objects.get()
+    assert (key.state, key.response_status, key.response_body) == ("completed", 201, fresh_body)
+    return outcomes

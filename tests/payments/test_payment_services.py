@@ -1,4 +1,4 @@
-"""payments.services and the simulated gateway, called directly (real database, DESIGN §2, §3.4, §6)."""
+"""payments.services and the simulated gateway, called directly (real database; docs/api.md#payments)."""
 
 import datetime as dt
 from decimal import Decimal
@@ -8,47 +8,27 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bookings.models import Booking
-from bookings.services import booking_create, booking_release_seats
+from bookings.services import booking_release_seats
 from bookings_project.errors import BookingExpired, PaymentDeclined, PaymentGatewayUnavailable
 from flights.models import SeatHold
 from payments import services
 from payments.gateway import SimulatedPaymentGateway
 from payments.models import Payment, SimulatedCharge
+from tests.factories import initiated, pay
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem
 
 pytestmark = pytest.mark.django_db
 
 
-class RefundMustNotBeCalled:
-    """A gateway that fails the test if anything asks it for money movements."""
-
-    def charge(self, **kwargs):
-        raise AssertionError(f"unexpected charge {kwargs}")
-
-    def refund(self, *, payment):
-        raise AssertionError(f"unexpected refund of payment {payment.pk}")
-
-    def find_charge(self, *, reference):
-        raise AssertionError(f"unexpected look-up of {reference}")
-
-
-def _book(user, flight, seats=2) -> Booking:
-    return booking_create(user=user, flight_id=flight.pk, seats=seats)
-
-
-def _pay(user, booking, key="key-1") -> Payment:
-    return services.payment_create(caller=user, booking_id=booking.pk, amount=booking.total_cost, idempotency_key=key)
-
-
 class TestExpiry:
     def test_paying_an_expired_booking_cancels_it_and_releases_its_seats_once(self, user, flight):
-        booking = _book(user, flight, seats=3)
+        booking = initiated(user, flight, 3)
         Booking.objects.filter(pk=booking.pk).update(expires_at=timezone.now() - dt.timedelta(seconds=1))
         flight.refresh_from_db()
         assert flight.available_seats == 17
 
         with pytest.raises(BookingExpired):
-            _pay(user, booking)
+            pay(user, booking, key="key-1")
 
         booking.refresh_from_db()
         assert (booking.status, booking.cancel_reason, booking.seats_state) == (
@@ -67,7 +47,7 @@ class TestExpiry:
         assert SimulatedCharge.objects.count() == 0
 
     def test_money_that_arrives_after_cleanup_cancelled_the_booking_is_refunded(self, user, flight):
-        booking = _book(user, flight, seats=2)
+        booking = initiated(user, flight, 2)
         attempt = services._start_attempt(
             caller=user, booking_id=booking.pk, amount=booking.total_cost, idempotency_key="late", user_id=None
         )
@@ -109,7 +89,7 @@ class TestExpiry:
 
 class TestRefund:
     def test_refund_is_idempotent(self, user, flight):
-        payment = _pay(user, _book(user, flight))
+        payment = pay(user, initiated(user, flight))
 
         first = services.payment_refund(payment_id=payment.pk)
         second = services.payment_refund(payment_id=payment.pk, gateway=RefundMustNotBeCalled())
@@ -123,13 +103,13 @@ class TestRefund:
         assert (record.status, record.refund_id) == (SimulatedCharge.Status.REFUNDED, first.refund_reference)
 
     def test_refund_is_a_no_op_for_declined_and_failed_payments(self, user, flight, settings):
-        booking = _book(user, flight)
+        booking = initiated(user, flight)
         settings.PAYMENT_SIMULATED_OUTCOME = "decline"
         with pytest.raises(PaymentDeclined):
-            _pay(user, booking, key="declined")
+            pay(user, booking, key="declined")
         settings.PAYMENT_SIMULATED_OUTCOME = "fail"
         with pytest.raises(PaymentGatewayUnavailable):
-            _pay(user, booking, key="failed")
+            pay(user, booking, key="failed")
         declined = Payment.objects.get(idempotency_key="declined")
         failed = Payment.objects.get(idempotency_key="failed")
         assert (declined.status, failed.status) == (Payment.Status.DECLINED, Payment.Status.FAILED)
@@ -144,12 +124,12 @@ class TestRefund:
         assert Booking.objects.get(pk=booking.pk).status == Booking.Status.INITIATED
 
     def test_refund_for_booking_refunds_only_the_succeeded_payment(self, user, flight, settings):
-        booking = _book(user, flight)
+        booking = initiated(user, flight)
         settings.PAYMENT_SIMULATED_OUTCOME = "decline"
         with pytest.raises(PaymentDeclined):
-            _pay(user, booking, key="first")
+            pay(user, booking, key="first")
         settings.PAYMENT_SIMULATED_OUTCOME = "approve"
-        paid = _pay(user, booking, key="second")
+        paid = pay(user, booking, key="second")
         declined = Payment.objects.get(idempotency_key="first")
 
         refunded = services.payment_refund_for_booking(booking_id=booking.pk)
@@ -162,7 +142,7 @@ class TestRefund:
             (paid.reference, "refunded"),
         }
         assert services.payment_refund_for_booking(booking_id=booking.pk, gateway=RefundMustNotBeCalled()) == []
-        unpaid = _book(user, flight, seats=1)
+        unpaid = initiated(user, flight, 1)
         assert services.payment_refund_for_booking(booking_id=unpaid.pk, gateway=RefundMustNotBeCalled()) == []
 
 
@@ -269,7 +249,7 @@ class TestOneLivePaymentPerBooking:
     @pytest.mark.parametrize("first", [Payment.Status.PROCESSING, Payment.Status.SUCCEEDED])
     @pytest.mark.parametrize("second", [Payment.Status.PROCESSING, Payment.Status.SUCCEEDED])
     def test_a_second_live_payment_is_refused_by_the_database(self, user, flight, first, second):
-        booking = _book(user, flight)
+        booking = initiated(user, flight)
         self._payment(booking, first, "a")
 
         with pytest.raises(IntegrityError) as error, transaction.atomic():
@@ -281,10 +261,10 @@ class TestOneLivePaymentPerBooking:
         assert list(Payment.objects.values_list("status", flat=True)) == [first]
 
     def test_settled_payments_do_not_count(self, user, flight):
-        booking = _book(user, flight)
+        booking = initiated(user, flight)
         for index, status in enumerate(["DECLINED", "FAILED", "REFUNDED", "DECLINED", "SUCCEEDED"]):
             self._payment(booking, status, f"k{index}")
-        other = _book(user, flight, seats=1)
+        other = initiated(user, flight, 1)
         self._payment(other, "PROCESSING", "k-other")  # Another booking's live payment is its own.
         assert Payment.objects.count() == 6
 
@@ -293,7 +273,7 @@ class TestResumedAttempt:
     def test_a_refused_retry_after_an_unknown_outcome_keeps_the_payment_processing(
         self, user, user_client, flight, settings
     ):
-        booking = _book(user, flight)
+        booking = initiated(user, flight)
         body = {"bookingId": booking.pk, "amount": str(booking.total_cost)}
 
         def pay():
@@ -335,7 +315,7 @@ class TestResumedAttempt:
         assert_money_matches_bookings()
 
     def test_a_refused_first_try_is_known_not_charged(self, user, user_client, flight, settings):
-        booking = _book(user, flight)
+        booking = initiated(user, flight)
         settings.PAYMENT_SIMULATED_OUTCOME = "fail"
         response = user_client.post(
             "/api/v1/payments",
@@ -347,3 +327,19 @@ class TestResumedAttempt:
         assert Payment.objects.get().status == Payment.Status.FAILED
         assert Booking.objects.get(pk=booking.pk).status == Booking.Status.INITIATED
         assert SimulatedCharge.objects.count() == 0
+
+
+# Helpers ------------------------------------------------------------------------------------
+
+
+class RefundMustNotBeCalled:
+    """A gateway that fails the test if anything asks it for money movements."""
+
+    def charge(self, **kwargs):
+        raise AssertionError(f"unexpected charge {kwargs}")
+
+    def refund(self, *, payment):
+        raise AssertionError(f"unexpected refund of payment {payment.pk}")
+
+    def find_charge(self, *, reference):
+        raise AssertionError(f"unexpected look-up of {reference}")
