@@ -72,186 +72,6 @@ EVENT_CHANGELIST = "/admin/bookings/bookingevent/"
 RUN_ID = re.compile(r"cleanup-[0-9a-f]{32}")
 
 
-# Helpers ------------------------------------------------------------------------------------
-
-
-def trail(booking: Booking) -> list[tuple]:
-    """The booking's events in write order: (from, to, reason, actor, actor_user id, request id)."""
-    return list(
-        BookingEvent.objects.filter(booking_id=booking.pk)
-        .order_by("id")
-        .values_list("from_status", "to_status", "reason", "actor", "actor_user_id", "request_id")
-    )
-
-
-def created(user, rid: str, actor: str = "user") -> tuple:
-    return ("", INITIATED, "created", actor, user.pk if user else None, rid)
-
-
-def client_for(user) -> APIClient:
-    token, _ = Token.objects.get_or_create(user=user)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
-
-
-def post_booking(client, flight, rid: str, seats: int = SEATS, **extra):
-    body = {"flightId": flight.pk, "numberOfSeats": seats, **extra}
-    return client.post("/api/v1/bookings", body, format="json", HTTP_X_REQUEST_ID=rid)
-
-
-def book(client, flight, rid: str, seats: int = SEATS, **extra) -> Booking:
-    response = post_booking(client, flight, rid, seats, **extra)
-    assert response.status_code == 201, response.content
-    assert response["X-Request-ID"] == rid
-    booking = Booking.objects.get(pk=response.json()["id"])
-    assert (booking.status, booking.seats_state) == (INITIATED, Booking.SeatsState.RESERVED)
-    return booking
-
-
-def pay(client, booking: Booking, rid: str, key: str | None = None):
-    body = {"bookingId": booking.pk, "amount": str(booking.total_cost)}
-    return client.post(
-        "/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY=key or f"key-{rid}", HTTP_X_REQUEST_ID=rid
-    )
-
-
-def cancel(client, booking: Booking, rid: str):
-    return client.patch(f"/api/v1/bookings/{booking.pk}/cancel", HTTP_X_REQUEST_ID=rid)
-
-
-def paid(client, flight, rid: str) -> Booking:
-    booking = book(client, flight, f"{rid}-book")
-    response = pay(client, booking, f"{rid}-pay")
-    assert response.status_code == 201, response.content
-    booking.refresh_from_db()
-    assert booking.status == BOOKED
-    return booking
-
-
-def status_of(booking: Booking) -> str:
-    booking.refresh_from_db()
-    return booking.status
-
-
-def run_cleanup(**kwargs) -> CleanupRun:
-    before = CleanupRun.objects.count()
-    cleanup_stale_bookings(**kwargs)
-    assert CleanupRun.objects.count() == before + 1
-    run = CleanupRun.objects.order_by("-id").first()
-    assert RUN_ID.fullmatch(run.run_id), run.run_id
-    return run
-
-
-def iso(moment) -> str:
-    """A time as the API writes it (DRF: ISO 8601, UTC as `Z`)."""
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def assert_chain(booking: Booking) -> None:
-    """The history explains the status: it starts with the creation, every event starts where
-    the one before ended, and the last ends at the booking's current status."""
-    booking.refresh_from_db()
-    events = list(BookingEvent.objects.filter(booking=booking).order_by("id"))
-    assert events, f"booking {booking.pk} has no history"
-    assert (events[0].from_status, events[0].to_status, events[0].reason) == ("", INITIATED, "created"), booking.pk
-    for before, after in itertools.pairwise(events):
-        assert after.from_status == before.to_status, (booking.pk, trail(booking))
-        assert after.from_status != after.to_status, (booking.pk, trail(booking))
-    assert events[-1].to_status == booking.status, (booking.pk, booking.status, trail(booking))
-    assert [e.to_status for e in events].count(CANCELLED) <= 1, (booking.pk, trail(booking))
-    # The API's order (created_at, id) is the write order.
-    api_order = BookingEvent.objects.filter(booking=booking).order_by("created_at", "id")
-    assert list(api_order) == events
-
-
-class Faults:
-    """Switchable faults at the project's boundaries: the Flights service (in process) and the
-    simulated payment gateway. Both are outside the code under test."""
-
-    def __init__(self) -> None:
-        # Someone else takes this many seats at the Flights service between our look-up and our reserve.
-        self.walk_in_takes: int | None = None
-        # The Flights service's database fails on a reserve, before applying it: outcome unknown to us.
-        self.reserve_fails = False
-        # The charge never reaches the gateway, and no answer comes back: outcome unknown to us.
-        self.charge_times_out = False
-        # The gateway is down for refunds (nothing refunded).
-        self.refund_down = False
-
-
-@pytest.fixture
-def faults(monkeypatch) -> Faults:
-    faults = Faults()
-    real_get, real_change = flight_selectors.flight_get, flight_services.flight_seats_change
-    real_charge, real_refund = SimulatedPaymentGateway.charge, SimulatedPaymentGateway.refund
-
-    def flight_get(**kwargs):
-        found = real_get(**kwargs)
-        if faults.walk_in_takes:
-            seats, faults.walk_in_takes = faults.walk_in_takes, None
-            real_change(flight_id=found.pk, seats=seats, decrease=True, reservation=f"walk-in-{found.pk}")
-        return found
-
-    def flight_seats_change(**kwargs):
-        if kwargs["decrease"] and faults.reserve_fails:
-            raise OperationalError("server closed the connection unexpectedly")
-        return real_change(**kwargs)
-
-    def charge(self, **kwargs):
-        if faults.charge_times_out:
-            raise PaymentGatewayUnavailable("The payment gateway did not answer in time.")
-        return real_charge(self, **kwargs)
-
-    def refund(self, *, payment):
-        if faults.refund_down:
-            raise PaymentGatewayUnavailable("The payment gateway is down (refund).", maybe_charged=False)
-        return real_refund(self, payment=payment)
-
-    monkeypatch.setattr(flight_selectors, "flight_get", flight_get)
-    monkeypatch.setattr(flight_services, "flight_seats_change", flight_seats_change)
-    monkeypatch.setattr(SimulatedPaymentGateway, "charge", charge)
-    monkeypatch.setattr(SimulatedPaymentGateway, "refund", refund)
-    return faults
-
-
-@pytest.fixture
-def root(db):
-    return get_user_model().objects.create_superuser("root", "root@example.com", "root-password")
-
-
-@pytest.fixture
-def admin(client, root):
-    client.force_login(root)
-    return client
-
-
-def admin_cancel(admin, booking: Booking, rid: str) -> None:
-    response = admin.post(
-        CHANGELIST, {"action": "cancel_selected", "_selected_action": [booking.pk]}, HTTP_X_REQUEST_ID=rid
-    )
-    assert response.status_code == 302, response.content[:300]
-    assert response["X-Request-ID"] == rid
-
-
-@contextlib.contextmanager
-def event_insert_fails(reason: str | None = None) -> Iterator[list]:
-    """The database refuses the audit row's INSERT (for events with `reason`, or all of them),
-    as a full disk or a dropped connection would. Yields the refused statements."""
-    refused: list = []
-
-    def refuse(execute, sql, params, many, context):
-        if sql.lstrip().upper().startswith('INSERT INTO "BOOKINGS_BOOKINGEVENT"') and (
-            reason is None or reason in (params or ())
-        ):
-            refused.append(params)
-            raise OperationalError("could not extend file: No space left on device")
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(refuse):
-        yield refused
-
-
 # 1. Every transition, one event, exact --------------------------------------------------------
 
 
@@ -1107,3 +927,183 @@ def test_payments_racing_cleanup_on_expired_bookings_leave_one_terminal_event_ea
 def test_every_cancel_reason_is_an_event_reason():
     """A cancel's event carries the booking's cancel reason, so each must be a known one."""
     assert set(Booking.CancelReason.values) <= set(BookingEvent.Reason.values)
+
+
+# Helpers ------------------------------------------------------------------------------------
+
+
+def trail(booking: Booking) -> list[tuple]:
+    """The booking's events in write order: (from, to, reason, actor, actor_user id, request id)."""
+    return list(
+        BookingEvent.objects.filter(booking_id=booking.pk)
+        .order_by("id")
+        .values_list("from_status", "to_status", "reason", "actor", "actor_user_id", "request_id")
+    )
+
+
+def created(user, rid: str, actor: str = "user") -> tuple:
+    return ("", INITIATED, "created", actor, user.pk if user else None, rid)
+
+
+def client_for(user) -> APIClient:
+    token, _ = Token.objects.get_or_create(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+def post_booking(client, flight, rid: str, seats: int = SEATS, **extra):
+    body = {"flightId": flight.pk, "numberOfSeats": seats, **extra}
+    return client.post("/api/v1/bookings", body, format="json", HTTP_X_REQUEST_ID=rid)
+
+
+def book(client, flight, rid: str, seats: int = SEATS, **extra) -> Booking:
+    response = post_booking(client, flight, rid, seats, **extra)
+    assert response.status_code == 201, response.content
+    assert response["X-Request-ID"] == rid
+    booking = Booking.objects.get(pk=response.json()["id"])
+    assert (booking.status, booking.seats_state) == (INITIATED, Booking.SeatsState.RESERVED)
+    return booking
+
+
+def pay(client, booking: Booking, rid: str, key: str | None = None):
+    body = {"bookingId": booking.pk, "amount": str(booking.total_cost)}
+    return client.post(
+        "/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY=key or f"key-{rid}", HTTP_X_REQUEST_ID=rid
+    )
+
+
+def cancel(client, booking: Booking, rid: str):
+    return client.patch(f"/api/v1/bookings/{booking.pk}/cancel", HTTP_X_REQUEST_ID=rid)
+
+
+def paid(client, flight, rid: str) -> Booking:
+    booking = book(client, flight, f"{rid}-book")
+    response = pay(client, booking, f"{rid}-pay")
+    assert response.status_code == 201, response.content
+    booking.refresh_from_db()
+    assert booking.status == BOOKED
+    return booking
+
+
+def status_of(booking: Booking) -> str:
+    booking.refresh_from_db()
+    return booking.status
+
+
+def run_cleanup(**kwargs) -> CleanupRun:
+    before = CleanupRun.objects.count()
+    cleanup_stale_bookings(**kwargs)
+    assert CleanupRun.objects.count() == before + 1
+    run = CleanupRun.objects.order_by("-id").first()
+    assert RUN_ID.fullmatch(run.run_id), run.run_id
+    return run
+
+
+def iso(moment) -> str:
+    """A time as the API writes it (DRF: ISO 8601, UTC as `Z`)."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def assert_chain(booking: Booking) -> None:
+    """The history explains the status: it starts with the creation, every event starts where
+    the one before ended, and the last ends at the booking's current status."""
+    booking.refresh_from_db()
+    events = list(BookingEvent.objects.filter(booking=booking).order_by("id"))
+    assert events, f"booking {booking.pk} has no history"
+    assert (events[0].from_status, events[0].to_status, events[0].reason) == ("", INITIATED, "created"), booking.pk
+    for before, after in itertools.pairwise(events):
+        assert after.from_status == before.to_status, (booking.pk, trail(booking))
+        assert after.from_status != after.to_status, (booking.pk, trail(booking))
+    assert events[-1].to_status == booking.status, (booking.pk, booking.status, trail(booking))
+    assert [e.to_status for e in events].count(CANCELLED) <= 1, (booking.pk, trail(booking))
+    # The API's order (created_at, id) is the write order.
+    api_order = BookingEvent.objects.filter(booking=booking).order_by("created_at", "id")
+    assert list(api_order) == events
+
+
+class Faults:
+    """Switchable faults at the project's boundaries: the Flights service (in process) and the
+    simulated payment gateway. Both are outside the code under test."""
+
+    def __init__(self) -> None:
+        # Someone else takes this many seats at the Flights service between our look-up and our reserve.
+        self.walk_in_takes: int | None = None
+        # The Flights service's database fails on a reserve, before applying it: outcome unknown to us.
+        self.reserve_fails = False
+        # The charge never reaches the gateway, and no answer comes back: outcome unknown to us.
+        self.charge_times_out = False
+        # The gateway is down for refunds (nothing refunded).
+        self.refund_down = False
+
+
+@pytest.fixture
+def faults(monkeypatch) -> Faults:
+    faults = Faults()
+    real_get, real_change = flight_selectors.flight_get, flight_services.flight_seats_change
+    real_charge, real_refund = SimulatedPaymentGateway.charge, SimulatedPaymentGateway.refund
+
+    def flight_get(**kwargs):
+        found = real_get(**kwargs)
+        if faults.walk_in_takes:
+            seats, faults.walk_in_takes = faults.walk_in_takes, None
+            real_change(flight_id=found.pk, seats=seats, decrease=True, reservation=f"walk-in-{found.pk}")
+        return found
+
+    def flight_seats_change(**kwargs):
+        if kwargs["decrease"] and faults.reserve_fails:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_change(**kwargs)
+
+    def charge(self, **kwargs):
+        if faults.charge_times_out:
+            raise PaymentGatewayUnavailable("The payment gateway did not answer in time.")
+        return real_charge(self, **kwargs)
+
+    def refund(self, *, payment):
+        if faults.refund_down:
+            raise PaymentGatewayUnavailable("The payment gateway is down (refund).", maybe_charged=False)
+        return real_refund(self, payment=payment)
+
+    monkeypatch.setattr(flight_selectors, "flight_get", flight_get)
+    monkeypatch.setattr(flight_services, "flight_seats_change", flight_seats_change)
+    monkeypatch.setattr(SimulatedPaymentGateway, "charge", charge)
+    monkeypatch.setattr(SimulatedPaymentGateway, "refund", refund)
+    return faults
+
+
+@pytest.fixture
+def root(db):
+    return get_user_model().objects.create_superuser("root", "root@example.com", "root-password")
+
+
+@pytest.fixture
+def admin(client, root):
+    client.force_login(root)
+    return client
+
+
+def admin_cancel(admin, booking: Booking, rid: str) -> None:
+    response = admin.post(
+        CHANGELIST, {"action": "cancel_selected", "_selected_action": [booking.pk]}, HTTP_X_REQUEST_ID=rid
+    )
+    assert response.status_code == 302, response.content[:300]
+    assert response["X-Request-ID"] == rid
+
+
+@contextlib.contextmanager
+def event_insert_fails(reason: str | None = None) -> Iterator[list]:
+    """The database refuses the audit row's INSERT (for events with `reason`, or all of them),
+    as a full disk or a dropped connection would. Yields the refused statements."""
+    refused: list = []
+
+    def refuse(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith('INSERT INTO "BOOKINGS_BOOKINGEVENT"') and (
+            reason is None or reason in (params or ())
+        ):
+            refused.append(params)
+            raise OperationalError("could not extend file: No space left on device")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(refuse):
+        yield refused

@@ -1,4 +1,4 @@
-"""Payments API (DESIGN §3.4, §3.5) through HTTP, on the in-process Flights adapter and the
+"""Payments API (docs/api.md#payments, #idempotency, #errors) through HTTP, on the in-process Flights adapter and the
 default simulated payment gateway: every idempotency rule and every payment error code."""
 
 import datetime as dt
@@ -30,56 +30,6 @@ PAYMENT_FIELDS = {
     "createdAt",
     "updatedAt",
 }
-
-
-def _book(client, flight, seats=2) -> int:
-    response = client.post("/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": seats}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()["id"]
-
-
-def _pay(client, key, body, *, seed_key=None):
-    headers = {}
-    if key is not None:
-        headers["HTTP_IDEMPOTENCY_KEY"] = key
-    if seed_key is not None:
-        headers["HTTP_X_IDEMPOTENCY_KEY"] = seed_key
-    return client.post(PAY, body, format="json", **headers)
-
-
-def _body(booking_id, amount="11000.00", **extra):
-    return {"bookingId": booking_id, "amount": amount, **extra}
-
-
-def _status(booking_id) -> str:
-    return Booking.objects.get(pk=booking_id).status
-
-
-def _fingerprint(booking_id, amount="11000.00", **extra):
-    return request_fingerprint(method="POST", path=PAY, body={"bookingId": booking_id, "amount": amount, **extra})
-
-
-def _parse_time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _assert_untouched(booking_id):
-    """The booking is as it was created: INITIATED, no payment, nothing charged."""
-    assert _status(booking_id) == "INITIATED"
-    assert not Payment.objects.filter(booking_id=booking_id).exists()
-    assert SimulatedCharge.objects.count() == 0
-
-
-@pytest.fixture
-def booking(user_client, flight) -> int:
-    return _book(user_client, flight)
-
-
-@pytest.fixture
-def bob_client(other_user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=other_user).key}")
-    return client
 
 
 class TestPay:
@@ -836,3 +786,56 @@ class TestConcurrentRequests:
         assert _status(booking) == "BOOKED"
         assert_money_matches_bookings()
         assert_bookings_match_ledger(flight)
+
+
+# Helpers ------------------------------------------------------------------------------------
+
+
+def _book(client, flight, seats=2) -> int:
+    response = client.post("/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": seats}, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
+
+
+def _pay(client, key, body, *, seed_key=None):
+    headers = {}
+    if key is not None:
+        headers["HTTP_IDEMPOTENCY_KEY"] = key
+    if seed_key is not None:
+        headers["HTTP_X_IDEMPOTENCY_KEY"] = seed_key
+    return client.post(PAY, body, format="json", **headers)
+
+
+def _body(booking_id, amount="11000.00", **extra):
+    return {"bookingId": booking_id, "amount": amount, **extra}
+
+
+def _status(booking_id) -> str:
+    return Booking.objects.get(pk=booking_id).status
+
+
+def _fingerprint(booking_id, amount="11000.00", **extra):
+    return request_fingerprint(method="POST", path=PAY, body={"bookingId": booking_id, "amount": amount, **extra})
+
+
+def _parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _assert_untouched(booking_id):
+    """The booking is as it was created: INITIATED, no payment, nothing charged."""
+    assert _status(booking_id) == "INITIATED"
+    assert not Payment.objects.filter(booking_id=booking_id).exists()
+    assert SimulatedCharge.objects.count() == 0
+
+
+@pytest.fixture
+def booking(user_client, flight) -> int:
+    return _book(user_client, flight)
+
+
+@pytest.fixture
+def bob_client(other_user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=other_user).key}")
+    return client
