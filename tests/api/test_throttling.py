@@ -30,6 +30,7 @@ from bookings.models import Booking
 from payments.models import IdempotencyKey, Payment, SimulatedCharge
 from tests.factories import make_flight
 from tests.helpers import SERVICE_TOKEN, assert_problem
+from tests.support.api import post_booking, post_payment
 
 pytestmark = pytest.mark.django_db
 
@@ -108,16 +109,6 @@ def assert_throttled(response, retry_after: int) -> dict:
 
 def login(client, username="alice", password="alice-password", **extra):
     return client.post(TOKEN_URL, {"username": username, "password": password}, format="json", **extra)
-
-
-def book(client, flight, seats=1):
-    return client.post("/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": seats}, format="json")
-
-
-def pay(client, booking_id, key, amount="5500.00"):
-    return client.post(
-        "/api/v1/payments", {"bookingId": booking_id, "amount": amount}, format="json", HTTP_IDEMPOTENCY_KEY=key
-    )
 
 
 # 1. The token endpoint, per client IP ----------------------------------------------------------
@@ -200,7 +191,7 @@ def test_the_sixth_bookings_request_is_429_for_that_user_only(user, other_user, 
     rates(bookings="5/min")
     alice, bob = client_for(user), client_for(other_user)
 
-    created = book(alice, flight)
+    created = post_booking(alice, flight, 1)
     booking_id = created.json()["id"]
     answers = [
         created,
@@ -232,7 +223,7 @@ def test_the_sixth_bookings_request_is_429_for_that_user_only(user, other_user, 
 def test_every_bookings_endpoint_is_limited(user, flight, rates, throttle_clock, method, path, body):
     rates(bookings="1/min")
     alice = client_for(user)
-    booking_id = book(alice, flight).json()["id"]  # Uses up the one request.
+    booking_id = post_booking(alice, flight, 1).json()["id"]  # Uses up the one request.
     data = {"flightId": flight.pk, "numberOfSeats": 1} if body else None
 
     response = getattr(alice, method)(path.format(id=booking_id), data, format="json")
@@ -246,12 +237,12 @@ def test_every_bookings_endpoint_is_limited(user, flight, rates, throttle_clock,
 def test_every_payments_endpoint_is_limited(user, flight, rates, throttle_clock, method, path):
     rates(payments="1/min")
     alice = client_for(user)
-    booking_id = book(alice, flight).json()["id"]
-    paid = pay(alice, booking_id, "first")  # Uses up the one request.
+    booking_id = post_booking(alice, flight, 1).json()["id"]
+    paid = post_payment(alice, booking_id, "first", "5500.00")  # Uses up the one request.
     assert paid.status_code == 201, paid.content
 
     if method == "post":
-        response = pay(alice, booking_id, "first")  # Not even a replay gets through.
+        response = post_payment(alice, booking_id, "first", "5500.00")  # Not even a replay gets through.
     else:
         response = alice.get(path.format(id=paid.json()["id"]))
 
@@ -261,12 +252,12 @@ def test_every_payments_endpoint_is_limited(user, flight, rates, throttle_clock,
 def test_bookings_and_payments_count_apart(user, flight, rates, throttle_clock):
     rates(bookings="2/min", payments="2/min")
     alice = client_for(user)
-    booking_id = book(alice, flight).json()["id"]
+    booking_id = post_booking(alice, flight, 1).json()["id"]
     assert alice.get("/api/v1/bookings").status_code == 200
     assert_throttled(alice.get("/api/v1/bookings"), retry_after=WINDOW)
 
     # Bookings are used up; payments still have their own two.
-    paid = pay(alice, booking_id, "k-1")
+    paid = post_payment(alice, booking_id, "k-1", "5500.00")
     assert paid.status_code == 201, paid.content
     assert alice.get(f"/api/v1/payments/{paid.json()['id']}").status_code == 200
     assert_throttled(alice.get(f"/api/v1/payments/{paid.json()['id']}"), retry_after=WINDOW)
@@ -304,10 +295,10 @@ def test_a_throttled_payment_stores_nothing_for_its_key_and_is_processed_once_al
 ):
     rates(payments="2/min")
     alice = client_for(user)
-    booking_id = book(alice, flight).json()["id"]
+    booking_id = post_booking(alice, flight, 1).json()["id"]
     assert [alice.get(f"/api/v1/payments/{n}").status_code for n in (998, 999)] == [404, 404]
 
-    throttled = pay(alice, booking_id, "pay-once")
+    throttled = post_payment(alice, booking_id, "pay-once", "5500.00")
 
     assert_throttled(throttled, retry_after=WINDOW)
     assert "Idempotent-Replayed" not in throttled
@@ -317,8 +308,8 @@ def test_a_throttled_payment_stores_nothing_for_its_key_and_is_processed_once_al
     assert Booking.objects.get(pk=booking_id).status == Booking.Status.INITIATED
 
     throttle_clock.advance(WINDOW)
-    paid = pay(alice, booking_id, "pay-once")
-    replayed = pay(alice, booking_id, "pay-once")
+    paid = post_payment(alice, booking_id, "pay-once", "5500.00")
+    replayed = post_payment(alice, booking_id, "pay-once", "5500.00")
 
     assert paid.status_code == 201, paid.content
     assert "Idempotent-Replayed" not in paid
@@ -364,7 +355,7 @@ def test_flights_endpoints_and_probes_are_never_limited(user, staff_user, flight
     flight.refresh_from_db()
     assert flight.available_seats == 16
     # The limits were on all along.
-    assert book(alice, flight).status_code == 201
+    assert post_booking(alice, flight, 1).status_code == 201
     assert_throttled(alice.get("/api/v1/bookings"), retry_after=WINDOW)
 
 
@@ -377,7 +368,7 @@ def test_the_bookings_services_own_calls_to_flights_over_http_are_never_limited(
     rates(token="1/min", bookings="1/min", payments="1/min")
     flight = make_flight(capacity=20)
 
-    created = [book(client_for(person), flight, seats=2) for person in (user, other_user)]
+    created = [post_booking(client_for(person), flight, 2) for person in (user, other_user)]
 
     assert [response.status_code for response in created] == [201, 201]
     assert set(Booking.objects.values_list("status", "seats_state")) == {("INITIATED", "reserved")}

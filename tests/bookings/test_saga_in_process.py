@@ -25,6 +25,7 @@ from flights import services as flight_services
 from flights.models import SeatHold
 from tests.factories import make_flight
 from tests.helpers import assert_bookings_match_ledger, assert_problem, flight_row_locked
+from tests.support.api import post_booking
 from workflows.services import booking_cancel
 
 pytestmark = pytest.mark.django_db
@@ -53,17 +54,13 @@ def _fail_seat_changes(monkeypatch, *, decrease: bool, apply_first: bool) -> lis
     return calls
 
 
-def _book(client, flight, seats=2):
-    return client.post("/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": seats}, format="json")
-
-
 def test_flight_lookup_fails(user_client, flight, monkeypatch):
     def down(**kwargs):
         raise _connection_lost()
 
     monkeypatch.setattr(flight_selectors, "flight_get", down)
 
-    response = _book(user_client, flight)
+    response = post_booking(user_client, flight)
 
     assert_problem(response, 503, "flight_service_unavailable")
     assert response["Retry-After"] == "5"
@@ -74,7 +71,7 @@ def test_flight_lookup_fails(user_client, flight, monkeypatch):
 def test_reserve_applied_but_answer_lost(user_client, flight, monkeypatch):
     _fail_seat_changes(monkeypatch, decrease=True, apply_first=True)
 
-    assert_problem(_book(user_client, flight), 503, "flight_service_unavailable")
+    assert_problem(post_booking(user_client, flight), 503, "flight_service_unavailable")
 
     booking = Booking.objects.get()
     assert (booking.status, booking.cancel_reason) == ("CANCELLED", "flight_service_unavailable")
@@ -87,7 +84,7 @@ def test_reserve_applied_but_answer_lost(user_client, flight, monkeypatch):
 def test_reserve_fails_before_applying(user_client, flight, monkeypatch):
     _fail_seat_changes(monkeypatch, decrease=True, apply_first=False)
 
-    assert_problem(_book(user_client, flight), 503, "flight_service_unavailable")
+    assert_problem(post_booking(user_client, flight), 503, "flight_service_unavailable")
 
     booking = Booking.objects.get()
     assert booking.status == "CANCELLED"
@@ -115,7 +112,7 @@ def test_reserve_refused_because_another_customer_took_the_seats(user_client, ot
 
     monkeypatch.setattr(flight_selectors, "flight_get", get_then_sell_out)
 
-    assert_problem(_book(user_client, flight), 409, "insufficient_seats")
+    assert_problem(post_booking(user_client, flight), 409, "insufficient_seats")
 
     ours = Booking.objects.exclude(pk=competitor[0].pk).get()
     assert (ours.status, ours.cancel_reason, ours.seats_state) == ("CANCELLED", "reservation_failed", "none")
@@ -155,7 +152,7 @@ def test_reserve_and_its_compensation_both_fail_then_release_finishes(user, flig
 
 
 def test_release_fails_after_a_cancel_then_is_finished_later(user_client, flight, monkeypatch):
-    created = _book(user_client, flight, seats=3).json()
+    created = post_booking(user_client, flight, 3).json()
     _fail_seat_changes(monkeypatch, decrease=False, apply_first=False)
 
     response = user_client.patch(f"/api/v1/bookings/{created['id']}/cancel")
@@ -175,7 +172,7 @@ def test_release_fails_after_a_cancel_then_is_finished_later(user_client, flight
 
 
 def test_release_applied_but_answer_lost_is_not_applied_twice(user_client, flight, monkeypatch):
-    created = _book(user_client, flight, seats=3).json()
+    created = post_booking(user_client, flight, 3).json()
     _fail_seat_changes(monkeypatch, decrease=False, apply_first=True)
 
     assert user_client.patch(f"/api/v1/bookings/{created['id']}/cancel").status_code == 200

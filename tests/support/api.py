@@ -1,10 +1,36 @@
-"""Calls to the HTTP API the way a client makes them."""
+"""Calls to the HTTP API the way a client makes them. Each answers the response, unchecked:
+the test asserts what it expects. `extra` goes to the test client (headers as
+`HTTP_X_REQUEST_ID=...`)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from bookings.models import Booking
+from flights.models import Flight
+
+BOOKINGS = "/api/v1/bookings"
+PAYMENTS = "/api/v1/payments"
 
 
-def pay_over_api(client, booking: Booking, key: str = "k1"):
-    body = {"bookingId": booking.pk, "amount": str(booking.total_cost)}
-    return client.post("/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY=key)
+def post_booking(client, flight: Flight | int, seats: int = 2, **extra):
+    """POST /bookings for `seats` seats of the flight (a `Flight`, or a flight id)."""
+    flight_id = flight if isinstance(flight, int) else flight.pk
+    return client.post(BOOKINGS, {"flightId": flight_id, "numberOfSeats": seats}, format="json", **extra)
+
+
+def post_payment(client, booking: Booking | int, key: str, amount: Decimal | str | None = None, **extra):
+    """POST /payments under the Idempotency-Key `key`, for `amount` (default: the booking's total)."""
+    if isinstance(booking, int):
+        booking_id = booking
+    else:
+        booking_id, amount = booking.pk, booking.total_cost if amount is None else amount
+    assert amount is not None, "a booking id needs its amount"
+    body = {"bookingId": booking_id, "amount": str(amount)}
+    return client.post(PAYMENTS, body, format="json", HTTP_IDEMPOTENCY_KEY=key, **extra)
+
+
+def patch_cancel(client, booking: Booking | int, **extra):
+    """PATCH /bookings/{id}/cancel."""
+    booking_id = booking if isinstance(booking, int) else booking.pk
+    return client.patch(f"{BOOKINGS}/{booking_id}/cancel", **extra)
