@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -32,144 +31,13 @@ from rest_framework.test import APIClient
 
 from bookings_project.logs import RequestIdFilter
 from tests.helpers import assert_problem
+from tests.support.processes import ROOT, SETTINGS_KEYS, settings_free_environ
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-# Every key the settings read from the environment: none of this shell's reaches a fresh process.
-SETTINGS_KEYS = set(
-    re.findall(r"""env\.\w+\(\s*["']([A-Z_]+)["']""", (ROOT / "bookings_project/settings.py").read_text())
-)
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 REQUESTS_LOGGER = "bookings_project.requests"
 
 # Newlines, quotes, a backslash, a tab, non-ASCII and a Unicode line separator: still one line.
 AWKWARD_MESSAGE = 'first line\nsecond "quoted" line \\ with\ttab, é ✈ 日本 \u2028 and \r\n the end'
-
-
-# A fresh process -----------------------------------------------------------------------------
-
-
-def run_django(code: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """`code` in a fresh process on the real settings and its own SQLite file, with none of
-    this shell's configuration. WhiteNoise's warning about a missing STATIC_ROOT (a checkout
-    without collectstatic) is a Python warning, not a log record, so it is silenced."""
-    assert {"DATABASE_URL", "LOG_FORMAT"} <= SETTINGS_KEYS, "the pattern is stale"
-    clean = {k: v for k, v in os.environ.items() if k not in SETTINGS_KEYS}
-    clean |= {
-        "DJANGO_SETTINGS_MODULE": "bookings_project.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'logs.sqlite3'}",
-    }
-    return subprocess.run(
-        [sys.executable, "-W", "ignore:No directory at:UserWarning", "-c", code],
-        cwd=ROOT,
-        env=clean | env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
-SCENARIO = r"""
-import datetime as dt
-import io
-import json
-import logging
-from decimal import Decimal
-
-import django
-
-django.setup()
-from django.core.management import call_command
-
-call_command("migrate", verbosity=0)
-
-from django.contrib.auth import get_user_model
-from django.utils import timezone
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
-
-from bookings import selectors
-from bookings.models import Booking, BookingEvent, CleanupRun
-from tests.factories import make_flight
-
-alice = get_user_model().objects.create_user(username="alice", password="alice-password")
-flight = make_flight(capacity=20)
-client = APIClient(HTTP_HOST="localhost")
-client.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=alice).key)
-facts = {"alice": alice.pk}
-
-created = client.post(
-    "/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": 2}, format="json", HTTP_X_REQUEST_ID="create-1"
-)
-facts["created"] = [created.status_code, created["X-Request-ID"], created.json()["id"]]
-listed = client.get("/api/v1/bookings")
-facts["listed"] = [listed.status_code, listed["X-Request-ID"]]
-missing = client.get("/api/v1/bookings/999999", HTTP_X_REQUEST_ID="missing-1")
-facts["missing"] = [missing.status_code, missing["X-Request-ID"]]
-
-
-def broken(**kwargs):
-    raise RuntimeError("boom: the selector broke")
-
-
-real, selectors.booking_list = selectors.booking_list, broken
-failed = client.get("/api/v1/bookings", HTTP_X_REQUEST_ID="boom-1")
-selectors.booking_list = real
-facts["failed"] = [failed.status_code, failed["X-Request-ID"], failed.json()["code"]]
-
-
-class Opaque:
-    def __str__(self):
-        return "Opaque<42>"
-
-
-extra = {"opaque": Opaque(), "amount": Decimal("11000.00"), "nested": {"seats": [1, 2], "ok": True}}
-logging.getLogger("scenario").warning(__MESSAGE__, extra=extra)
-
-booking_id = facts["created"][2]
-Booking.objects.filter(pk=booking_id).update(expires_at=timezone.now() - dt.timedelta(minutes=1))
-out = io.StringIO()
-call_command("cleanup_stale_bookings", stdout=out)
-run = CleanupRun.objects.get()
-events = BookingEvent.objects.filter(booking_id=booking_id).order_by("id")
-facts["cleanup"] = {
-    "run_id": run.run_id,
-    "events": [[event.reason, event.actor, event.request_id] for event in events],
-    "status": Booking.objects.get(pk=booking_id).status,
-}
-print(json.dumps(facts))
-"""
-
-
-class Scenario:
-    def __init__(self, result: subprocess.CompletedProcess) -> None:
-        assert result.returncode == 0, result.stderr
-        self.facts = json.loads(result.stdout)
-        self.raw_lines = result.stderr.split("\n")
-        assert self.raw_lines[-1] == "", "stderr must end with a newline"
-        self.raw_lines = self.raw_lines[:-1]
-        self.lines = [self._parse(line) for line in self.raw_lines]
-
-    @staticmethod
-    def _parse(line: str) -> dict:
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            raise AssertionError(f"a stderr line that is not JSON: {line!r}") from None
-
-    def find(self, **fields) -> list[dict]:
-        return [line for line in self.lines if all(line.get(k) == v for k, v in fields.items())]
-
-    def one(self, **fields) -> dict:
-        (found,) = self.find(**fields)
-        return found
-
-
-@pytest.fixture(scope="module")
-def scenario(tmp_path_factory) -> Scenario:
-    """One process serves a booking, a list, a 404 and a 500, logs an awkward record and runs
-    cleanup; its facts come on stdout and its logs on stderr."""
-    code = SCENARIO.replace("__MESSAGE__", repr(AWKWARD_MESSAGE))
-    return Scenario(run_django(code, tmp_path_factory.mktemp("scenario")))
 
 
 def test_every_stderr_line_is_one_json_object_with_the_standard_fields(scenario):
@@ -480,3 +348,127 @@ def test_an_unexpected_error_echoes_the_request_id(user_client, monkeypatch, req
     assert response["X-Request-ID"] == "boom-2"
     (line,) = request_log()
     assert (line.status, line.request_id) == (500, "boom-2")
+
+
+# A fresh process -----------------------------------------------------------------------------
+
+
+def run_django(code: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh process on the real settings and its own SQLite file, with none of
+    this shell's configuration. WhiteNoise's warning about a missing STATIC_ROOT (a checkout
+    without collectstatic) is a Python warning, not a log record, so it is silenced."""
+    assert {"DATABASE_URL", "LOG_FORMAT"} <= SETTINGS_KEYS, "the pattern is stale"
+    clean = settings_free_environ()
+    clean["DATABASE_URL"] = f"sqlite:///{tmp_path / 'logs.sqlite3'}"
+    return subprocess.run(
+        [sys.executable, "-W", "ignore:No directory at:UserWarning", "-c", code],
+        cwd=ROOT,
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+SCENARIO = r"""
+import datetime as dt
+import io
+import json
+import logging
+from decimal import Decimal
+
+import django
+
+django.setup()
+from django.core.management import call_command
+
+call_command("migrate", verbosity=0)
+
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from bookings import selectors
+from bookings.models import Booking, BookingEvent, CleanupRun
+from tests.factories import make_flight
+
+alice = get_user_model().objects.create_user(username="alice", password="alice-password")
+flight = make_flight(capacity=20)
+client = APIClient(HTTP_HOST="localhost")
+client.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=alice).key)
+facts = {"alice": alice.pk}
+
+created = client.post(
+    "/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": 2}, format="json", HTTP_X_REQUEST_ID="create-1"
+)
+facts["created"] = [created.status_code, created["X-Request-ID"], created.json()["id"]]
+listed = client.get("/api/v1/bookings")
+facts["listed"] = [listed.status_code, listed["X-Request-ID"]]
+missing = client.get("/api/v1/bookings/999999", HTTP_X_REQUEST_ID="missing-1")
+facts["missing"] = [missing.status_code, missing["X-Request-ID"]]
+
+
+def broken(**kwargs):
+    raise RuntimeError("boom: the selector broke")
+
+
+real, selectors.booking_list = selectors.booking_list, broken
+failed = client.get("/api/v1/bookings", HTTP_X_REQUEST_ID="boom-1")
+selectors.booking_list = real
+facts["failed"] = [failed.status_code, failed["X-Request-ID"], failed.json()["code"]]
+
+
+class Opaque:
+    def __str__(self):
+        return "Opaque<42>"
+
+
+extra = {"opaque": Opaque(), "amount": Decimal("11000.00"), "nested": {"seats": [1, 2], "ok": True}}
+logging.getLogger("scenario").warning(__MESSAGE__, extra=extra)
+
+booking_id = facts["created"][2]
+Booking.objects.filter(pk=booking_id).update(expires_at=timezone.now() - dt.timedelta(minutes=1))
+out = io.StringIO()
+call_command("cleanup_stale_bookings", stdout=out)
+run = CleanupRun.objects.get()
+events = BookingEvent.objects.filter(booking_id=booking_id).order_by("id")
+facts["cleanup"] = {
+    "run_id": run.run_id,
+    "events": [[event.reason, event.actor, event.request_id] for event in events],
+    "status": Booking.objects.get(pk=booking_id).status,
+}
+print(json.dumps(facts))
+"""
+
+
+class Scenario:
+    def __init__(self, result: subprocess.CompletedProcess) -> None:
+        assert result.returncode == 0, result.stderr
+        self.facts = json.loads(result.stdout)
+        self.raw_lines = result.stderr.split("\n")
+        assert self.raw_lines[-1] == "", "stderr must end with a newline"
+        self.raw_lines = self.raw_lines[:-1]
+        self.lines = [self._parse(line) for line in self.raw_lines]
+
+    @staticmethod
+    def _parse(line: str) -> dict:
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            raise AssertionError(f"a stderr line that is not JSON: {line!r}") from None
+
+    def find(self, **fields) -> list[dict]:
+        return [line for line in self.lines if all(line.get(k) == v for k, v in fields.items())]
+
+    def one(self, **fields) -> dict:
+        (found,) = self.find(**fields)
+        return found
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory) -> Scenario:
+    """One process serves a booking, a list, a 404 and a 500, logs an awkward record and runs
+    cleanup; its facts come on stdout and its logs on stderr."""
+    code = SCENARIO.replace("__MESSAGE__", repr(AWKWARD_MESSAGE))
+    return Scenario(run_django(code, tmp_path_factory.mktemp("scenario")))

@@ -13,11 +13,8 @@ and the cache the counts live in is emptied around every test.
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from django.core.cache import cache
@@ -31,14 +28,10 @@ from payments.models import IdempotencyKey, Payment, SimulatedCharge
 from tests.factories import make_flight
 from tests.helpers import SERVICE_TOKEN, assert_problem
 from tests.support.api import post_booking, post_payment
+from tests.support.processes import ROOT, SETTINGS_KEYS, settings_free_environ
 
 pytestmark = pytest.mark.django_db
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-# Every key the settings read from the environment: none of this shell's reaches a fresh process.
-SETTINGS_KEYS = set(
-    re.findall(r"""env\.\w+\(\s*["']([A-Z_]+)["']""", (ROOT / "bookings_project/settings.py").read_text())
-)
 TOKEN_URL = "/api/v1/auth/token"
 WINDOW = 60  # Seconds: every rate in these tests is per minute.
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
@@ -455,8 +448,7 @@ def test_the_schema_documents_429_on_every_limited_operation_and_on_no_flights_o
 def start_django(**env: str) -> subprocess.CompletedProcess:
     """A fresh process that loads the real settings, as `manage.py` would."""
     assert {"DATABASE_URL", "THROTTLE_RATE_TOKEN"} <= SETTINGS_KEYS, "the pattern is stale"
-    clean = {k: v for k, v in os.environ.items() if k not in SETTINGS_KEYS}
-    clean["DJANGO_SETTINGS_MODULE"] = "bookings_project.settings"
+    clean = settings_free_environ()
     code = "import django; django.setup(); from django.conf import settings; print(settings.THROTTLE_RATES)"
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=clean | env, capture_output=True, text=True, timeout=120
