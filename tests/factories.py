@@ -13,6 +13,7 @@ running cleanup), never by writing a status by hand, and asserts it got there:
   gateway charged and the answer was lost: `Paid(booking, payment, charge)`.
 - `cancel_cut_short(user, flight)`: BOOKED with a cancel asked for (`cancel_requested_at`)
   whose refund failed: `Paid(booking, payment, charge)`.
+- `release_owed(user, flight)`: CANCELLED while the Flights service was down, the release owed.
 - `late_charge(user, flight, clock)`: cleanup expired a never-charged booking, then the
   gateway applied the queued charge with no request left: `Pending(booking, payment)`.
 - `stranded_payment(user, flight, clock)`: money that landed after cleanup expired its
@@ -29,13 +30,16 @@ import itertools
 from dataclasses import asdict
 from decimal import Decimal
 from typing import NamedTuple
+from unittest import mock
 
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
 
 from bookings.models import Booking
 from bookings.services import booking_create
 from bookings_project.errors import PaymentGatewayUnavailable
+from flights import services as flight_services
 from flights.models import Flight
 from flights.services import flight_create
 from payments import services as payment_services
@@ -180,6 +184,21 @@ def cancel_cut_short(
     )
     assert booking.cancel_requested_at is not None
     return Paid(booking, payment, charge)
+
+
+def release_owed(user, flight: Flight, seats: int = SEATS) -> Booking:
+    """CANCELLED by its customer while the Flights service was down: the seats still held
+    there, their release owed (for cleanup's retry)."""
+
+    def flights_down(**kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    booking = initiated(user, flight, seats)
+    with mock.patch.object(flight_services, "flight_seats_change", flights_down):
+        assert booking_cancel(booking_id=booking.pk).booking.release_owed
+    booking = reload(booking)
+    assert (booking.status, booking.seats_state) == (Booking.Status.CANCELLED, Booking.SeatsState.RESERVED)
+    return booking
 
 
 def late_charge(user, flight: Flight, clock, seats: int = SEATS) -> Pending:
