@@ -1,4 +1,4 @@
-"""`manage.py cleanup_stale_bookings` as cron runs it (DESIGN §4), on the real database.
+"""`manage.py cleanup_stale_bookings` as cron runs it (docs/design.md#cleanup), on the real database.
 
 Time is moved with the fixed `clock` (never slept). The file proves that:
 
@@ -17,7 +17,7 @@ Time is moved with the fixed `clock` (never slept). The file proves that:
 - idempotency keys past their TTL are purged, live ones and ones under a live lease kept;
 - each real run writes a `CleanupRun` row (counts, host); a dry run writes none.
 
-After every run DESIGN §6 holds on both sides: seats (`assert_bookings_match_ledger`) and
+After each run the invariants (docs/design.md#invariants) hold on both sides: seats (`assert_bookings_match_ledger`) and
 money (`assert_money_matches_bookings`).
 """
 
@@ -44,18 +44,32 @@ from django.core.management.base import CommandError
 from django.db import OperationalError
 from responses import matchers
 
-from bookings.cleanup import cleanup_stale_bookings
 from bookings.models import Booking, CleanupRun
-from bookings.services import booking_cancel, booking_create
+from bookings.services import booking_create
 from bookings_project.errors import PaymentGatewayUnavailable
 from flights import services as flight_services
 from flights.models import Flight, SeatHold
-from payments import services as payment_services
 from payments.gateway import SimulatedPaymentGateway
 from payments.models import IdempotencyKey, Payment, SimulatedCharge
 from payments.selectors import payment_attempt_window
-from tests.factories import make_flight
-from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, closed_port, flight_faults
+from tests.factories import (
+    DiesBeforeCharging,
+    RequestDied,
+    cancel_cut_short,
+    initiated,
+    make_flight,
+    pay,
+    reload,
+    stranded_payment,
+)
+from tests.helpers import (
+    assert_bookings_match_ledger,
+    assert_money_matches_bookings,
+    closed_port,
+    flight_faults,
+    seats_left,
+)
+from workflows.services import booking_cancel
 
 pytestmark = pytest.mark.django_db
 
@@ -73,186 +87,18 @@ LOCK_TIMEOUT = "database is locked"  # In process: ResourceBusy (a definite "not
 real_seats_change = flight_services.flight_seats_change
 
 
-# Running the command ----------------------------------------------------------------------
-
-
-def summary(**counts: int) -> str:
-    """The summary line with these counts, every other count 0."""
-    assert set(counts) <= set(COUNTS), set(counts) - set(COUNTS)
-    return " ".join(f"{name}={counts.get(name, 0)}" for name in COUNTS)
-
-
-def parse(line: str) -> dict[str, int]:
-    assert SUMMARY.match(line.removeprefix("dry run: ")), line
-    return {name: int(value) for name, value in (pair.split("=") for pair in line.removeprefix("dry run: ").split())}
-
-
-@dataclass
-class Output:
-    lines: list[str]
-    error: CommandError | None
-
-    @property
-    def line(self) -> str:
-        return self.lines[-1]
-
-
-def cleanup(*args: str, verbosity: int = 1, fails: bool = False) -> Output:
-    """Run the command as cron would; `fails`: it must raise CommandError (exit status 1)."""
-    out = StringIO()
-    error = None
-    try:
-        call_command("cleanup_stale_bookings", *args, verbosity=verbosity, stdout=out)
-    except CommandError as raised:
-        error = raised
-    assert (error is not None) == fails, (error, out.getvalue())
-    return Output(out.getvalue().splitlines(), error)
-
-
-def assert_consistent(*flights: Flight) -> None:
-    for flight in flights:
-        assert_bookings_match_ledger(flight)
-    assert_money_matches_bookings()
-
-
-def snapshot() -> dict[str, list[dict]]:
-    """Every row a run could touch, column by column."""
-    models = (Booking, Payment, IdempotencyKey, SimulatedCharge, Flight, SeatHold, CleanupRun)
-    return {model.__name__: list(model.objects.order_by("pk").values()) for model in models}
-
-
-# Making states through the real services --------------------------------------------------
-
-
-def book(user, flight: Flight, seats: int) -> Booking:
-    booking = booking_create(user=user, flight_id=flight.pk, seats=seats)
-    assert (booking.status, booking.seats_state) == (Status.INITIATED, SeatsState.RESERVED)
-    return booking
-
-
-def pay(user, booking: Booking, *, key: str = "pay-1", gateway=None) -> Payment:
-    return payment_services.payment_create(
-        caller=user, booking_id=booking.pk, amount=booking.total_cost, idempotency_key=key, gateway=gateway
-    )
-
-
-def reload(booking: Booking) -> Booking:
-    return Booking.objects.get(pk=booking.pk)
-
-
-def available(flight: Flight) -> int:
-    flight.refresh_from_db()
-    return flight.available_seats
-
-
-class DiesMidRequest(BaseException):
-    """The worker is killed: nothing in the code under test catches it."""
-
-
-class DiesBeforeCharging:
-    """The request dies after the payment was written PROCESSING, before the gateway was asked."""
-
-    def charge(self, **kwargs):
-        raise DiesMidRequest()
-
-
-def refund_down(self, *, payment):
-    raise PaymentGatewayUnavailable("The simulated gateway is down (refund).", maybe_charged=False)
-
-
-def cut_short_cancel(user, flight: Flight, seats: int, monkeypatch) -> tuple[Booking, Payment]:
-    """A paid booking whose cancel was asked for, and cut short: its refund failed."""
-    booking = book(user, flight, seats)
-    payment = pay(user, booking, key="paid")
-    with monkeypatch.context() as patch:
-        patch.setattr(SimulatedPaymentGateway, "refund", refund_down)
-        with pytest.raises(PaymentGatewayUnavailable):
-            booking_cancel(booking_id=booking.pk)
-    booking = reload(booking)
-    assert (booking.status, booking.cancel_reason) == (Status.BOOKED, Reason.USER)
-    assert booking.cancel_requested_at is not None
-    return booking, payment
-
-
-def stranded_payment(user, flight: Flight, clock) -> Payment:
-    """Money that arrived after cleanup had expired its booking, and whose refund failed: a
-    SUCCEEDED payment on a CANCELLED booking (the late-money path of `_record_charge`)."""
-    booking = book(user, flight, 5)
-
-    class SlowChargeRefundDown(SimulatedPaymentGateway):
-        def charge(self, **kwargs):
-            # The request stalls past the hold and the attempt window; meanwhile cleanup
-            # finds no charge and expires the booking; then the charge lands after all.
-            clock.advance(minutes=11)
-            counts = cleanup_stale_bookings()
-            assert (counts.expired, counts.released_seats, counts.failed) == (1, 5, 0)
-            return super().charge(**kwargs)
-
-        refund = refund_down
-
-    with pytest.raises(PaymentGatewayUnavailable):
-        pay(user, booking, key="late", gateway=SlowChargeRefundDown())
-    payment = Payment.objects.get(booking=booking)
-    assert payment.status == Payment.Status.SUCCEEDED
-    assert SimulatedCharge.objects.get(reference=payment.reference).status == SimulatedCharge.Status.SUCCEEDED
-    assert (reload(booking).status, reload(booking).seats_state) == (Status.CANCELLED, SeatsState.RELEASED)
-    return payment
-
-
-def make_key(user, name: str, *, expires_at: dt.datetime, locked_until: dt.datetime | None = None) -> IdempotencyKey:
-    """A completed key, or (with `locked_until`) one a request is running under a lease."""
-    running = locked_until is not None
-    return IdempotencyKey.objects.create(
-        user=user,
-        key=name,
-        fingerprint="0" * 64,
-        state=IdempotencyKey.State.IN_PROGRESS if running else IdempotencyKey.State.COMPLETED,
-        lease=uuid.uuid4() if running else None,
-        locked_until=locked_until,
-        response_status=None if running else 201,
-        response_body=None if running else {"status": "SUCCEEDED"},
-        expires_at=expires_at,
-    )
-
-
-class FlightsSwitch:
-    """The in-process Flights service: `down()` makes releases fail before they apply (for
-    every booking, or only for the holds named); `back()` restores it."""
-
-    def __init__(self, monkeypatch) -> None:
-        self.monkeypatch = monkeypatch
-        self.failed = []
-
-    def down(self, error: Exception | str = CONNECTION_LOST, *, only: tuple[str, ...] = ()) -> None:
-        def release_fails(**kwargs):
-            if kwargs["decrease"] or (only and kwargs["reservation"] not in only):
-                return real_seats_change(**kwargs)
-            self.failed.append(kwargs["reservation"])
-            raise OperationalError(error) if isinstance(error, str) else error
-
-        self.monkeypatch.setattr(flight_services, "flight_seats_change", release_fails)
-
-    def back(self) -> None:
-        self.monkeypatch.setattr(flight_services, "flight_seats_change", real_seats_change)
-
-
-@pytest.fixture
-def flights(monkeypatch) -> FlightsSwitch:
-    return FlightsSwitch(monkeypatch)
-
-
 # 1. Expiry: INITIATED, BOOKED, PENDING ----------------------------------------------------
 
 
 def test_an_initiated_booking_expires_when_its_hold_ends_not_a_second_before(user, flight, clock):
-    booking = book(user, flight, 3)
+    booking = initiated(user, flight, 3)
     assert booking.expires_at == clock.now + dt.timedelta(minutes=10)
 
     clock.advance(minutes=10, seconds=-1)
     assert cleanup().lines == [summary()]
     booking = reload(booking)
     assert (booking.status, booking.seats_state, booking.cancelled_at) == (Status.INITIATED, SeatsState.RESERVED, None)
-    assert available(flight) == 17
+    assert seats_left(flight) == 17
     assert_consistent(flight)
 
     clock.advance(seconds=1)
@@ -266,20 +112,20 @@ def test_an_initiated_booking_expires_when_its_hold_ends_not_a_second_before(use
     assert booking.cancelled_at == booking.seats_released_at == clock.now
     hold = SeatHold.objects.get(ref=booking.hold_ref)
     assert (hold.seats, hold.state) == (3, SeatHold.State.RELEASED)
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
     assert_consistent(flight)
 
     # Nothing left to do: a later run gives nothing back twice.
     clock.advance(minutes=10)
     assert cleanup().lines == [summary()]
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
     assert_consistent(flight)
 
 
 def test_a_paid_booking_is_never_expired_however_old(user, flight, clock):
-    paid = book(user, flight, 2)
+    paid = initiated(user, flight, 2)
     payment = pay(user, paid)
-    unpaid = book(user, flight, 1)
+    unpaid = initiated(user, flight, 1)
 
     clock.advance(days=30)
     assert cleanup().lines == [summary(expired=1, released_seats=1)]
@@ -296,7 +142,7 @@ def test_a_paid_booking_is_never_expired_however_old(user, flight, clock):
     assert (payment.status, payment.refunded_at) == (Payment.Status.SUCCEEDED, None)
     assert SimulatedCharge.objects.get(reference=payment.reference).status == SimulatedCharge.Status.SUCCEEDED
     assert SeatHold.objects.get(ref=paid.hold_ref).state == SeatHold.State.HELD
-    assert available(flight) == 18
+    assert seats_left(flight) == 18
     assert_consistent(flight)
 
     assert cleanup().lines == [summary()]
@@ -305,9 +151,9 @@ def test_a_paid_booking_is_never_expired_however_old(user, flight, clock):
 
 
 def test_a_pending_booking_never_charged_is_expired_only_once_its_attempt_window_is_over(user, flight, clock, settings):
-    booking = book(user, flight, 2)
+    booking = initiated(user, flight, 2)
     clock.advance(minutes=9)
-    with pytest.raises(DiesMidRequest):  # The first attempt dies before the gateway is asked.
+    with pytest.raises(RequestDied):  # The first attempt dies before the gateway is asked.
         pay(user, booking, key="k1", gateway=DiesBeforeCharging())
     clock.advance(minutes=1, seconds=30)  # The hold ended 30 s ago; the client retries the same key.
     settings.PAYMENT_SIMULATED_OUTCOME = "fail"
@@ -325,7 +171,7 @@ def test_a_pending_booking_never_charged_is_expired_only_once_its_attempt_window
     assert reload(booking).status == Status.PENDING
     payment.refresh_from_db()
     assert payment.status == Payment.Status.PROCESSING
-    assert available(flight) == 18
+    assert seats_left(flight) == 18
     assert_consistent(flight)
 
     clock.advance(seconds=1)
@@ -350,13 +196,13 @@ def test_a_pending_booking_never_charged_is_expired_only_once_its_attempt_window
     )
     assert SimulatedCharge.objects.count() == 0
     assert SeatHold.objects.get(ref=booking.hold_ref).state == SeatHold.State.RELEASED
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
     assert_consistent(flight)
     assert cleanup().lines == [summary()]
 
 
 def test_a_pending_booking_whose_answer_was_lost_is_booked_not_expired(user, flight, clock, settings):
-    booking = book(user, flight, 2)
+    booking = initiated(user, flight, 2)
     settings.PAYMENT_SIMULATED_OUTCOME = "lose_answer"
     with pytest.raises(PaymentGatewayUnavailable):
         pay(user, booking)
@@ -370,7 +216,7 @@ def test_a_pending_booking_whose_answer_was_lost_is_booked_not_expired(user, fli
     assert (booking.status, booking.seats_state) == (Status.BOOKED, SeatsState.RESERVED)
     payment = Payment.objects.get(booking=booking)
     assert (payment.status, payment.gateway_reference) == (Payment.Status.SUCCEEDED, charge.charge_id)
-    assert available(flight) == 18
+    assert seats_left(flight) == 18
     assert_consistent(flight)
     assert cleanup().lines == [summary()]
 
@@ -382,15 +228,15 @@ def test_a_booking_whose_creator_died_mid_reserve_is_expired_and_whatever_was_ta
     def reserve_then_die(**kwargs):
         if reserved:
             real_seats_change(**kwargs)
-        raise DiesMidRequest()
+        raise RequestDied()
 
     monkeypatch.setattr(flight_services, "flight_seats_change", reserve_then_die)
-    with pytest.raises(DiesMidRequest):
+    with pytest.raises(RequestDied):
         booking_create(user=user, flight_id=flight.pk, seats=2)
     monkeypatch.setattr(flight_services, "flight_seats_change", real_seats_change)
     booking = Booking.objects.get()
     assert (booking.status, booking.seats_state) == (Status.INITIATED, SeatsState.UNCONFIRMED)
-    assert available(flight) == (18 if reserved else 20)
+    assert seats_left(flight) == (18 if reserved else 20)
     clock.advance(minutes=10)
 
     # A dry run cannot know whether the reserve arrived (it does not ask the Flights service).
@@ -405,7 +251,7 @@ def test_a_booking_whose_creator_died_mid_reserve_is_expired_and_whatever_was_ta
     )
     hold = SeatHold.objects.get(ref=booking.hold_ref)  # Released; a tombstone if nothing was taken.
     assert (hold.seats, hold.state) == (2 if reserved else 0, SeatHold.State.RELEASED)
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
     assert_consistent(flight)
     assert cleanup().lines == [summary()]
 
@@ -416,22 +262,22 @@ def test_a_booking_whose_creator_died_mid_reserve_is_expired_and_whatever_was_ta
 def test_dry_run_changes_nothing_and_predicts_the_real_run(user, other_user, flight, clock, flights, settings):
     stranded = stranded_payment(user, flight, clock)  # At T0 + 11 min, its booking already expired.
 
-    owed = book(user, flight, 3)  # Cancelled while the Flights service was down: seats owed.
+    owed = initiated(user, flight, 3)  # Cancelled while the Flights service was down: seats owed.
     flights.down()
     assert booking_cancel(booking_id=owed.pk).booking.release_owed
     flights.back()
 
-    charged = book(user, flight, 2)  # PENDING: the gateway charged, its answer was lost.
+    charged = initiated(user, flight, 2)  # PENDING: the gateway charged, its answer was lost.
     settings.PAYMENT_SIMULATED_OUTCOME = "lose_answer"
     with pytest.raises(PaymentGatewayUnavailable):
         pay(user, charged, key="lost")
     settings.PAYMENT_SIMULATED_OUTCOME = "approve"
 
-    unpaid = book(other_user, flight, 1)  # INITIATED, to expire.
+    unpaid = initiated(other_user, flight, 1)  # INITIATED, to expire.
     make_key(user, "old", expires_at=clock.now + dt.timedelta(minutes=5))
     make_key(user, "live", expires_at=clock.now + dt.timedelta(hours=24))
     clock.advance(minutes=11)
-    assert available(flight) == 20 - 3 - 2 - 1
+    assert seats_left(flight) == 20 - 3 - 2 - 1
 
     before = snapshot()
     counts = dict(expired=1, released_seats=4, retried_releases=1, reconciled_booked=1, refunded=1, purged_keys=1)
@@ -467,7 +313,7 @@ def test_dry_run_changes_nothing_and_predicts_the_real_run(user, other_user, fli
     assert (reload(unpaid).status, reload(unpaid).cancel_reason) == (Status.CANCELLED, Reason.EXPIRED)
     assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["live"]
     assert CleanupRun.objects.count() == len(before["CleanupRun"]) + 1
-    assert available(flight) == 20 - 2
+    assert seats_left(flight) == 20 - 2
     assert_consistent(flight)
 
     assert cleanup("--dry-run").lines == ["dry run: " + summary()]
@@ -477,7 +323,7 @@ def test_dry_run_changes_nothing_and_predicts_the_real_run(user, other_user, fli
 def test_a_cut_short_cancel_is_finished_after_the_attempt_window_as_a_dry_run_predicts(
     user, flight, clock, monkeypatch
 ):
-    booking, payment = cut_short_cancel(user, flight, 4, monkeypatch)
+    booking, payment, _ = cancel_cut_short(user, flight, 4)
     requested_at = booking.cancel_requested_at
     assert_consistent(flight)
 
@@ -507,7 +353,7 @@ def test_a_cut_short_cancel_is_finished_after_the_attempt_window_as_a_dry_run_pr
     payment.refresh_from_db()
     assert payment.status == Payment.Status.REFUNDED
     assert SimulatedCharge.objects.get(reference=payment.reference).status == SimulatedCharge.Status.REFUNDED
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
     assert_consistent(flight)
     assert cleanup().lines == [summary()]
 
@@ -517,7 +363,7 @@ def test_a_cut_short_cancel_is_finished_after_the_attempt_window_as_a_dry_run_pr
 
 @pytest.mark.parametrize("verbosity", [0, 1, 2, 3])
 def test_one_summary_line_at_any_verbosity_and_a_line_per_booking_from_2(user, flight, clock, verbosity):
-    first, second = book(user, flight, 1), book(user, flight, 2)
+    first, second = initiated(user, flight, 1), initiated(user, flight, 2)
     clock.advance(minutes=10)
 
     out = cleanup(verbosity=verbosity)
@@ -534,7 +380,7 @@ def test_one_summary_line_at_any_verbosity_and_a_line_per_booking_from_2(user, f
 
 
 def test_the_summary_is_logged_through_logging(user, flight, clock, caplog):
-    book(user, flight, 2)
+    initiated(user, flight, 2)
     clock.advance(minutes=10)
 
     with caplog.at_level(logging.INFO, logger="bookings.cleanup"):
@@ -587,7 +433,8 @@ def test_bad_arguments_exit_2_with_a_clear_message_before_touching_anything(tmp_
 SETUP = """
 from django.contrib.auth import get_user_model
 from django.db import OperationalError
-from bookings.services import booking_cancel, booking_create
+from bookings.services import booking_create
+from workflows.services import booking_cancel
 from flights import services
 from tests.factories import make_flight
 
@@ -646,7 +493,7 @@ def test_from_the_shell_a_failed_release_exits_1_and_the_next_run_exits_0(tmp_pa
 def test_a_release_failing_at_expiry_fails_the_run_and_the_next_run_finishes_it(
     user, flight, clock, flights, caplog, fault
 ):
-    failing, fine = book(user, flight, 2), book(user, flight, 1)
+    failing, fine = initiated(user, flight, 2), initiated(user, flight, 1)
     clock.advance(minutes=10)
     flights.down(fault, only=(failing.hold_ref,))
 
@@ -673,7 +520,7 @@ def test_a_release_failing_at_expiry_fails_the_run_and_the_next_run_finishes_it(
     )
     assert failing.release_owed and failing.flight_service_error
     assert SeatHold.objects.get(ref=failing.hold_ref).state == SeatHold.State.HELD
-    assert available(flight) == 18
+    assert seats_left(flight) == 18
     assert_consistent(flight)
     recorded = CleanupRun.objects.get()
     assert (recorded.failed, recorded.counts) == (1, parse(summary(expired=2, released_seats=1, failed=1)))
@@ -681,7 +528,7 @@ def test_a_release_failing_at_expiry_fails_the_run_and_the_next_run_finishes_it(
     # Still down: the next run fails the same way and changes nothing.
     clock.advance(minutes=10)
     assert cleanup(fails=True).lines == [summary(failed=1)]
-    assert available(flight) == 18
+    assert seats_left(flight) == 18
     assert flights.failed == [failing.hold_ref, failing.hold_ref]
 
     flights.back()
@@ -690,16 +537,16 @@ def test_a_release_failing_at_expiry_fails_the_run_and_the_next_run_finishes_it(
 
     assert reload(failing).seats_state == SeatsState.RELEASED
     assert SeatHold.objects.get(ref=failing.hold_ref).state == SeatHold.State.RELEASED
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
     assert_consistent(flight)
     assert cleanup().lines == [summary()]
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
 
 
 def test_an_unexpected_error_is_logged_with_its_traceback_counted_and_the_run_goes_on(
     user, flight, clock, flights, caplog
 ):
-    failing, fine = book(user, flight, 2), book(user, flight, 1)
+    failing, fine = initiated(user, flight, 2), initiated(user, flight, 1)
     clock.advance(minutes=10)
     flights.down(RuntimeError("a bug in the Flights adapter"), only=(failing.hold_ref,))
 
@@ -721,14 +568,14 @@ def test_an_unexpected_error_is_logged_with_its_traceback_counted_and_the_run_go
 
     flights.back()
     assert cleanup().lines == [summary(retried_releases=1, released_seats=2)]
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
     assert_consistent(flight)
 
 
 def test_a_payment_gateway_that_cannot_say_fails_the_run_and_leaves_the_booking_pending(
     user, flight, clock, settings, monkeypatch, caplog
 ):
-    booking = book(user, flight, 2)
+    booking = initiated(user, flight, 2)
     settings.PAYMENT_SIMULATED_OUTCOME = "lose_answer"
     with pytest.raises(PaymentGatewayUnavailable):
         pay(user, booking)
@@ -761,7 +608,7 @@ def test_a_payment_gateway_that_cannot_say_fails_the_run_and_leaves_the_booking_
 
 
 def test_a_release_failing_while_finishing_a_cancel_is_tried_once_per_run(user, flight, clock, flights, monkeypatch):
-    booking, _ = cut_short_cancel(user, flight, 4, monkeypatch)
+    booking, _, _ = cancel_cut_short(user, flight, 4)
     clock.advance(minutes=1)
     flights.down()
 
@@ -795,7 +642,7 @@ def test_a_release_that_failed_at_the_customers_cancel_is_finished_once_flights_
     assert (response.json()["status"], response.json()["cancelReason"]) == ("CANCELLED", "user")
     booking = Booking.objects.get(pk=booking_id)
     assert (booking.seats_state, booking.release_owed) == (SeatsState.RESERVED, True)
-    assert available(flight) == 17
+    assert seats_left(flight) == 17
     assert_consistent(flight)
 
     assert cleanup(fails=True).lines == [summary(failed=1)]  # Still down.
@@ -809,10 +656,10 @@ def test_a_release_that_failed_at_the_customers_cancel_is_finished_once_flights_
         SeatsState.RELEASED,
     )
     assert SeatHold.objects.get(ref=booking.hold_ref).state == SeatHold.State.RELEASED
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
     assert_consistent(flight)
     assert cleanup().lines == [summary()]
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
 
 
 # Over HTTP: the live server is the remote Flights service; `responses` injects the faults
@@ -865,9 +712,9 @@ def test_over_http_a_release_failed_at_cancel_is_finished_by_the_next_run_exactl
     assert (booking.seats_state, booking.release_owed) == (SeatsState.RESERVED, True)
     hold = SeatHold.objects.get(ref=booking.hold_ref)
     if applied:  # The seats are back on the Flights side; the booking does not know it yet.
-        assert (hold.state, available(plane)) == (SeatHold.State.RELEASED, 20)
+        assert (hold.state, seats_left(plane)) == (SeatHold.State.RELEASED, 20)
     else:
-        assert (hold.state, available(plane)) == (SeatHold.State.HELD, 18)
+        assert (hold.state, seats_left(plane)) == (SeatHold.State.HELD, 18)
         assert_bookings_match_ledger(plane)
 
     with flight_faults(remote) as rsps:
@@ -881,7 +728,7 @@ def test_over_http_a_release_failed_at_cancel_is_finished_by_the_next_run_exactl
     assert (booking.seats_state, booking.release_owed) == (SeatsState.RELEASED, False)
     (hold,) = SeatHold.objects.filter(flight=plane)
     assert (hold.ref, hold.seats, hold.state) == (booking.hold_ref, 2, SeatHold.State.RELEASED)
-    assert available(plane) == 20
+    assert seats_left(plane) == 20
     assert_consistent(plane)
 
 
@@ -889,18 +736,18 @@ def test_over_http_a_release_failed_at_cancel_is_finished_by_the_next_run_exactl
 
 
 def test_older_than_spares_holds_that_ended_more_recently(user, flight, clock):
-    early = book(user, flight, 1)
-    pending = book(user, flight, 2)
-    with pytest.raises(DiesMidRequest):
+    early = initiated(user, flight, 1)
+    pending = initiated(user, flight, 2)
+    with pytest.raises(RequestDied):
         pay(user, pending, gateway=DiesBeforeCharging())
     clock.advance(minutes=2)
-    late = book(user, flight, 3)
+    late = initiated(user, flight, 3)
     clock.advance(minutes=11)  # early and pending ended 3 minutes ago, late 1 minute ago.
 
     assert cleanup("--older-than", "5").lines == [summary()]
     assert {reload(b).status for b in (early, late)} == {Status.INITIATED}
     assert reload(pending).status == Status.PENDING
-    assert available(flight) == 14
+    assert seats_left(flight) == 14
     assert_consistent(flight)
 
     assert cleanup("--older-than", "2").lines == [summary(expired=2, released_seats=3)]
@@ -910,14 +757,14 @@ def test_older_than_spares_holds_that_ended_more_recently(user, flight, clock):
         Status.INITIATED,
     )
     assert Payment.objects.get(booking=pending).status == Payment.Status.FAILED
-    assert available(flight) == 17
+    assert seats_left(flight) == 17
     assert_consistent(flight)
 
     assert cleanup("--older-than", "2").lines == [summary()]
     # Exactly 1 minute ago counts as older than 1 minute.
     assert cleanup("--older-than", "1").lines == [summary(expired=1, released_seats=3)]
     assert reload(late).status == Status.CANCELLED
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
     assert_consistent(flight)
 
 
@@ -926,9 +773,9 @@ def test_batches_of_any_size_expire_every_booking_exactly_once(user, clock, batc
     flight = make_flight(capacity=40)
     expiring = []
     for seats in range(1, 8):
-        expiring.append(book(user, flight, seats))
+        expiring.append(initiated(user, flight, seats))
         if seats in (2, 4):  # Paid bookings between them, which the batches must step over.
-            pay(user, book(user, flight, 1), key=f"paid-{seats}")
+            pay(user, initiated(user, flight, 1), key=f"paid-{seats}")
     clock.advance(minutes=10)
 
     out = cleanup("--batch-size", str(batch_size), verbosity=2)
@@ -941,12 +788,12 @@ def test_batches_of_any_size_expire_every_booking_exactly_once(user, clock, batc
         b.hold_ref for b in expiring
     }
     assert Booking.objects.filter(status=Status.BOOKED).count() == 2
-    assert available(flight) == 38
+    assert seats_left(flight) == 38
     assert_consistent(flight)
 
 
 def test_rows_that_fail_are_not_met_again_in_the_same_run_whatever_the_batch_size(user, flight, clock, flights):
-    owed = [book(user, flight, seats) for seats in (1, 2, 3)]
+    owed = [initiated(user, flight, seats) for seats in (1, 2, 3)]
     flights.down()
     for booking in owed:
         assert booking_cancel(booking_id=booking.pk).booking.release_owed
@@ -957,7 +804,7 @@ def test_rows_that_fail_are_not_met_again_in_the_same_run_whatever_the_batch_siz
 
     flights.back()
     assert cleanup("--batch-size", "2").lines == [summary(retried_releases=3, released_seats=6)]
-    assert available(flight) == 20
+    assert seats_left(flight) == 20
     assert_consistent(flight)
 
 
@@ -967,7 +814,7 @@ def test_rows_that_fail_are_not_met_again_in_the_same_run_whatever_the_batch_siz
 def test_keys_past_their_ttl_are_purged_but_live_ones_and_live_leases_are_kept(
     user, other_user, user_client, flight, clock
 ):
-    booking = book(user, flight, 1)
+    booking = initiated(user, flight, 1)
     paid = user_client.post(
         "/api/v1/payments",
         {"bookingId": booking.pk, "amount": str(booking.total_cost)},
@@ -1008,7 +855,7 @@ def test_each_real_run_is_recorded_with_its_counts_and_host_and_a_dry_run_is_not
         return CleanupRun.objects.create(started_at=started, finished_at=started, host="old", counts={}, failed=0)
 
     too_old, kept = past_run(31), past_run(29)
-    book(user, flight, 2)
+    initiated(user, flight, 2)
     clock.advance(minutes=10)
 
     cleanup("--dry-run")
@@ -1027,3 +874,93 @@ def test_each_real_run_is_recorded_with_its_counts_and_host_and_a_dry_run_is_not
     cleanup()
     assert CleanupRun.objects.count() == 3
     assert CleanupRun.objects.first().counts == parse(summary())  # Newest first.
+
+
+# Running the command ----------------------------------------------------------------------
+
+
+def summary(**counts: int) -> str:
+    """The summary line with these counts, every other count 0."""
+    assert set(counts) <= set(COUNTS), set(counts) - set(COUNTS)
+    return " ".join(f"{name}={counts.get(name, 0)}" for name in COUNTS)
+
+
+def parse(line: str) -> dict[str, int]:
+    assert SUMMARY.match(line.removeprefix("dry run: ")), line
+    return {name: int(value) for name, value in (pair.split("=") for pair in line.removeprefix("dry run: ").split())}
+
+
+@dataclass
+class Output:
+    lines: list[str]
+    error: CommandError | None
+
+    @property
+    def line(self) -> str:
+        return self.lines[-1]
+
+
+def cleanup(*args: str, verbosity: int = 1, fails: bool = False) -> Output:
+    """Run the command as cron would; `fails`: it must raise CommandError (exit status 1)."""
+    out = StringIO()
+    error = None
+    try:
+        call_command("cleanup_stale_bookings", *args, verbosity=verbosity, stdout=out)
+    except CommandError as raised:
+        error = raised
+    assert (error is not None) == fails, (error, out.getvalue())
+    return Output(out.getvalue().splitlines(), error)
+
+
+def assert_consistent(*flights: Flight) -> None:
+    for flight in flights:
+        assert_bookings_match_ledger(flight)
+    assert_money_matches_bookings()
+
+
+def snapshot() -> dict[str, list[dict]]:
+    """Every row a run could touch, column by column."""
+    models = (Booking, Payment, IdempotencyKey, SimulatedCharge, Flight, SeatHold, CleanupRun)
+    return {model.__name__: list(model.objects.order_by("pk").values()) for model in models}
+
+
+def make_key(user, name: str, *, expires_at: dt.datetime, locked_until: dt.datetime | None = None) -> IdempotencyKey:
+    """A completed key, or (with `locked_until`) one a request is running under a lease."""
+    running = locked_until is not None
+    return IdempotencyKey.objects.create(
+        user=user,
+        key=name,
+        fingerprint="0" * 64,
+        state=IdempotencyKey.State.IN_PROGRESS if running else IdempotencyKey.State.COMPLETED,
+        lease=uuid.uuid4() if running else None,
+        locked_until=locked_until,
+        response_status=None if running else 201,
+        response_body=None if running else {"status": "SUCCEEDED"},
+        expires_at=expires_at,
+    )
+
+
+class FlightsSwitch:
+    """The in-process Flights service: `down()` makes releases fail before they apply (for
+    every booking, or only for the holds named); `back()` restores it."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.monkeypatch = monkeypatch
+        self.failed = []
+
+    def down(self, error: Exception | str = CONNECTION_LOST, *, only: tuple[str, ...] = ()) -> None:
+        def release_fails(**kwargs):
+            if kwargs["decrease"] or (only and kwargs["reservation"] not in only):
+                return real_seats_change(**kwargs)
+            self.failed.append(kwargs["reservation"])
+            raise OperationalError(error) if isinstance(error, str) else error
+
+        self.monkeypatch.setattr(flight_services, "flight_seats_change", release_fails)
+
+    def back(self) -> None:
+        self.monkeypatch.setattr(flight_services, "flight_seats_change", real_seats_change)
+
+
+@pytest.fixture
+def flights(monkeypatch) -> FlightsSwitch:
+    return FlightsSwitch(monkeypatch)

@@ -1,10 +1,10 @@
 """Payments over the `http` gateway adapter (`payments.gateway.HttpPaymentGateway`).
 
-The remote payment gateway is `FakeGateway`, a small stateful implementation of the
-README's "Payment gateway HTTP contract": charges by id, by idempotency key and by
-reference, and refunds. It is used two ways:
+The remote payment gateway is `FakeGateway` (`tests.support.payment_gateway`), a small
+stateful implementation of the HTTP gateway's contract (docs/design.md#payments-exactly-once): charges by id, by
+idempotency key and by reference, and refunds. It is used two ways:
 
-- served over real HTTP by a `ThreadingHTTPServer` on 127.0.0.1 (`served` fixture): the
+- served over real HTTP by a `ThreadingHTTPServer` on 127.0.0.1 (`served_gateway` fixture): the
   end-to-end tests go test client -> payment view -> requests -> socket -> stub, with no
   `responses` anywhere;
 - as `responses` callbacks (`mocked(...)`), where each endpoint first plays a scripted
@@ -12,7 +12,7 @@ reference, and refunds. It is used two ways:
   a garbage body, ...) and then answers as the healthy gateway does.
 
 Nothing in the project is mocked; the only fakes are the gateway and the network. After
-every scenario the money side of DESIGN §6 is checked against the stub's own books
+every scenario the money side of the invariants (docs/design.md#invariants) is checked against the stub's own books
 (`assert_money_matches_bookings(standing=fake.standing())`), and the seat side against
 the flights ledger.
 """
@@ -21,412 +21,47 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-import responses
 
 from bookings.models import Booking
 from bookings_project.errors import PaymentGatewayUnavailable
-from payments import gateway as payment_gateway
 from payments.gateway import DECLINED, SUCCEEDED, HttpPaymentGateway, get_payment_gateway
 from payments.models import Payment
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem
+from tests.support.api import patch_cancel, post_booking, post_payment
+from tests.support.payment_gateway import (
+    MOCK_BASE,
+    PREFIX,
+    TOKEN,
+    FakeGateway,
+    answers,
+    close_gateway,
+    dead_url,
+    lost,
+    mocked,
+    serving,
+    tampered,
+)
 
-TOKEN = "secret"
-PREFIX = "/v1"
-MOCK_BASE = "http://payments.test" + PREFIX
 SEATS = 2
 TOTAL = "11000.00"  # 2 seats x 5500.00, the `flight` fixture's price.
 CAPACITY = 20
 
-Behaviour = Callable[["FakeGateway", requests.PreparedRequest], tuple[int, dict, str]]
-
-
-# The fake gateway ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Received:
-    """A request the gateway processed, and the status it answered."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]  # Lower-case names.
-    body: Any
-    status: int
-
-
-class FakeGateway:
-    """The payment gateway of the README's contract, in memory and thread-safe.
-
-    `decline` makes new charges declined: "402" answers 402, "200" answers 201 with
-    `"status": "declined"`. `token` is the only Bearer token it accepts.
-    """
-
-    def __init__(self, *, token: str = TOKEN, prefix: str = PREFIX) -> None:
-        self.token, self.prefix = token, prefix
-        self.decline: str | None = None
-        self.lock = threading.Lock()
-        self.charges: dict[str, dict] = {}  # id -> charge, with our bookkeeping fields.
-        self.first_answers: dict[str, tuple[dict, int, dict]] = {}  # key -> (request, status, body)
-        self.refunds: dict[str, dict] = {}  # key -> refund
-        self.received: list[Received] = []
-        self.late_answers: list[float] = []  # Over real HTTP: seconds to wait before the next answers.
-
-    # What the gateway holds.
-
-    def standing(self) -> set[str]:
-        """References of the charges that took money and were not refunded."""
-        with self.lock:
-            return {c["reference"] for c in self.charges.values() if c["status"] == SUCCEEDED and not c["refunded"]}
-
-    def charges_for(self, reference: str) -> list[dict]:
-        return [c for c in self.charges.values() if c["reference"] == reference]
-
-    def seen(self, method: str, kind: str) -> list[Received]:
-        """Processed requests of one kind: "charge", "refund" or "lookup"."""
-        pattern = {"charge": r"/charges", "refund": r"/charges/[^/]+/refunds", "lookup": r"/charges"}[kind]
-        return [
-            r for r in self.received if r.method == method and re.fullmatch(re.escape(self.prefix) + pattern, r.path)
-        ]
-
-    # The contract.
-
-    def handle(self, method: str, target: str, headers: Any, body: bytes | str | None) -> tuple[int, dict]:
-        url = urlsplit(target)
-        query = parse_qs(url.query)
-        lowered = {name.lower(): value for name, value in headers.items()}
-        try:
-            data = json.loads(body) if body else None
-        except ValueError:
-            data = "<not json>"
-        with self.lock:
-            status, payload = self._route(method, url.path, query, lowered, data)
-            self.received.append(Received(method, url.path, query, lowered, data, status))
-        return status, payload
-
-    def _route(self, method: str, path: str, query: dict, headers: dict, data: Any) -> tuple[int, dict]:
-        if headers.get("authorization") != f"Bearer {self.token}":
-            return 401, {"error": "invalid_token"}
-        rest = path[len(self.prefix) :] if path.startswith(self.prefix) else None
-        if method == "POST" and rest == "/charges":
-            return self._charge(headers, data)
-        refund = re.fullmatch(r"/charges/([^/]+)/refunds", rest or "")
-        if method == "POST" and refund:
-            return self._refund(refund.group(1), headers, data)
-        if method == "GET" and rest == "/charges":
-            reference = query.get("reference", [""])[0]
-            return 200, {"data": [self._public(c) for c in self.charges.values() if c["reference"] == reference]}
-        return 404, {"error": "no_such_endpoint"}
-
-    def _charge(self, headers: dict, data: Any) -> tuple[int, dict]:
-        key = headers.get("idempotency-key")
-        try:
-            amount = f"{Decimal(data['amount']):.2f}"
-            currency, reference = data["currency"], data["reference"]
-        except (TypeError, KeyError, ArithmeticError, ValueError):
-            return 400, {"error": "bad_request"}
-        if not key:
-            return 400, {"error": "idempotency_key_required"}
-        if key in self.first_answers:
-            request, status, answer = self.first_answers[key]
-            if request != data:
-                return 422, {"error": "idempotency_key_reused"}
-            return (200 if status == 201 else status), dict(answer)
-        charge = {
-            "id": f"ch_{uuid.uuid4().hex[:20]}",
-            "status": DECLINED if self.decline else SUCCEEDED,
-            "amount": amount,
-            "currency": currency,
-            "reference": reference,
-        }
-        if self.decline:
-            charge["declineReason"] = "Insufficient funds."
-        self.charges[charge["id"]] = {**charge, "refunded": False, "key": key}
-        if self.decline == "402":
-            status, answer = 402, {"status": DECLINED, "declineReason": "Insufficient funds.", "id": charge["id"]}
-        else:
-            status, answer = 201, charge
-        self.first_answers[key] = (data, status, answer)
-        return status, dict(answer)
-
-    def _refund(self, charge_id: str, headers: dict, data: Any) -> tuple[int, dict]:
-        key = headers.get("idempotency-key")
-        if not key:
-            return 400, {"error": "idempotency_key_required"}
-        if key in self.refunds:
-            return 200, dict(self.refunds[key])
-        charge = self.charges.get(charge_id)
-        if charge is None:
-            return 404, {"error": "no_such_charge"}
-        if charge["status"] != SUCCEEDED or charge["refunded"]:
-            return 422, {"error": "charge_not_refundable"}
-        if not isinstance(data, dict) or data.get("amount") != charge["amount"]:
-            return 422, {"error": "amount_must_be_the_charge_amount"}
-        refund = {"id": f"re_{uuid.uuid4().hex[:20]}", "status": SUCCEEDED, "charge": charge_id}
-        charge["refunded"] = True
-        self.refunds[key] = refund
-        return 201, dict(refund)
-
-    @staticmethod
-    def _public(charge: dict) -> dict:
-        return {name: value for name, value in charge.items() if name != "key"}
-
-
-# The fake over real HTTP --------------------------------------------------------------------
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _StubServer
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        fake = self.server.fake
-        status, payload = fake.handle(self.command, self.path, self.headers, body)
-        if fake.late_answers:
-            time.sleep(fake.late_answers.pop(0))  # Applied, but the answer comes late.
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = _serve
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-class _StubServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    fake: FakeGateway
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # A client that timed out and hung up is expected here.
-
-
-def close_gateway(gateway: HttpPaymentGateway) -> None:
-    """Close the gateway's keep-alive connections (Session.close() alone leaves pools open
-    with urllib3 2.x; see tests/bookings/test_http_gateway.py)."""
-    for adapter in set(gateway.session.adapters.values()):
-        pools = adapter.poolmanager.pools
-        for key in pools.keys():  # noqa: SIM118 (the container refuses iteration)
-            pools[key].close()
-    gateway.session.close()
-
-
-def dead_url() -> str:
-    """A local address where nothing listens: connecting is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}{PREFIX}"
-
-
-# Fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def fresh_gateway_cache(settings):
-    """`_http_gateway` is cached per (url, token, timeout): start and end with none."""
-    payment_gateway._http_gateway.cache_clear()
-    yield
-    if payment_gateway._http_gateway.cache_info().currsize and settings.PAYMENT_GATEWAY == "http":
-        close_gateway(get_payment_gateway())
-    payment_gateway._http_gateway.cache_clear()
-
-
-@pytest.fixture
-def fake() -> FakeGateway:
-    return FakeGateway()
-
-
-@pytest.fixture
-def point_at(settings) -> Callable[[str], None]:
-    def point(base_url: str, token: str = TOKEN) -> None:
-        settings.PAYMENT_GATEWAY = "http"
-        settings.PAYMENT_GATEWAY_URL = base_url
-        settings.PAYMENT_GATEWAY_TOKEN = token
-        settings.PAYMENT_GATEWAY_TIMEOUT = 0.5
-
-    return point
-
-
-@pytest.fixture
-def served(fake, point_at):
-    """The fake on a real socket, and the service pointed at it. Yields its base URL."""
-    server = _StubServer(("127.0.0.1", 0), _Handler)
-    server.fake = fake
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}{PREFIX}"
-    point_at(base)
-    try:
-        yield base
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-@pytest.fixture
-def mock_gateway(point_at) -> str:
-    """The service pointed at MOCK_BASE, where only `mocked(...)` answers."""
-    point_at(MOCK_BASE)
-    return MOCK_BASE
-
-
-# The fake as `responses` callbacks, with scripted faults ---------------------------------------
-
-
-def _respond(fake: FakeGateway, request: requests.PreparedRequest) -> tuple[int, dict, str]:
-    status, payload = fake.handle(request.method, request.path_url, request.headers, request.body)
-    return status, {"Content-Type": "application/json"}, json.dumps(payload)
-
-
-def healthy(fake: FakeGateway, request: requests.PreparedRequest) -> tuple[int, dict, str]:
-    return _respond(fake, request)
-
-
-def lost(error: Exception, *, applied: bool) -> Behaviour:
-    """The request fails on the wire, after the gateway applied it or before it arrived."""
-
-    def behaviour(fake, request):
-        if applied:
-            _respond(fake, request)
-        raise error
-
-    return behaviour
-
-
-def answers(status: int, body: Any = "", *, applied: bool, content_type: str = "application/json") -> Behaviour:
-    """The gateway (or a proxy in front of it) answers this, having applied the request or not."""
-
-    def behaviour(fake, request):
-        if applied:
-            _respond(fake, request)
-        return status, {"Content-Type": content_type}, body if isinstance(body, str) else json.dumps(body)
-
-    return behaviour
-
-
-def tampered(**changes: Any) -> Behaviour:
-    """Applied; the answer arrives with these fields changed."""
-
-    def behaviour(fake, request):
-        status, headers, body = _respond(fake, request)
-        return status, headers, json.dumps({**json.loads(body), **changes})
-
-    return behaviour
-
-
-@dataclass
-class Mocked:
-    rsps: responses.RequestsMock
-    charge: responses.BaseResponse
-    refund: responses.BaseResponse
-    lookup: responses.BaseResponse
-
-
-def mocked(
-    fake: FakeGateway,
-    *,
-    charge: tuple[Behaviour, ...] = (),
-    refund: tuple[Behaviour, ...] = (),
-    lookup: tuple[Behaviour, ...] = (),
-    base: str = MOCK_BASE,
-) -> Mocked:
-    """A RequestsMock for the three endpoints: each plays its scripted behaviours, one per
-    call, then answers as the healthy gateway."""
-
-    def scripted(behaviours: tuple[Behaviour, ...]):
-        script = list(behaviours)
-
-        def callback(request):
-            return (script.pop(0) if script else healthy)(fake, request)
-
-        return callback
-
-    rsps = responses.RequestsMock(assert_all_requests_are_fired=False)
-    return Mocked(
-        rsps=rsps,
-        charge=rsps.add_callback(responses.POST, f"{base}/charges", callback=scripted(charge)),
-        refund=rsps.add_callback(
-            responses.POST, re.compile(re.escape(base) + r"/charges/[^/?]+/refunds"), callback=scripted(refund)
-        ),
-        lookup=rsps.add_callback(
-            responses.GET, re.compile(re.escape(base) + r"/charges(\?.*)?"), callback=scripted(lookup)
-        ),
-    )
-
-
-# API helpers ---------------------------------------------------------------------------------
-
-
-def book(client, flight) -> dict:
-    response = client.post("/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": SEATS}, format="json")
-    assert response.status_code == 201, response.content
-    body = response.json()
-    assert (body["status"], body["totalCost"]) == ("INITIATED", TOTAL)
-    return body
-
-
-def pay(client, booking_id: int, key: str, **extra):
-    return client.post(
-        "/api/v1/payments", {"bookingId": booking_id, "amount": TOTAL}, format="json", HTTP_IDEMPOTENCY_KEY=key, **extra
-    )
-
-
-def cancel(client, booking_id: int, **extra):
-    return client.patch(f"/api/v1/bookings/{booking_id}/cancel", **extra)
-
-
-def states(booking_id: int) -> tuple[str, list[str]]:
-    """The booking's status and its payments' statuses, oldest first."""
-    booking = Booking.objects.get(pk=booking_id)
-    return booking.status, list(Payment.objects.filter(booking=booking).order_by("id").values_list("status", flat=True))
-
-
-def seats_left(flight) -> int:
-    flight.refresh_from_db()
-    return flight.available_seats
-
-
-def assert_unavailable(response) -> None:
-    assert_problem(response, 503, "payment_gateway_unavailable")
-    assert response["Retry-After"] == "5"
-    assert "Idempotent-Replayed" not in response
-
-
-def assert_consistent(fake: FakeGateway, flight) -> None:
-    assert_money_matches_bookings(standing=fake.standing())
-    assert_bookings_match_ledger(flight)
+pytestmark = pytest.mark.usefixtures("fresh_gateway_cache")
 
 
 # 1. End to end over real HTTP ------------------------------------------------------------------
 
 
 @pytest.mark.django_db(transaction=True)
-def test_pay_replay_refund_and_look_up_over_real_http(served, fake, user_client, flight):
+def test_pay_replay_refund_and_look_up_over_real_http(served_gateway, fake, user_client, flight):
     booking = book(user_client, flight)
 
-    paid = pay(user_client, booking["id"], "client-key-1", HTTP_X_REQUEST_ID="trace-pay-1")
+    paid = post_payment(user_client, booking["id"], "client-key-1", TOTAL, HTTP_X_REQUEST_ID="trace-pay-1")
 
     assert paid.status_code == 201, paid.content
     body = paid.json()
@@ -447,7 +82,7 @@ def test_pay_replay_refund_and_look_up_over_real_http(served, fake, user_client,
     assert_consistent(fake, flight)
 
     # The same client key replays the answer: the gateway hears nothing.
-    replay = pay(user_client, booking["id"], "client-key-1")
+    replay = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
 
     assert replay.status_code == 201
     assert replay["Idempotent-Replayed"] == "true"
@@ -470,7 +105,7 @@ def test_pay_replay_refund_and_look_up_over_real_http(served, fake, user_client,
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" and r.headers["x-request-id"] for r in lookups)
 
     # Cancelling refunds first, with the refund key, then gives the seats back.
-    cancelled = cancel(user_client, booking["id"], HTTP_X_REQUEST_ID="trace-cancel-1")
+    cancelled = patch_cancel(user_client, booking["id"], HTTP_X_REQUEST_ID="trace-cancel-1")
 
     assert cancelled.status_code == 200, cancelled.content
     assert cancelled.json()["status"] == "CANCELLED"
@@ -489,7 +124,7 @@ def test_pay_replay_refund_and_look_up_over_real_http(served, fake, user_client,
     assert_consistent(fake, flight)
 
     # Cancelling again is a no-op: no second refund is even asked for.
-    again = cancel(user_client, booking["id"])
+    again = patch_cancel(user_client, booking["id"])
 
     assert again.status_code == 200
     assert again.json()["status"] == "CANCELLED"
@@ -499,12 +134,12 @@ def test_pay_replay_refund_and_look_up_over_real_http(served, fake, user_client,
 
 
 @pytest.mark.django_db(transaction=True)
-def test_charge_applied_but_answer_too_late_over_real_http(served, fake, user_client, flight):
+def test_charge_applied_but_answer_too_late_over_real_http(served_gateway, fake, user_client, flight):
     booking = book(user_client, flight)
     fake.late_answers = [1.5]  # Three times the read timeout: the socket times out for real.
 
     started = time.monotonic()
-    response = pay(user_client, booking["id"], "client-key-1")
+    response = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
 
     assert time.monotonic() - started < 1.4  # Gave up at the read timeout, did not wait.
     assert_unavailable(response)
@@ -514,7 +149,7 @@ def test_charge_applied_but_answer_too_late_over_real_http(served, fake, user_cl
     assert seats_left(flight) == CAPACITY - SEATS
     assert_consistent(fake, flight)
 
-    retried = pay(user_client, booking["id"], "client-key-1")
+    retried = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
 
     assert retried.status_code == 201, retried.content
     assert states(booking["id"]) == ("BOOKED", ["SUCCEEDED"])
@@ -529,19 +164,19 @@ def test_charge_applied_but_answer_too_late_over_real_http(served, fake, user_cl
 
 
 @pytest.mark.django_db(transaction=True)
-def test_gateway_refusing_connections_then_back_over_real_http(served, fake, point_at, user_client, flight):
+def test_gateway_refusing_connections_then_back_over_real_http(served_gateway, fake, point_at, user_client, flight):
     booking = book(user_client, flight)
     point_at(dead_url())
 
-    response = pay(user_client, booking["id"], "client-key-1")
+    response = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
 
     assert_unavailable(response)
     assert states(booking["id"]) == ("INITIATED", ["FAILED"])  # Never arrived: definitely not charged.
     assert fake.received == []
     assert_consistent(fake, flight)
 
-    point_at(served)
-    retried = pay(user_client, booking["id"], "client-key-1")
+    point_at(served_gateway)
+    retried = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
 
     assert retried.status_code == 201, retried.content
     assert states(booking["id"]) == ("BOOKED", ["FAILED", "SUCCEEDED"])  # A new payment.
@@ -552,12 +187,12 @@ def test_gateway_refusing_connections_then_back_over_real_http(served, fake, poi
 
 
 @pytest.mark.django_db(transaction=True)
-def test_wrong_token_is_refused_by_the_gateway_over_real_http(served, fake, point_at, user_client, flight):
+def test_wrong_token_is_refused_by_the_gateway_over_real_http(served_gateway, fake, point_at, user_client, flight):
     booking = book(user_client, flight)
-    point_at(served, token="not-the-secret")
+    point_at(served_gateway, token="not-the-secret")
     wrong = get_payment_gateway()
 
-    response = pay(user_client, booking["id"], "client-key-1")
+    response = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
     close_gateway(wrong)
 
     assert_unavailable(response)
@@ -566,8 +201,8 @@ def test_wrong_token_is_refused_by_the_gateway_over_real_http(served, fake, poin
     assert states(booking["id"]) == ("INITIATED", ["FAILED"])
     assert fake.charges == {}
 
-    point_at(served)
-    retried = pay(user_client, booking["id"], "client-key-1")
+    point_at(served_gateway)
+    retried = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
 
     assert retried.status_code == 201, retried.content
     assert states(booking["id"]) == ("BOOKED", ["FAILED", "SUCCEEDED"])
@@ -609,7 +244,7 @@ def test_unknown_charge_outcome_stays_pending_and_the_same_key_charges_once(
     gateway = mocked(fake, charge=(fault,))
 
     with gateway.rsps:
-        response = pay(user_client, booking["id"], "client-key-1")
+        response = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
         assert gateway.charge.call_count == 1  # One API call, one charge request: never resent by the adapter.
         assert_unavailable(response)
         assert states(booking["id"]) == ("PENDING", ["PROCESSING"])
@@ -620,7 +255,7 @@ def test_unknown_charge_outcome_stays_pending_and_the_same_key_charges_once(
         assert_consistent(fake, flight)
 
         # The gateway is healthy again: the client retries with the same key.
-        retried = pay(user_client, booking["id"], "client-key-1")
+        retried = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
 
         assert gateway.charge.call_count == 2
         assert retried.status_code == 201, retried.content
@@ -642,7 +277,7 @@ def test_unknown_charge_outcome_stays_pending_and_the_same_key_charges_once(
 
     # A further retry with the same key replays the stored answer without asking the gateway.
     with mocked(fake).rsps as rsps:
-        replay = pay(user_client, booking["id"], "client-key-1")
+        replay = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
         assert len(rsps.calls) == 0
     assert (replay.status_code, replay["Idempotent-Replayed"]) == (201, "true")
     assert len(fake.charges) == 1
@@ -665,10 +300,10 @@ def test_a_definite_failure_on_a_resumed_attempt_cannot_clear_an_earlier_charge(
     gateway = mocked(fake, charge=(first_fault, second_fault))
 
     with gateway.rsps:
-        assert_unavailable(pay(user_client, booking["id"], "client-key-1"))
+        assert_unavailable(post_payment(user_client, booking["id"], "client-key-1", TOTAL))
         # The retry does not reach the gateway (or is refused): that says nothing about the
         # first attempt, which did charge. The payment must stay open, not FAILED.
-        assert_unavailable(pay(user_client, booking["id"], "client-key-1"))
+        assert_unavailable(post_payment(user_client, booking["id"], "client-key-1", TOTAL))
 
         assert gateway.charge.call_count == 2
         assert states(booking["id"]) == ("PENDING", ["PROCESSING"])
@@ -676,7 +311,7 @@ def test_a_definite_failure_on_a_resumed_attempt_cannot_clear_an_earlier_charge(
         assert fake.standing() == {payment.reference}
         assert_consistent(fake, flight)
 
-        retried = pay(user_client, booking["id"], "client-key-1")
+        retried = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
 
         assert gateway.charge.call_count == 3
 
@@ -710,7 +345,7 @@ def test_definite_failure_frees_the_booking_and_a_retry_pays_with_a_new_payment(
     gateway = mocked(fake, charge=(fault,))
 
     with gateway.rsps:
-        response = pay(user_client, booking["id"], "client-key-1")
+        response = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
         assert gateway.charge.call_count == 1
         assert_unavailable(response)
         assert states(booking["id"]) == ("INITIATED", ["FAILED"])
@@ -720,7 +355,7 @@ def test_definite_failure_frees_the_booking_and_a_retry_pays_with_a_new_payment(
         assert seats_left(flight) == CAPACITY - SEATS
         assert_consistent(fake, flight)
 
-        retried = pay(user_client, booking["id"], "client-key-1")
+        retried = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
 
         assert gateway.charge.call_count == 2
         assert retried.status_code == 201, retried.content
@@ -746,7 +381,7 @@ def test_decline_answers_402_replays_it_and_a_new_key_pays(mock_gateway, fake, u
     gateway = mocked(fake)
 
     with gateway.rsps:
-        response = pay(user_client, booking["id"], "client-key-1")
+        response = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
 
         assert gateway.charge.call_count == 1
         body = assert_problem(response, 402, "payment_declined")
@@ -759,7 +394,7 @@ def test_decline_answers_402_replays_it_and_a_new_key_pays(mock_gateway, fake, u
 
         # The same key replays the decline, even though the gateway would now approve.
         fake.decline = None
-        replay = pay(user_client, booking["id"], "client-key-1")
+        replay = post_payment(user_client, booking["id"], "client-key-1", TOTAL)
 
         assert gateway.charge.call_count == 1
         assert replay["Idempotent-Replayed"] == "true"
@@ -767,7 +402,7 @@ def test_decline_answers_402_replays_it_and_a_new_key_pays(mock_gateway, fake, u
         assert states(booking["id"]) == ("INITIATED", ["DECLINED"])
 
         # A new key is a new payment, and pays.
-        paid = pay(user_client, booking["id"], "client-key-2")
+        paid = post_payment(user_client, booking["id"], "client-key-2", TOTAL)
 
         assert gateway.charge.call_count == 2
 
@@ -805,10 +440,10 @@ def test_refund_fault_keeps_the_booking_booked_and_a_second_cancel_refunds_once(
     gateway = mocked(fake, refund=(fault,))
 
     with gateway.rsps:
-        assert pay(user_client, booking["id"], "client-key-1").status_code == 201
+        assert post_payment(user_client, booking["id"], "client-key-1", TOTAL).status_code == 201
         payment = Payment.objects.get()
 
-        response = cancel(user_client, booking["id"])
+        response = patch_cancel(user_client, booking["id"])
 
         assert gateway.refund.call_count == 1
         assert_unavailable(response)
@@ -820,7 +455,7 @@ def test_refund_fault_keeps_the_booking_booked_and_a_second_cancel_refunds_once(
             assert_money_matches_bookings(standing=fake.standing())
         # (If the gateway refunded but its answer was lost, the books disagree until the retry.)
 
-        again = cancel(user_client, booking["id"])
+        again = patch_cancel(user_client, booking["id"])
 
         assert gateway.refund.call_count == 2
 
@@ -948,21 +583,13 @@ def test_adapter_real_refused_connection_is_not_charged():
 
 def test_adapter_real_401_from_the_stub_is_not_charged(fake):
     fake.token = "rotated"  # The gateway no longer accepts our token.
-    server = _StubServer(("127.0.0.1", 0), _Handler)
-    server.fake = fake
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    gateway = HttpPaymentGateway(
-        base_url=f"http://127.0.0.1:{server.server_address[1]}{PREFIX}", token=TOKEN, timeout=0.5
-    )
-    try:
-        with pytest.raises(PaymentGatewayUnavailable) as raised:
-            charge_with(gateway)
-    finally:
-        close_gateway(gateway)
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(fake) as base:
+        gateway = HttpPaymentGateway(base_url=base, token=TOKEN, timeout=0.5)
+        try:
+            with pytest.raises(PaymentGatewayUnavailable) as raised:
+                charge_with(gateway)
+        finally:
+            close_gateway(gateway)
 
     assert raised.value.maybe_charged is False
     assert [r.status for r in fake.received] == [401]
@@ -1084,3 +711,36 @@ def test_adapter_refund_without_a_confirmed_refund_raises(adapter, fake, status,
 
     assert raised.value.maybe_charged is maybe_charged
     assert gateway.refund.call_count == 1  # Never resent by the adapter.
+
+
+# API helpers ---------------------------------------------------------------------------------
+
+
+def book(client, flight) -> dict:
+    response = post_booking(client, flight, SEATS)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["status"], body["totalCost"]) == ("INITIATED", TOTAL)
+    return body
+
+
+def states(booking_id: int) -> tuple[str, list[str]]:
+    """The booking's status and its payments' statuses, oldest first."""
+    booking = Booking.objects.get(pk=booking_id)
+    return booking.status, list(Payment.objects.filter(booking=booking).order_by("id").values_list("status", flat=True))
+
+
+def seats_left(flight) -> int:
+    flight.refresh_from_db()
+    return flight.available_seats
+
+
+def assert_unavailable(response) -> None:
+    assert_problem(response, 503, "payment_gateway_unavailable")
+    assert response["Retry-After"] == "5"
+    assert "Idempotent-Replayed" not in response
+
+
+def assert_consistent(fake: FakeGateway, flight) -> None:
+    assert_money_matches_bookings(standing=fake.standing())
+    assert_bookings_match_ledger(flight)
