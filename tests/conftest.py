@@ -2,15 +2,13 @@ import datetime as dt
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.test import override_settings
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests.factories import make_flight
-from tests.helpers import SERVICE_TOKEN, close_cached_flight_gateway
 
-pytest_plugins = ["tests.fixtures.cleanup", "tests.fixtures.payments"]
+pytest_plugins = ["tests.fixtures.cleanup", "tests.fixtures.flights", "tests.fixtures.payments"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -87,20 +85,3 @@ def clock(monkeypatch) -> Clock:
     fixed = Clock(timezone.now().replace(microsecond=0))
     monkeypatch.setattr(timezone, "now", fixed)
     return fixed
-
-
-@pytest.fixture
-def remote(live_server):
-    """Bookings configured to reach Flights over HTTP at the live server (our own flights
-    API: every call a real HTTP round trip). Yields its URL; inject faults in front of it
-    with `tests.helpers.flight_faults`.
-
-    override_settings is process-wide, so the live server's thread sees the same token.
-    A short timeout keeps the fault tests fast.
-    """
-    close_cached_flight_gateway()
-    with override_settings(
-        FLIGHT_SERVICE_URL=live_server.url, FLIGHT_SERVICE_TOKEN=SERVICE_TOKEN, FLIGHT_SERVICE_TIMEOUT=1.0
-    ):
-        yield live_server.url
-        close_cached_flight_gateway()

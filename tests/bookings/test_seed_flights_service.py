@@ -1,4 +1,4 @@
-"""The booking saga against the seed's Node Flights Service over HTTP (DESIGN §1, §2, §3.2).
+"""The booking saga against the seed's Node Flights Service over HTTP (docs/design.md#the-flights-service-boundary).
 
 `SeedFlightsService` is a stateful fake of that service, built with `responses`, that
 answers as the seed was observed to: every answer wrapped in
@@ -20,194 +20,20 @@ What must hold on top of such a service:
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import pytest
 import requests
-import responses
 from django.contrib.auth.models import Permission
-from django.test import Client, override_settings
+from django.test import Client
 
 from bookings import services
-from bookings.flights_gateway import HttpFlightGateway, _http_gateway
+from bookings.flights_gateway import HttpFlightGateway
 from bookings.models import Booking
 from bookings_project.errors import FlightServiceUnavailable
 from tests.helpers import assert_problem
-
-SEED_URL = "http://seed-flights.test"
-FLIGHT_URL = re.compile(re.escape(SEED_URL) + r"/api/v1/flights/(\d+)$")
-SEATS_URL = re.compile(re.escape(SEED_URL) + r"/api/v1/flights/(\d+)/seats$")
-
-# What `requests` raises for a refused connection: the request never reached the service.
-REFUSED = (
-    "HTTPConnectionPool(host='seed-flights.test', port=80): Max retries exceeded with url: "
-    "/api/v1/flights/1/seats (Caused by NewConnectionError('<urllib3.connection.HTTPConnection "
-    "object at 0x7f0c>: Failed to establish a new connection: [Errno 111] Connection refused'))"
-)
-READ_TIMEOUT = "HTTPConnectionPool(host='seed-flights.test', port=80): Read timed out. (read timeout=1.0)"
+from tests.support.seed_flights import SEED_URL, SeedFlightsService
+from workflows.services import booking_cancel
 
 pytestmark = pytest.mark.django_db
-
-
-@dataclass
-class Received:
-    method: str
-    flight_id: int
-    body: dict | None
-    headers: dict
-    # False when the connection was refused: the seed never saw it.
-    arrived: bool = True
-
-
-@dataclass
-class SeedFlightsService:
-    """The seed's Flights Service, in memory. `seats` is its `totalSeats` per flight id."""
-
-    seats: dict[int, int] = field(default_factory=lambda: {1: 120})
-    requests: list[Received] = field(default_factory=list)
-    # Runs once, on the next PATCH that arrives, before the seed applies it (then cleared):
-    # lets "another customer" act between our GET and our PATCH.
-    before_patch: Callable[[dict], None] | None = None
-    # One-shot fault for the next PATCH: "refused" (never arrives, nothing applied) or
-    # "timeout_after_apply" (applied, but the answer never comes back).
-    patch_fault: str | None = None
-    # flight id -> (status, body) answered to GETs instead of the flight.
-    get_failures: dict[int, tuple[int, object]] = field(default_factory=dict)
-
-    # Mock callbacks --------------------------------------------------------------------
-
-    def on_get(self, request: requests.PreparedRequest):
-        flight_id = int(FLIGHT_URL.match(request.url).group(1))
-        self.requests.append(Received("GET", flight_id, None, dict(request.headers)))
-        if flight_id in self.get_failures:
-            status, body = self.get_failures[flight_id]
-            return status, {}, body if isinstance(body, str) else json.dumps(body)
-        if flight_id not in self.seats:
-            return self._error(500, "Cannot fetch data of the flight")
-        return self._ok(self._flight(flight_id, self.seats[flight_id]))
-
-    def on_patch(self, request: requests.PreparedRequest):
-        flight_id = int(SEATS_URL.match(request.url).group(1))
-        body = json.loads(request.body)
-        fault, self.patch_fault = self.patch_fault, None
-        self.requests.append(Received("PATCH", flight_id, body, dict(request.headers), arrived=fault != "refused"))
-        if fault == "refused":
-            raise requests.exceptions.ConnectionError(REFUSED, request=request)
-        hook, self.before_patch = self.before_patch, None
-        if hook:
-            hook(body)
-        if flight_id not in self.seats:
-            return self._error(500, "Cannot update data of the flight")
-        if not body.get("seats"):
-            return self._error(400, ["seats not found in the incoming request in the correct form"])
-        before = self.seats[flight_id]
-        # No check against zero, and the flight answered is the one from before the change.
-        self.seats[flight_id] = before - body["seats"] if _truthy(body.get("dec", True)) else before + body["seats"]
-        if fault == "timeout_after_apply":
-            raise requests.exceptions.ReadTimeout(READ_TIMEOUT, request=request)
-        return self._ok(self._flight(flight_id, before))
-
-    # Seed answers ----------------------------------------------------------------------
-
-    @staticmethod
-    def _flight(flight_id: int, total_seats: int) -> dict:
-        return {
-            "id": flight_id,
-            "flightNumber": "UK808",
-            "airplaneId": 1,
-            "departureAirportId": "BOM",
-            "arrivalAirportId": "DEL",
-            "departureTime": "2027-01-10T10:00:00.000Z",
-            "arrivalTime": "2027-01-10T12:10:00.000Z",
-            "price": 5000,
-            "boardingGate": "12A",
-            "totalSeats": total_seats,
-            "createdAt": "2026-12-01T08:00:00.000Z",
-            "updatedAt": "2026-12-01T08:00:00.000Z",
-        }
-
-    @staticmethod
-    def _ok(data: dict):
-        body = {"success": True, "message": "Successfully completed the request", "data": data, "error": {}}
-        return 200, {}, json.dumps(body)
-
-    @staticmethod
-    def _error(status: int, explanation):
-        body = {
-            "success": False,
-            "message": "Something went wrong",
-            "data": {},
-            "error": {"explanation": explanation, "statusCode": status},
-        }
-        return status, {}, json.dumps(body)
-
-    # For assertions --------------------------------------------------------------------
-
-    def patches(self, *, dec: bool | None = None, arrived_only: bool = False) -> list[dict]:
-        """Bodies of the PATCHes we sent (all attempts, unless `arrived_only`)."""
-        return [
-            r.body
-            for r in self.requests
-            if r.method == "PATCH"
-            and (dec is None or _truthy(r.body.get("dec", True)) == dec)
-            and (r.arrived or not arrived_only)
-        ]
-
-
-def _truthy(value) -> bool:
-    if isinstance(value, str):
-        return value.lower() not in ("", "0", "false")
-    return bool(value)
-
-
-@pytest.fixture
-def seed():
-    fake = SeedFlightsService()
-    _http_gateway.cache_clear()  # The gateway (and its Session) is cached per settings.
-    with (
-        override_settings(FLIGHT_SERVICE_URL=SEED_URL, FLIGHT_SERVICE_TIMEOUT=1.0),
-        responses.RequestsMock(assert_all_requests_are_fired=False) as mock,
-    ):
-        mock.add_callback(responses.GET, FLIGHT_URL, callback=fake.on_get, content_type="application/json")
-        mock.add_callback(responses.PATCH, SEATS_URL, callback=fake.on_patch, content_type="application/json")
-        yield fake
-        # An unmatched request is a ConnectionError "refused by Responses", which the gateway
-        # would read as the service being down: make such a test fail loudly instead.
-        unmatched = [c.request.url for c in mock.calls if "doesn't match any registered mock" in str(c.response)]
-        assert not unmatched, unmatched
-    _http_gateway.cache_clear()
-
-
-def book(client, *, seats: int = 2, flight_id: int = 1):
-    return client.post("/api/v1/bookings", {"flightId": flight_id, "numberOfSeats": seats}, format="json")
-
-
-def cancel(client, booking_id: int):
-    return client.patch(f"/api/v1/bookings/{booking_id}/cancel")
-
-
-def booked(client, seed: SeedFlightsService) -> Booking:
-    """A booking of 2 seats, reserved on the seed (120 -> 118)."""
-    response = book(client)
-    assert response.status_code == 201, response.content
-    assert seed.seats[1] == 118
-    return Booking.objects.get(pk=response.json()["id"])
-
-
-def admin_listing(staff_user, attention: str) -> str:
-    staff_user.user_permissions.add(Permission.objects.get(codename="view_booking"))
-    client = Client()
-    client.force_login(staff_user)
-    response = client.get(f"/admin/bookings/booking/?attention={attention}")
-    assert response.status_code == 200
-    return response.content.decode()
-
-
-def in_listing(html: str, booking_id: int) -> bool:
-    return f"/admin/bookings/booking/{booking_id}/change/" in html
 
 
 # Happy path ---------------------------------------------------------------------------
@@ -481,7 +307,7 @@ def test_release_refused_before_arriving_stays_owed_then_goes_through_once(seed,
 def test_staff_cancelling_while_the_reserve_is_in_flight_gets_the_seats_back(seed, user_client):
     def staff_cancels_meanwhile(body):
         booking_id = int(body["reservation"].removeprefix("booking-"))
-        services.booking_cancel(booking_id=booking_id, reason=Booking.CancelReason.STAFF)
+        booking_cancel(booking_id=booking_id, reason=Booking.CancelReason.STAFF)
 
     seed.before_patch = staff_cancels_meanwhile
 
@@ -550,3 +376,35 @@ def test_the_seeds_400_for_zero_seats_is_a_definite_refusal(seed):
 
     assert refused.value.maybe_applied is False
     assert seed.seats[1] == 120
+
+
+# Helpers ------------------------------------------------------------------------------------
+
+
+def book(client, *, seats: int = 2, flight_id: int = 1):
+    return client.post("/api/v1/bookings", {"flightId": flight_id, "numberOfSeats": seats}, format="json")
+
+
+def cancel(client, booking_id: int):
+    return client.patch(f"/api/v1/bookings/{booking_id}/cancel")
+
+
+def booked(client, seed: SeedFlightsService) -> Booking:
+    """A booking of 2 seats, reserved on the seed (120 -> 118)."""
+    response = book(client)
+    assert response.status_code == 201, response.content
+    assert seed.seats[1] == 118
+    return Booking.objects.get(pk=response.json()["id"])
+
+
+def admin_listing(staff_user, attention: str) -> str:
+    staff_user.user_permissions.add(Permission.objects.get(codename="view_booking"))
+    client = Client()
+    client.force_login(staff_user)
+    response = client.get(f"/admin/bookings/booking/?attention={attention}")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def in_listing(html: str, booking_id: int) -> bool:
+    return f"/admin/bookings/booking/{booking_id}/change/" in html
