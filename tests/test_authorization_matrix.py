@@ -1,4 +1,4 @@
-"""Who may call what (DESIGN §3.1): every endpoint by every kind of caller, with the exact answer.
+"""Who may call what (docs/api.md#auth): every endpoint by every kind of caller, with the exact answer.
 
 The endpoints are not listed by hand: they are GENERATED from the URL conf (every route
 under `api/v1/`, with the HTTP methods its DRF view serves). `EXPECTED` holds one row per
@@ -45,6 +45,7 @@ from flights.models import Flight, SeatHold
 from payments.models import Payment, SimulatedCharge
 from tests.factories import make_flight
 from tests.helpers import SERVICE_TOKEN, assert_problem
+from tests.support.api import post_booking, post_payment
 
 pytestmark = pytest.mark.django_db
 
@@ -108,7 +109,7 @@ OPERATIONS: dict[str, tuple[str, Answer]] = {
     "api/": ("/api/v1/no-such-endpoint", NOT_YOURS),  # the problem+json catch-all
 }
 
-# (route, method, role) -> reason, for answers that differ from DESIGN. None known today.
+# (route, method, role) -> reason, for answers that differ from docs/api.md. None known today.
 KNOWN_BUGS: dict[tuple[str, str, str], str] = {}
 # (route, method, role) -> reason, for 401s without WWW-Authenticate. None known today.
 KNOWN_401_WITHOUT_CHALLENGE: dict[tuple[str, str, str], str] = {}
@@ -239,21 +240,14 @@ class World:
     @cached_property
     def booking(self) -> Booking:
         """The owner's booking, INITIATED with its seats held, made through the API."""
-        response = self.client("owner").post(
-            "/api/v1/bookings", {"flightId": self.flight.pk, "numberOfSeats": 2}, format="json"
-        )
+        response = post_booking(self.client("owner"), self.flight, 2)
         assert response.status_code == 201, response.content
         return Booking.objects.get(pk=response.json()["id"])
 
     @cached_property
     def payment(self) -> Payment:
         """The owner's payment of their booking (which is then BOOKED), made through the API."""
-        response = self.client("owner").post(
-            "/api/v1/payments",
-            {"bookingId": self.booking.pk, "amount": str(self.booking.total_cost)},
-            format="json",
-            HTTP_IDEMPOTENCY_KEY="matrix-setup",
-        )
+        response = post_payment(self.client("owner"), self.booking, "matrix-setup")
         assert response.status_code == 201, response.content
         return Payment.objects.get(pk=response.json()["id"])
 

@@ -1,4 +1,4 @@
-"""Bookings API (DESIGN §3.1, §3.3) with the default in-process Flights adapter."""
+"""Bookings API (docs/api.md#auth, docs/api.md#bookings) with the default in-process Flights adapter."""
 
 import datetime as dt
 
@@ -10,18 +10,15 @@ from bookings.models import Booking
 from flights.models import SeatHold
 from tests.factories import make_flight
 from tests.helpers import assert_bookings_match_ledger, assert_problem
+from tests.support.api import post_booking
 
 pytestmark = pytest.mark.django_db
-
-
-def _book(client, flight_id, seats=2, **extra):
-    return client.post("/api/v1/bookings", {"flightId": flight_id, "numberOfSeats": seats, **extra}, format="json")
 
 
 class TestCreate:
     def test_books_seats_and_holds_them_under_the_bookings_reference(self, user_client, user, flight):
         before = timezone.now()
-        response = _book(user_client, flight.pk, seats=2)
+        response = post_booking(user_client, flight.pk, 2)
 
         assert response.status_code == 201, response.content
         body = response.json()
@@ -54,7 +51,7 @@ class TestCreate:
 
     def test_total_cost_is_the_price_at_booking_time(self, user_client):
         flight = make_flight(capacity=10, price="1234.55")
-        response = _book(user_client, flight.pk, seats=3)
+        response = post_booking(user_client, flight.pk, 3)
         assert response.json()["totalCost"] == "3703.65"
 
     def test_older_clients_alias_noOfSeats(self, user_client, flight):
@@ -91,17 +88,17 @@ class TestCreate:
 
     @override_settings(MAX_SEATS_PER_BOOKING=4)
     def test_seat_limit_comes_from_settings(self, user_client, flight):
-        body = assert_problem(_book(user_client, flight.pk, seats=5), 400, "validation_error")
+        body = assert_problem(post_booking(user_client, flight.pk, 5), 400, "validation_error")
         assert body["errors"][0]["field"] == "numberOfSeats"
-        assert _book(user_client, flight.pk, seats=4).status_code == 201
+        assert post_booking(user_client, flight.pk, 4).status_code == 201
 
     def test_unknown_flight_is_404_and_writes_nothing(self, user_client):
-        assert_problem(_book(user_client, 999_999), 404, "not_found")
+        assert_problem(post_booking(user_client, 999_999), 404, "not_found")
         assert not Booking.objects.exists()
 
     def test_too_few_seats_is_409_and_writes_nothing(self, user_client):
         flight = make_flight(capacity=1)
-        assert_problem(_book(user_client, flight.pk, seats=2), 409, "insufficient_seats")
+        assert_problem(post_booking(user_client, flight.pk, 2), 409, "insufficient_seats")
         assert not Booking.objects.exists()
         flight.refresh_from_db()
         assert flight.available_seats == 1
@@ -115,30 +112,30 @@ class TestCreate:
 
 class TestActingForSomeone:
     def test_own_user_id_is_accepted(self, user_client, user, flight):
-        response = _book(user_client, flight.pk, userId=user.pk)
+        response = post_booking(user_client, flight.pk, fields={"userId": user.pk})
         assert response.status_code == 201
         assert response.json()["userId"] == user.pk
 
     def test_someone_elses_user_id_is_403_user_mismatch(self, user_client, other_user, flight):
-        assert_problem(_book(user_client, flight.pk, userId=other_user.pk), 403, "user_mismatch")
+        assert_problem(post_booking(user_client, flight.pk, fields={"userId": other_user.pk}), 403, "user_mismatch")
         assert not Booking.objects.exists()
         flight.refresh_from_db()
         assert flight.available_seats == flight.capacity
 
     def test_staff_books_for_a_customer(self, staff_client, user, user_client, flight):
-        response = _book(staff_client, flight.pk, userId=user.pk)
+        response = post_booking(staff_client, flight.pk, fields={"userId": user.pk})
         assert response.status_code == 201
         assert response.json()["userId"] == user.pk
         # The customer sees it as theirs.
         assert user_client.get(f"/api/v1/bookings/{response.json()['id']}").status_code == 200
 
     def test_staff_for_an_unknown_user_is_404(self, staff_client, flight):
-        assert_problem(_book(staff_client, flight.pk, userId=987_654), 404, "not_found")
+        assert_problem(post_booking(staff_client, flight.pk, fields={"userId": 987_654}), 404, "not_found")
 
 
 class TestReadAndList:
     def test_owner_reads_their_booking(self, user_client, flight):
-        created = _book(user_client, flight.pk).json()
+        created = post_booking(user_client, flight.pk).json()
         response = user_client.get(f"/api/v1/bookings/{created['id']}")
         assert response.status_code == 200
         assert response.json() == created
@@ -146,7 +143,7 @@ class TestReadAndList:
     def test_another_users_booking_is_404_on_get_cancel_and_list(self, user_client, other_user, flight):
         from tests.conftest import _client_for
 
-        created = _book(user_client, flight.pk).json()
+        created = post_booking(user_client, flight.pk).json()
         stranger = _client_for(other_user)
 
         assert_problem(stranger.get(f"/api/v1/bookings/{created['id']}"), 404, "not_found")
@@ -163,11 +160,11 @@ class TestReadAndList:
         from tests.conftest import _client_for
 
         second_flight = make_flight(capacity=5)
-        first = _book(user_client, flight.pk, seats=1).json()
-        second = _book(user_client, second_flight.pk, seats=1).json()
-        third = _book(user_client, flight.pk, seats=1).json()
+        first = post_booking(user_client, flight.pk, 1).json()
+        second = post_booking(user_client, second_flight.pk, 1).json()
+        third = post_booking(user_client, flight.pk, 1).json()
         user_client.patch(f"/api/v1/bookings/{third['id']}/cancel")
-        theirs = _book(_client_for(other_user), flight.pk, seats=1).json()
+        theirs = post_booking(_client_for(other_user), flight.pk, 1).json()
 
         ids = [b["id"] for b in user_client.get("/api/v1/bookings").json()["results"]]
         assert ids == [third["id"], second["id"], first["id"]]
@@ -183,7 +180,7 @@ class TestReadAndList:
 
     def test_list_is_paginated(self, user_client, flight):
         for _ in range(3):
-            _book(user_client, flight.pk, seats=1)
+            post_booking(user_client, flight.pk, 1)
         page = user_client.get("/api/v1/bookings?pageSize=2").json()
         assert page["count"] == 3
         assert len(page["results"]) == 2
@@ -197,7 +194,7 @@ class TestReadAndList:
 class TestCancel:
     @pytest.mark.parametrize("method", ["patch", "post"])
     def test_cancel_releases_seats_once(self, user_client, flight, method):
-        created = _book(user_client, flight.pk, seats=3).json()
+        created = post_booking(user_client, flight.pk, 3).json()
         response = getattr(user_client, method)(f"/api/v1/bookings/{created['id']}/cancel")
 
         assert response.status_code == 200, response.content
@@ -217,13 +214,13 @@ class TestCancel:
         assert flight.available_seats == flight.capacity
 
     def test_staff_cancel_is_recorded_as_staff(self, user_client, staff_client, flight):
-        created = _book(user_client, flight.pk).json()
+        created = post_booking(user_client, flight.pk).json()
         response = staff_client.patch(f"/api/v1/bookings/{created['id']}/cancel")
         assert response.status_code == 200
         assert response.json()["cancelReason"] == "staff"
 
     def test_pending_booking_cannot_be_cancelled(self, user_client, flight):
-        created = _book(user_client, flight.pk).json()
+        created = post_booking(user_client, flight.pk).json()
         Booking.objects.filter(pk=created["id"]).update(status=Booking.Status.PENDING)
 
         response = user_client.patch(f"/api/v1/bookings/{created['id']}/cancel")
@@ -253,7 +250,7 @@ class TestAccess:
     def test_the_flights_service_token_is_not_a_customer(self, anon_client, flight):
         anon_client.credentials(HTTP_AUTHORIZATION="Bearer a-service-token")
         assert_problem(anon_client.get("/api/v1/bookings"), 401, "not_authenticated")
-        assert_problem(_book(anon_client, flight.pk), 401, "not_authenticated")
+        assert_problem(post_booking(anon_client, flight.pk), 401, "not_authenticated")
 
     def test_request_id_is_echoed_or_generated(self, user_client):
         response = user_client.get("/api/v1/bookings", HTTP_X_REQUEST_ID="trace-123")

@@ -30,17 +30,20 @@ from bookings.flights_gateway import HttpFlightGateway
 from bookings.models import Booking
 from bookings_project.errors import FlightServiceUnavailable
 from tests.helpers import assert_problem
+from tests.support.api import patch_cancel, post_booking
 from tests.support.seed_flights import SEED_URL, SeedFlightsService
 from workflows.services import booking_cancel
 
 pytestmark = pytest.mark.django_db
+
+SEED_FLIGHT = 1  # The one flight the seed has (120 seats).
 
 
 # Happy path ---------------------------------------------------------------------------
 
 
 def test_book_and_cancel_against_the_seed(seed, user_client, user):
-    response = book(user_client)
+    response = post_booking(user_client, SEED_FLIGHT)
 
     assert response.status_code == 201, response.content
     body = response.json()
@@ -56,7 +59,7 @@ def test_book_and_cancel_against_the_seed(seed, user_client, user):
     assert seed.patches() == [{"seats": 2, "dec": True, "reservation": booking.hold_ref}]
     assert all(r.headers.get("X-Request-ID") for r in seed.requests)
 
-    response = cancel(user_client, booking.pk)
+    response = patch_cancel(user_client, booking.pk)
 
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "CANCELLED"
@@ -68,7 +71,7 @@ def test_book_and_cancel_against_the_seed(seed, user_client, user):
     assert seed.patches(dec=False) == [{"seats": 2, "dec": False, "reservation": booking.hold_ref}]
 
     # Cancelling again answers the same booking and sends nothing: the seed would add seats.
-    again = cancel(user_client, booking.pk)
+    again = patch_cancel(user_client, booking.pk)
     assert again.status_code == 200
     assert again.json()["id"] == booking.pk and again.json()["status"] == "CANCELLED"
     assert services.booking_release_seats(booking_id=booking.pk).seats == 0
@@ -80,7 +83,7 @@ def test_book_and_cancel_against_the_seed(seed, user_client, user):
 
 
 def test_seed_500_for_an_unknown_flight_is_404(seed, user_client):
-    response = book(user_client, flight_id=999)
+    response = post_booking(user_client, 999)
 
     assert_problem(response, 404, "not_found")
     assert not Booking.objects.exists()
@@ -104,7 +107,7 @@ def test_seed_500_for_an_unknown_flight_is_404(seed, user_client):
 def test_any_other_seed_500_is_503(seed, user_client, answer):
     seed.get_failures[1] = (500, answer)
 
-    response = book(user_client)
+    response = post_booking(user_client, SEED_FLIGHT)
 
     assert_problem(response, 503, "flight_service_unavailable")
     assert response["Retry-After"]
@@ -124,7 +127,7 @@ def test_seats_driven_below_zero_are_given_back_and_the_booking_refused(seed, us
 
     seed.before_patch = another_customer_takes_one
 
-    response = book(user_client)
+    response = post_booking(user_client, SEED_FLIGHT)
 
     # The PATCH answered totalSeats 1 (before ours): only the re-read shows -1.
     assert_problem(response, 409, "insufficient_seats")
@@ -147,7 +150,7 @@ def test_seats_driven_below_zero_are_given_back_and_the_booking_refused(seed, us
 def test_too_few_seats_by_the_first_read_sends_no_patch(seed, user_client):
     seed.seats[1] = 1
 
-    response = book(user_client)
+    response = post_booking(user_client, SEED_FLIGHT)
 
     assert_problem(response, 409, "insufficient_seats")
     assert seed.patches() == []
@@ -161,7 +164,7 @@ def test_reread_failing_after_the_reserve_is_reconcile_not_a_blind_release(seed,
 
     seed.before_patch = seed_breaks_after_our_patch
 
-    response = book(user_client)
+    response = post_booking(user_client, SEED_FLIGHT)
 
     assert_problem(response, 503, "flight_service_unavailable")
     booking = Booking.objects.get()
@@ -180,7 +183,7 @@ def test_giving_back_seats_past_zero_refused_is_reconcile(seed, user_client):
 
     seed.before_patch = another_customer_takes_one_then_the_seed_goes_down
 
-    response = book(user_client)
+    response = post_booking(user_client, SEED_FLIGHT)
 
     assert_problem(response, 503, "flight_service_unavailable")
     booking = Booking.objects.get()
@@ -199,7 +202,7 @@ def test_reserve_timing_out_after_the_seed_applied_it_is_reconcile(seed, user_cl
     other = booked(user_client, seed)  # Healthy, must not be listed for reconciliation.
     seed.patch_fault = "timeout_after_apply"
 
-    response = book(user_client)
+    response = post_booking(user_client, SEED_FLIGHT)
 
     assert_problem(response, 503, "flight_service_unavailable")
     booking = Booking.objects.exclude(pk=other.pk).get()
@@ -212,7 +215,7 @@ def test_reserve_timing_out_after_the_seed_applied_it_is_reconcile(seed, user_cl
     assert seed.patches(dec=False) == []
     assert seed.seats[1] == 116  # Ours stay taken until a person reconciles.
     # Neither a later cancel nor a cleanup retry sends a release.
-    assert cancel(user_client, booking.pk).json()["status"] == "CANCELLED"
+    assert patch_cancel(user_client, booking.pk).json()["status"] == "CANCELLED"
     assert services.booking_release_seats(booking_id=booking.pk).seats == 0
     assert seed.patches(dec=False) == []
 
@@ -224,7 +227,7 @@ def test_reserve_timing_out_after_the_seed_applied_it_is_reconcile(seed, user_cl
 def test_reserve_refused_before_arriving_holds_nothing(seed, user_client):
     seed.patch_fault = "refused"
 
-    response = book(user_client)
+    response = post_booking(user_client, SEED_FLIGHT)
 
     assert_problem(response, 503, "flight_service_unavailable")
     booking = Booking.objects.get()
@@ -263,7 +266,7 @@ def test_release_timing_out_is_reconcile_and_never_resent(seed, user_client):
     booking = booked(user_client, seed)
     seed.patch_fault = "timeout_after_apply"
 
-    response = cancel(user_client, booking.pk)
+    response = patch_cancel(user_client, booking.pk)
 
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "CANCELLED"
@@ -273,7 +276,7 @@ def test_release_timing_out_is_reconcile_and_never_resent(seed, user_client):
     assert seed.seats[1] == 120  # It did arrive; only a person can tell.
     assert len(seed.patches(dec=False)) == 1
 
-    assert cancel(user_client, booking.pk).status_code == 200
+    assert patch_cancel(user_client, booking.pk).status_code == 200
     assert services.booking_release_seats(booking_id=booking.pk).seats == 0
     assert len(seed.patches(dec=False)) == 1
     assert seed.seats[1] == 120
@@ -283,7 +286,7 @@ def test_release_refused_before_arriving_stays_owed_then_goes_through_once(seed,
     booking = booked(user_client, seed)
     seed.patch_fault = "refused"
 
-    response = cancel(user_client, booking.pk)
+    response = patch_cancel(user_client, booking.pk)
 
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "CANCELLED"
@@ -311,7 +314,7 @@ def test_staff_cancelling_while_the_reserve_is_in_flight_gets_the_seats_back(see
 
     seed.before_patch = staff_cancels_meanwhile
 
-    book(user_client)
+    post_booking(user_client, SEED_FLIGHT)
 
     booking = Booking.objects.get()
     assert booking.status == Booking.Status.CANCELLED
@@ -330,7 +333,7 @@ def owed_booking(seed, user_client) -> Booking:
     """Cancelled, its seats still taken on the seed, the release owed (the first was refused)."""
     booking = booked(user_client, seed)
     seed.patch_fault = "refused"
-    assert cancel(user_client, booking.pk).status_code == 200
+    assert patch_cancel(user_client, booking.pk).status_code == 200
     booking.refresh_from_db()
     assert booking.release_owed
     return booking
@@ -381,17 +384,9 @@ def test_the_seeds_400_for_zero_seats_is_a_definite_refusal(seed):
 # Helpers ------------------------------------------------------------------------------------
 
 
-def book(client, *, seats: int = 2, flight_id: int = 1):
-    return client.post("/api/v1/bookings", {"flightId": flight_id, "numberOfSeats": seats}, format="json")
-
-
-def cancel(client, booking_id: int):
-    return client.patch(f"/api/v1/bookings/{booking_id}/cancel")
-
-
 def booked(client, seed: SeedFlightsService) -> Booking:
     """A booking of 2 seats, reserved on the seed (120 -> 118)."""
-    response = book(client)
+    response = post_booking(client, SEED_FLIGHT)
     assert response.status_code == 201, response.content
     assert seed.seats[1] == 118
     return Booking.objects.get(pk=response.json()["id"])

@@ -13,10 +13,12 @@ BOOKINGS = "/api/v1/bookings"
 PAYMENTS = "/api/v1/payments"
 
 
-def post_booking(client, flight: Flight | int, seats: int = 2, **extra):
-    """POST /bookings for `seats` seats of the flight (a `Flight`, or a flight id)."""
+def post_booking(client, flight: Flight | int, seats: int = 2, *, fields: dict | None = None, **extra):
+    """POST /bookings for `seats` seats of the flight (a `Flight`, or a flight id); `fields`
+    are more body fields (`{"userId": ...}`)."""
     flight_id = flight if isinstance(flight, int) else flight.pk
-    return client.post(BOOKINGS, {"flightId": flight_id, "numberOfSeats": seats}, format="json", **extra)
+    body = {"flightId": flight_id, "numberOfSeats": seats, **(fields or {})}
+    return client.post(BOOKINGS, body, format="json", **extra)
 
 
 def post_payment(client, booking: Booking | int, key: str, amount: Decimal | str | None = None, **extra):
