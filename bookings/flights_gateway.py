@@ -1,4 +1,4 @@
-"""The one way bookings reach flight inventory (DESIGN §1): a small port, two adapters.
+"""The one way bookings reach flight inventory (docs/design.md#the-flights-service-boundary): a port, two adapters.
 
 - `InProcessFlightGateway` (default) calls the `flights` app's services; each call is its
   own transaction, exactly as if the service were remote.
@@ -109,16 +109,20 @@ def _database_errors_as_unavailable(*, maybe_applied: bool) -> Iterator[None]:
 class HttpFlightGateway:
     """A client of a remote Flights API: ours, or the seed's Node service.
 
-    One shared `requests.Session` per process, (connect, read) timeouts, bounded retries
-    with backoff for GETs only (a seat change is never resent blindly), the booking's hold
-    reference on every seat change, `X-Request-ID`, and the service token as a Bearer token.
+    Over one `http_client.Transport` per process: a shared `requests.Session`, (connect,
+    read) timeouts, bounded retries with backoff for GETs only (a seat change is never resent
+    blindly), `X-Request-ID`, and the service token as a Bearer token; the booking's hold
+    reference goes with every seat change.
     """
 
     def __init__(self, *, base_url: str, token: str = "", timeout: float = 5.0, retries: int = 2) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = http_client.timeouts(timeout)
         # 500 is not retried: the seed answers 500 for an unknown flight, and for real faults.
-        self.session = http_client.json_session(token=token, retries=retries)
+        self.transport = http_client.Transport(base_url=base_url, token=token, timeout=timeout, retries=retries)
+        self.base_url = self.transport.base_url
+
+    @property
+    def session(self) -> requests.Session:
+        return self.transport.session
 
     # The port ---------------------------------------------------------------------------
 
@@ -157,14 +161,9 @@ class HttpFlightGateway:
 
     def is_ready(self) -> bool:
         try:
-            response = self.session.get(
-                f"{self.base_url}/api/v1/flights",
-                params={"pageSize": 1},
-                timeout=self.timeout,
-                headers=http_client.trace_headers(),
-            )
-        except requests.RequestException as error:
-            logger.warning("readiness: Flights service unreachable: %s", error)
+            response = self.transport.send("GET", "/api/v1/flights", params={"pageSize": 1})
+        except http_client.TransportError as error:
+            logger.warning("readiness: Flights service unreachable: %s", error.__cause__)
             return False
         # Any answer that is not a server error means it is up (401 means the token is wrong: not ready).
         return response.status_code < 500 and response.status_code not in (401, 403)
@@ -191,25 +190,18 @@ class HttpFlightGateway:
         return SeatChange(hold_seats=None, keeps_holds=False)
 
     def _send(self, method: str, path: str, *, maybe_applied: bool, **kwargs: Any) -> requests.Response:
-        url = self.base_url + path
         try:
-            return self.session.request(
-                method, url, timeout=self.timeout, headers=http_client.trace_headers(), **kwargs
-            )
-        except requests.ConnectionError as error:
-            logger.warning("flights: %s %s failed: %s", method, url, error)
-            raise FlightServiceUnavailable(
-                "The Flights service could not be reached.",
-                maybe_applied=maybe_applied and not http_client.never_arrived(error),
-            ) from error
-        except requests.Timeout as error:
-            logger.warning("flights: %s %s timed out: %s", method, url, error)
-            raise FlightServiceUnavailable(
-                "The Flights service did not answer in time.", maybe_applied=maybe_applied
-            ) from error
-        except requests.RequestException as error:
-            logger.warning("flights: %s %s failed: %s", method, url, error)
-            raise FlightServiceUnavailable(maybe_applied=maybe_applied) from error
+            return self.transport.send(method, path, **kwargs)
+        except http_client.TransportError as error:
+            if error.timed_out:
+                logger.warning("flights: %s %s timed out: %s", method, error.url, error.__cause__)
+                detail = "The Flights service did not answer in time."
+            else:
+                logger.warning("flights: %s %s failed: %s", method, error.url, error.__cause__)
+                detail = (
+                    None if error.failure is http_client.Failure.OTHER else "The Flights service could not be reached."
+                )
+            raise FlightServiceUnavailable(detail, maybe_applied=maybe_applied and error.may_have_arrived) from error
 
     def _raise_for_refusal(self, response: requests.Response, *, flight_id: int, maybe_applied: bool) -> None:
         status = response.status_code
@@ -262,7 +254,7 @@ def _unwrap(body: Any) -> Any:
 
 
 def _is_seed_unknown_flight(response: requests.Response) -> bool:
-    """The seed answers an unknown flight with 500 and this explanation (DESIGN §1)."""
+    """The seed answers an unknown flight: 500 and this explanation (docs/design.md#the-flights-service-boundary)."""
     if response.status_code != 500:
         return False
     body = http_client.json_or_none(response)

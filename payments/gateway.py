@@ -3,8 +3,8 @@
 - `SimulatedPaymentGateway` (default): approves, and keeps its charges in its own table
   (`SimulatedCharge`), so that look-ups and refunds are real. `PAYMENT_SIMULATED_OUTCOME`
   tells it to decline, to fail before charging, or to charge and lose the answer.
-- `HttpPaymentGateway`: a generic JSON gateway over `requests` (the contract is in the
-  README, "Payment gateways").
+- `HttpPaymentGateway`: a generic JSON gateway over `requests` (the contract is in
+  docs/design.md#payments-exactly-once).
 
 Both forward an idempotency key with every charge and refund, so resending one can never
 move money twice, and raise only `PaymentGatewayUnavailable` (see its `maybe_charged`).
@@ -151,24 +151,28 @@ def _pick_charge(charges: list[Charge]) -> Charge | None:
 
 
 class HttpPaymentGateway:
-    """A client of a generic JSON payment gateway (contract in the README).
+    """A client of a generic JSON payment gateway (contract in docs/design.md#payments-exactly-once).
 
-    One shared `requests.Session`, (connect, read) timeouts, the idempotency key on every
-    charge and refund, `X-Request-ID`, and the token as a Bearer token. Only look-ups are
-    retried here; a charge or refund is resent by its caller with the same key.
+    Over one `http_client.Transport`: a shared `requests.Session`, (connect, read) timeouts,
+    the idempotency key on every charge and refund, `X-Request-ID`, and the token as a Bearer
+    token. Only look-ups are retried here; a charge or refund is resent by its caller with
+    the same key.
     """
 
     def __init__(self, *, base_url: str, token: str = "", timeout: float = 10.0, retries: int = 2) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = http_client.timeouts(timeout)
-        self.session = http_client.json_session(token=token, retries=retries)
+        self.transport = http_client.Transport(base_url=base_url, token=token, timeout=timeout, retries=retries)
+        self.base_url = self.transport.base_url
+
+    @property
+    def session(self) -> requests.Session:
+        return self.transport.session
 
     def charge(self, *, amount: Decimal, currency: str, reference: str, idempotency_key: str) -> Charge:
         response = self._send(
             "POST",
             "/charges",
             json={"amount": f"{amount:.2f}", "currency": currency, "reference": reference},
-            headers={"Idempotency-Key": idempotency_key},
+            idempotency_key=idempotency_key,
             what="charge",
         )
         status = response.status_code
@@ -198,7 +202,7 @@ class HttpPaymentGateway:
             "POST",
             f"/charges/{payment.gateway_reference}/refunds",
             json={"amount": f"{payment.amount:.2f}"},
-            headers={"Idempotency-Key": refund_key(payment)},
+            idempotency_key=refund_key(payment),
             what="refund",
         )
         body = http_client.json_or_none(response)
@@ -217,25 +221,20 @@ class HttpPaymentGateway:
 
     # Mechanics --------------------------------------------------------------------------
 
-    def _send(
-        self, method: str, path: str, *, what: str, headers: dict | None = None, **kwargs: Any
-    ) -> requests.Response:
-        url = self.base_url + path
-        trace = {**http_client.trace_headers(), **(headers or {})}
+    def _send(self, method: str, path: str, *, what: str, **kwargs: Any) -> requests.Response:
         try:
-            return self.session.request(method, url, timeout=self.timeout, headers=trace, **kwargs)
-        except requests.ConnectionError as error:
-            logger.warning("payments: %s %s failed: %s", method, url, error)
-            raise PaymentGatewayUnavailable(
-                f"The payment gateway could not be reached ({what}).",
-                maybe_charged=not http_client.never_arrived(error),
-            ) from error
-        except requests.Timeout as error:
-            logger.warning("payments: %s %s timed out: %s", method, url, error)
-            raise PaymentGatewayUnavailable(f"The payment gateway did not answer the {what} in time.") from error
-        except requests.RequestException as error:
-            logger.warning("payments: %s %s failed: %s", method, url, error)
-            raise PaymentGatewayUnavailable(f"The payment gateway failed ({what}).") from error
+            return self.transport.send(method, path, **kwargs)
+        except http_client.TransportError as error:
+            if error.timed_out:
+                logger.warning("payments: %s %s timed out: %s", method, error.url, error.__cause__)
+                detail = f"The payment gateway did not answer the {what} in time."
+            elif error.failure is http_client.Failure.OTHER:
+                logger.warning("payments: %s %s failed: %s", method, error.url, error.__cause__)
+                detail = f"The payment gateway failed ({what})."
+            else:
+                logger.warning("payments: %s %s failed: %s", method, error.url, error.__cause__)
+                detail = f"The payment gateway could not be reached ({what})."
+            raise PaymentGatewayUnavailable(detail, maybe_charged=error.may_have_arrived) from error
 
     def _raise_unavailable(self, response: requests.Response, *, what: str, money_moved_if_unclear: bool) -> NoReturn:
         status = response.status_code

@@ -11,7 +11,7 @@ Call recording: `responses` does not record calls that pass through by prefix
 real call (its headers, or that it happened at all), it registers a `PassthroughResponse`,
 which forwards to the live server and is recorded.
 
-After every compensation has run, DESIGN §6 must hold (`assert_bookings_match_ledger`):
+After every compensation has run, the invariants (docs/design.md#invariants) must hold (`assert_bookings_match_ledger`):
 capacity - available == seats of held ledger rows == seats of bookings in state "reserved".
 """
 
@@ -40,6 +40,7 @@ from tests.helpers import (
     closed_port,
     flight_faults,
 )
+from tests.support import http_faults
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -171,7 +172,7 @@ def test_outbound_calls_outside_a_request_get_a_fresh_request_id(remote, user_cl
     # Cleanup runs outside any request: each call still carries an id, and the token.
     booking_id = book(user_client, plane).json()["id"]
     with flight_faults(remote) as rsps:
-        refused = requests.exceptions.ConnectionError("Connection refused")
+        refused = http_faults.refused()
         rsps.add(responses.PATCH, seats_url(remote, plane), body=refused)
         assert cancel(user_client, booking_id).status_code == 200
     with flight_faults(remote) as rsps:
@@ -192,7 +193,7 @@ THIS, OTHER = "<this flight's id>", "<another flight's id>"  # Filled in per tes
 # gateway may send: 1 + 2 retries for 502/503/504 (responses replays urllib3's Retry for
 # statuses; it does not replay connection-level retries, so those show one call here).
 GET_FAULTS = [
-    pytest.param({"body": requests.exceptions.ConnectionError("Connection refused")}, 1, id="refused"),
+    pytest.param({"body": http_faults.refused()}, 1, id="refused"),
     pytest.param({"body": requests.exceptions.ReadTimeout("read timed out")}, 1, id="read-timeout"),
     pytest.param({"status": 503, "json": {"detail": "down"}}, 3, id="503-retried-twice"),
     pytest.param({"status": 502, "body": "bad gateway"}, 3, id="502-retried-twice"),
@@ -256,7 +257,7 @@ RESERVE_NOT_APPLIED = [
     pytest.param({"status": 503, "json": {"detail": "down"}}, id="503"),
     pytest.param({"status": 504, "body": "gateway timeout"}, id="504"),
     pytest.param({"body": requests.exceptions.ReadTimeout("read timed out")}, id="read-timeout"),
-    pytest.param({"body": requests.exceptions.ConnectionError("Connection refused")}, id="refused"),
+    pytest.param({"body": http_faults.refused()}, id="refused"),
 ]
 
 
@@ -327,7 +328,7 @@ def test_reserve_and_release_both_fail_then_cleanup_gives_seats_back(remote, use
         release = rsps.add(
             responses.PATCH,
             seats_url(remote, plane),
-            body=requests.exceptions.ConnectionError("Connection refused"),
+            body=http_faults.refused(),
             match=[RELEASE],
         )
         response = book(user_client, plane)
@@ -363,7 +364,7 @@ def test_release_fails_after_cancel_then_cleanup_gives_seats_back(remote, user_c
         release = rsps.add(
             responses.PATCH,
             seats_url(remote, plane),
-            body=requests.exceptions.ConnectionError("Connection refused"),
+            body=http_faults.refused(),
             match=[RELEASE],
         )
         response = cancel(user_client, booking_id)
@@ -444,7 +445,7 @@ def test_readyz_fails_when_flights_refuses_connections(remote, client):
 @pytest.mark.parametrize(
     "fault",
     [
-        pytest.param({"body": requests.exceptions.ConnectionError("Connection refused")}, id="refused"),
+        pytest.param({"body": http_faults.refused()}, id="refused"),
         pytest.param({"status": 503, "body": "down"}, id="503"),
     ],
 )

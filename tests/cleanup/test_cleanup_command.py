@@ -69,6 +69,7 @@ from tests.helpers import (
     flight_faults,
     seats_left,
 )
+from tests.support import http_faults
 from workflows.services import booking_cancel
 
 pytestmark = pytest.mark.django_db
@@ -679,7 +680,7 @@ def _release_applied_then_lost(request):
 HTTP_FAULTS = {
     "503": {"status": 503, "body": "down"},
     "timeout": {"body": requests.exceptions.ReadTimeout("read timed out")},
-    "refused": {"body": requests.exceptions.ConnectionError("Connection refused")},
+    "refused": {"body": http_faults.refused()},
     "applied-then-timeout": None,
 }
 

@@ -53,6 +53,7 @@ from tests.factories import (
     pending_never_charged,
 )
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem
+from tests.support import http_faults
 from tests.support.api import post_payment
 from tests.support.cleanup import command, command_failing, counts
 from tests.support.payment_gateway import (
@@ -442,7 +443,7 @@ LOOK_UP_FAULTS = [
     pytest.param(answers(200, "<html>oops</html>", applied=False, content_type="text/html"), 1, id="not-json"),
     pytest.param(answers(200, {"data": [{"id": "ch_1", "status": "weird"}]}, applied=False), 1, id="garbage-charge"),
     pytest.param(answers(200, {"charges": []}, applied=False), 1, id="no-data"),
-    pytest.param(lost(requests.exceptions.ConnectionError("Connection refused"), applied=False), 1, id="refused"),
+    pytest.param(lost(http_faults.refused(), applied=False), 1, id="refused"),
 ]
 
 

@@ -32,6 +32,7 @@ from bookings_project.errors import PaymentGatewayUnavailable
 from payments.gateway import DECLINED, SUCCEEDED, HttpPaymentGateway, get_payment_gateway
 from payments.models import Payment
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem
+from tests.support import http_faults
 from tests.support.api import patch_cancel, post_booking, post_payment
 from tests.support.payment_gateway import (
     MOCK_BASE,
@@ -287,7 +288,7 @@ def test_unknown_charge_outcome_stays_pending_and_the_same_key_charges_once(
 @pytest.mark.parametrize(
     "second_fault",
     [
-        lost(requests.exceptions.ConnectionError("Connection refused"), applied=False),
+        lost(http_faults.refused(), applied=False),
         answers(401, {"error": "invalid_token"}, applied=False),
     ],
     ids=["then-refused", "then-401"],
@@ -326,7 +327,7 @@ def test_a_definite_failure_on_a_resumed_attempt_cannot_clear_an_earlier_charge(
 # 3. Charge faults: definitely not charged ------------------------------------------------------
 
 NOT_CHARGED = [
-    pytest.param(lost(requests.exceptions.ConnectionError("Connection refused"), applied=False), id="refused"),
+    pytest.param(lost(http_faults.refused(), applied=False), id="refused"),
     pytest.param(lost(requests.exceptions.ConnectTimeout("connect timed out"), applied=False), id="connect-timeout"),
     pytest.param(answers(401, {"error": "invalid_token"}, applied=False), id="401-bad-token"),
     pytest.param(answers(400, {"error": "bad_request"}, applied=False), id="400"),
@@ -422,7 +423,7 @@ REFUND_FAULTS = [
         lost(requests.exceptions.ReadTimeout("read timed out"), applied=True), True, id="timeout-after-refund"
     ),
     pytest.param(lost(requests.exceptions.ReadTimeout("read timed out"), applied=False), False, id="timeout-before"),
-    pytest.param(lost(requests.exceptions.ConnectionError("Connection refused"), applied=False), False, id="refused"),
+    pytest.param(lost(http_faults.refused(), applied=False), False, id="refused"),
     pytest.param(answers(500, {"error": "boom"}, applied=True), True, id="500-refunded"),
     pytest.param(answers(502, "Bad Gateway", applied=False, content_type="text/html"), False, id="502"),
     pytest.param(answers(503, {"error": "down"}, applied=False), False, id="503"),
@@ -554,7 +555,7 @@ def test_adapter_error_statuses_are_refusals_or_unknown_and_never_resent(adapter
 @pytest.mark.parametrize(
     ("error", "maybe_charged"),
     [
-        (requests.exceptions.ConnectionError("Connection refused"), False),
+        (http_faults.refused(), False),
         (requests.exceptions.ConnectTimeout("connect timed out"), False),
         (requests.exceptions.ReadTimeout("read timed out"), True),
         (requests.exceptions.ConnectionError("Connection reset by peer"), True),  # Dropped mid-answer.

@@ -13,16 +13,12 @@ from dataclasses import dataclass, field
 
 import requests
 
+from tests.support import http_faults
+
 SEED_URL = "http://seed-flights.test"
 FLIGHT_URL = re.compile(re.escape(SEED_URL) + r"/api/v1/flights/(\d+)$")
 SEATS_URL = re.compile(re.escape(SEED_URL) + r"/api/v1/flights/(\d+)/seats$")
 
-# What `requests` raises for a refused connection: the request never reached the service.
-REFUSED = (
-    "HTTPConnectionPool(host='seed-flights.test', port=80): Max retries exceeded with url: "
-    "/api/v1/flights/1/seats (Caused by NewConnectionError('<urllib3.connection.HTTPConnection "
-    "object at 0x7f0c>: Failed to establish a new connection: [Errno 111] Connection refused'))"
-)
 READ_TIMEOUT = "HTTPConnectionPool(host='seed-flights.test', port=80): Read timed out. (read timeout=1.0)"
 
 
@@ -69,7 +65,7 @@ class SeedFlightsService:
         fault, self.patch_fault = self.patch_fault, None
         self.requests.append(Received("PATCH", flight_id, body, dict(request.headers), arrived=fault != "refused"))
         if fault == "refused":
-            raise requests.exceptions.ConnectionError(REFUSED, request=request)
+            raise http_faults.refused(request.url, request=request)
         hook, self.before_patch = self.before_patch, None
         if hook:
             hook(body)
