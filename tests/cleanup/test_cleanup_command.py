@@ -59,6 +59,7 @@ from tests.factories import (
     initiated,
     make_flight,
     pay,
+    pending_answer_lost,
     reload,
     stranded_payment,
 )
@@ -203,12 +204,8 @@ def test_a_pending_booking_never_charged_is_expired_only_once_its_attempt_window
 
 
 def test_a_pending_booking_whose_answer_was_lost_is_booked_not_expired(user, flight, clock, settings):
-    booking = initiated(user, flight, 2)
-    settings.PAYMENT_SIMULATED_OUTCOME = "lose_answer"
-    with pytest.raises(PaymentGatewayUnavailable):
-        pay(user, booking)
+    booking, _, charge = pending_answer_lost(user, flight, settings, 2)
     settings.PAYMENT_SIMULATED_OUTCOME = "approve"
-    charge = SimulatedCharge.objects.get()
 
     clock.advance(minutes=10)  # Hold over, attempt window over (it is under a minute).
     assert cleanup().lines == [summary(reconciled_booked=1)]

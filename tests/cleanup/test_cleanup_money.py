@@ -47,6 +47,7 @@ from tests.factories import (
     LosesTheAnswer,
     expect_pending,
     initiated,
+    late_charge,
     paid,
     pay,
     pending_answer_lost,
@@ -946,13 +947,8 @@ def test_finishing_a_cut_short_cancel_refunds_through_the_runs_gateway(user, fli
 def test_a_charge_the_gateway_applies_after_cleanup_with_no_request_left_is_refunded_by_a_later_run(
     user, flight, clock
 ):
-    booking, payment = pending_never_charged(user, flight)  # The request died; its charge is still queued.
-    clock.advance(**PAST_THE_HOLD)
-    assert asdict(cleanup_stale_bookings()) == counts(expired=1, released_seats=SEATS)
-    # The gateway applies the queued charge now (its own processing, under the forwarded key).
-    SimulatedPaymentGateway().charge(
-        amount=payment.amount, currency=payment.currency, reference=payment.reference, idempotency_key=payment.reference
-    )
+    # The request died, cleanup expired the booking, then the gateway applied the queued charge.
+    booking, payment = late_charge(user, flight, clock)
     assert_bookings_match_ledger(flight)
 
     clock.advance(hours=1)
@@ -970,13 +966,7 @@ def test_a_charge_the_gateway_applies_after_cleanup_with_no_request_left_is_refu
 def test_a_late_charge_found_by_the_watch_whose_refund_fails_is_marked_and_refunded_by_a_later_run(
     user, flight, clock, watch
 ):
-    booking, payment = pending_never_charged(user, flight)
-    clock.advance(**PAST_THE_HOLD)
-    assert asdict(cleanup_stale_bookings()) == counts(expired=1, released_seats=SEATS)
-    SimulatedPaymentGateway().charge(
-        amount=payment.amount, currency=payment.currency, reference=payment.reference, idempotency_key=payment.reference
-    )
-    booking.refresh_from_db()
+    booking, payment = late_charge(user, flight, clock)
     assert booking.status == Booking.Status.CANCELLED
 
     # The watch finds the charge and records it, but the refund fails: the money is owed,
