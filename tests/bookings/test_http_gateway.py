@@ -41,6 +41,7 @@ from tests.helpers import (
     flight_faults,
 )
 from tests.support import http_faults
+from tests.support.api import patch_cancel, post_booking
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -66,14 +67,6 @@ def flight_url(base_url: str, flight: Flight) -> str:
 
 def seats_url(base_url: str, flight: Flight) -> str:
     return f"{base_url}/api/v1/flights/{flight.pk}/seats"
-
-
-def book(client, flight: Flight, seats: int = SEATS, **headers):
-    return client.post("/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": seats}, format="json", **headers)
-
-
-def cancel(client, booking_id: int):
-    return client.patch(f"/api/v1/bookings/{booking_id}/cancel")
 
 
 def only_booking() -> Booking:
@@ -106,7 +99,7 @@ def assert_untouched(flight: Flight) -> None:
 
 
 def test_book_and_cancel_over_http(remote, user_client, plane):
-    response = book(user_client, plane)
+    response = post_booking(user_client, plane, SEATS)
 
     assert response.status_code == 201, response.content
     body = response.json()
@@ -120,7 +113,7 @@ def test_book_and_cancel_over_http(remote, user_client, plane):
     assert (hold.flight_id, hold.seats, hold.state) == (plane.pk, SEATS, SeatHold.State.HELD)
     assert_bookings_match_ledger(plane)
 
-    cancelled = cancel(user_client, booking.pk)
+    cancelled = patch_cancel(user_client, booking.pk)
 
     assert cancelled.status_code == 200, cancelled.content
     assert (cancelled.json()["status"], cancelled.json()["cancelReason"]) == ("CANCELLED", "user")
@@ -133,7 +126,7 @@ def test_book_and_cancel_over_http(remote, user_client, plane):
     assert_bookings_match_ledger(plane)
 
     # Cancelling again answers the same booking and gives nothing back a second time.
-    again = cancel(user_client, booking.pk)
+    again = patch_cancel(user_client, booking.pk)
 
     assert again.status_code == 200
     assert again.json() == cancelled.json()
@@ -147,7 +140,7 @@ def test_request_id_and_service_token_reach_the_flights_service(remote, user_cli
     with flight_faults(remote) as rsps:
         get = rsps.add(responses.PassthroughResponse(responses.GET, flight_url(remote, plane)))
         change = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane)))
-        created = book(user_client, plane, HTTP_X_REQUEST_ID="trace-create-1")
+        created = post_booking(user_client, plane, SEATS, HTTP_X_REQUEST_ID="trace-create-1")
         cancelled = user_client.patch(
             f"/api/v1/bookings/{created.json()['id']}/cancel", HTTP_X_REQUEST_ID="trace-cancel-2"
         )
@@ -170,11 +163,11 @@ def test_request_id_and_service_token_reach_the_flights_service(remote, user_cli
 
 def test_outbound_calls_outside_a_request_get_a_fresh_request_id(remote, user_client, plane):
     # Cleanup runs outside any request: each call still carries an id, and the token.
-    booking_id = book(user_client, plane).json()["id"]
+    booking_id = post_booking(user_client, plane, SEATS).json()["id"]
     with flight_faults(remote) as rsps:
         refused = http_faults.refused()
         rsps.add(responses.PATCH, seats_url(remote, plane), body=refused)
-        assert cancel(user_client, booking_id).status_code == 200
+        assert patch_cancel(user_client, booking_id).status_code == 200
     with flight_faults(remote) as rsps:
         change = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane)))
         assert booking_release_seats(booking_id=booking_id).seats == SEATS
@@ -214,7 +207,7 @@ def test_flight_read_fails_answers_503_and_writes_nothing(remote, user_client, p
     with flight_faults(remote) as rsps:
         get = rsps.add(responses.GET, flight_url(remote, plane), **fault)
         change = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane)))
-        response = book(user_client, plane)
+        response = post_booking(user_client, plane, SEATS)
 
     assert_problem(response, 503, "flight_service_unavailable")
     assert response["Retry-After"] == "5"
@@ -233,7 +226,7 @@ def test_reserve_applied_but_answer_lost_is_released(remote, user_client, plane)
             match=[RESERVE],
         )
         release = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane), match=[RELEASE]))
-        response = book(user_client, plane)
+        response = post_booking(user_client, plane, SEATS)
 
     assert_problem(response, 503, "flight_service_unavailable")
     assert response["Retry-After"] == "5"
@@ -266,7 +259,7 @@ def test_reserve_fails_is_never_retried_and_leaves_a_tombstone(remote, user_clie
     with flight_faults(remote) as rsps:
         reserve = rsps.add(responses.PATCH, seats_url(remote, plane), match=[RESERVE], **fault)
         release = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane), match=[RELEASE]))
-        response = book(user_client, plane)
+        response = post_booking(user_client, plane, SEATS)
 
     assert_problem(response, 503, "flight_service_unavailable")
     assert reserve.call_count == 1
@@ -304,7 +297,7 @@ def test_reserve_refused_answers_409_and_sends_no_release(remote, user_client, p
             match=[RESERVE],
         )
         release = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane), match=[RELEASE]))
-        response = book(user_client, plane)
+        response = post_booking(user_client, plane, SEATS)
 
     assert_problem(response, 409, "insufficient_seats")
     assert reserve.call_count == 1
@@ -331,7 +324,7 @@ def test_reserve_and_release_both_fail_then_cleanup_gives_seats_back(remote, use
             body=http_faults.refused(),
             match=[RELEASE],
         )
-        response = book(user_client, plane)
+        response = post_booking(user_client, plane, SEATS)
 
     assert_problem(response, 503, "flight_service_unavailable")
     assert (reserve.call_count, release.call_count) == (1, 1)
@@ -356,7 +349,7 @@ def test_reserve_and_release_both_fail_then_cleanup_gives_seats_back(remote, use
 
 
 def test_release_fails_after_cancel_then_cleanup_gives_seats_back(remote, user_client, plane):
-    created = book(user_client, plane)
+    created = post_booking(user_client, plane, SEATS)
     assert created.status_code == 201, created.content
     booking_id = created.json()["id"]
 
@@ -367,7 +360,7 @@ def test_release_fails_after_cancel_then_cleanup_gives_seats_back(remote, user_c
             body=http_faults.refused(),
             match=[RELEASE],
         )
-        response = cancel(user_client, booking_id)
+        response = patch_cancel(user_client, booking_id)
 
     # The customer's cancel succeeds; the seats are owed, for cleanup.
     assert response.status_code == 200, response.content
@@ -391,7 +384,7 @@ def test_release_fails_after_cancel_then_cleanup_gives_seats_back(remote, user_c
 
 
 def test_release_refused_as_busy_stays_owed_for_cleanup(remote, user_client, plane):
-    created = book(user_client, plane)
+    created = post_booking(user_client, plane, SEATS)
     assert created.status_code == 201, created.content
     booking_id = created.json()["id"]
     busy = {
@@ -413,7 +406,7 @@ def test_release_refused_as_busy_stays_owed_for_cleanup(remote, user_client, pla
             content_type="application/problem+json",
             match=[RELEASE],
         )
-        response = cancel(user_client, booking_id)
+        response = patch_cancel(user_client, booking_id)
 
     assert response.status_code == 200, response.content
     booking = Booking.objects.get(pk=booking_id)
