@@ -13,8 +13,6 @@ PostgreSQL sends one statement more per locked transaction: `bound_lock_wait`'s
 `set_config('lock_timeout', ...)` (bookings_project/db.py); SQLite has no lock timeout to set.
 """
 
-from decimal import Decimal
-
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -22,6 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from payments import services as payment_services
 from payments.models import Payment
 from tests.factories import initiated, make_flight, paid
+from tests.support.api import post_payment
 from workflows import services as workflow_services
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,10 +32,6 @@ PAY = "/api/v1/payments"
 def _budget(*, sqlite: int, postgresql: int) -> int:
     """The budget measured on this database."""
     return {"sqlite": sqlite, "postgresql": postgresql}[connection.vendor]
-
-
-def _pay(client, booking_id: int, amount: Decimal | str, key: str):
-    return client.post(PAY, {"bookingId": booking_id, "amount": str(amount)}, format="json", HTTP_IDEMPOTENCY_KEY=key)
 
 
 def _queries_of(client, url: str) -> tuple[int, dict]:
@@ -73,7 +68,7 @@ def test_pay(user, user_client, flight, django_assert_max_num_queries):
     #   UPDATE booking BOOKED, INSERT event, COMMIT 7 (+1);
     # store the answer on the key 1.
     with django_assert_max_num_queries(_budget(sqlite=22, postgresql=24)):
-        response = _pay(user_client, booking.pk, booking.total_cost, "pay-once")
+        response = post_payment(user_client, booking.pk, "pay-once", booking.total_cost)
 
     assert response.status_code == 201, response.content
     assert response.json()["status"] == "SUCCEEDED"
@@ -81,11 +76,11 @@ def test_pay(user, user_client, flight, django_assert_max_num_queries):
 
 def test_replay_of_a_payment(user, user_client, flight, django_assert_max_num_queries):
     booking = initiated(user, flight)
-    first = _pay(user_client, booking.pk, booking.total_cost, "pay-twice")
+    first = post_payment(user_client, booking.pk, "pay-twice", booking.total_cost)
     assert first.status_code == 201, first.content
     # token auth 1; claim the key: BEGIN, INSERT key (taken), ROLLBACK 3; the key's stored answer 1.
     with django_assert_max_num_queries(_budget(sqlite=5, postgresql=5)):
-        again = _pay(user_client, booking.pk, booking.total_cost, "pay-twice")
+        again = post_payment(user_client, booking.pk, "pay-twice", booking.total_cost)
 
     assert again.status_code == 201
     assert again["Idempotent-Replayed"] == "true"

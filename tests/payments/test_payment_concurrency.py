@@ -19,6 +19,7 @@ from bookings.models import Booking
 from payments.models import IdempotencyKey, Payment, SimulatedCharge
 from tests.factories import initiated, make_flight
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem, race
+from tests.support.api import post_payment
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -32,7 +33,7 @@ class TestSameKey:
         booking = initiated(user, flight, 1)
         token = _token(user)
 
-        responses = race(THREADS, lambda _: _pay(token, booking, "same-key"))
+        responses = race(THREADS, lambda _: post_payment(_client(token), booking, "same-key"))
 
         print("same key, all at once:", dict(Counter(_outcome(response) for response in responses)))
         payment = _assert_one_paid(booking)
@@ -43,7 +44,7 @@ class TestSameKey:
         assert_bookings_match_ledger(flight)
 
         # A client that got 409 retries with the same key once the first is done: the stored answer.
-        retry = _pay(token, booking, "same-key")
+        retry = post_payment(_client(token), booking, "same-key")
         assert _outcome(retry) == (201, None, True)
         assert retry.json() == IdempotencyKey.objects.get().response_body
         assert SimulatedCharge.objects.count() == 1
@@ -62,7 +63,7 @@ class TestSameKey:
                 while not IdempotencyKey.objects.filter(state=IdempotencyKey.State.COMPLETED).exists():
                     assert time.monotonic() < deadline, "the first request never completed"
                     time.sleep(0.02)
-            return _pay(token, booking, "same-key")
+            return post_payment(_client(token), booking, "same-key")
 
         responses = race(THREADS, send)
 
@@ -81,7 +82,7 @@ class TestManyKeysOneBooking:
         booking = initiated(user, flight, 1)
         token = _token(user)
 
-        responses = race(THREADS, lambda index: _pay(token, booking, f"key-{index}"))
+        responses = race(THREADS, lambda index: post_payment(_client(token), booking, f"key-{index}"))
 
         outcomes = Counter(_outcome(response) for response in responses)
         print("fifty keys, one booking:", dict(outcomes))
@@ -126,7 +127,7 @@ class TestCancelRacingPayment:
 
         def task(index):
             if index < self.PAYERS:
-                response = _pay(token, booking, f"pay-{index}")
+                response = post_payment(_client(token), booking, f"pay-{index}")
                 if response.status_code == 201:
                     paid.set()
                 return "pay", response
@@ -203,7 +204,9 @@ def test_twenty_bookings_paid_in_parallel_all_succeed(settings, user):
     token = _token(user)
 
     # The slow charges overlap, so a lock or key shared across bookings would show as 409s.
-    responses = race(count, lambda index: _pay(token, bookings[index], f"booking-{bookings[index].pk}"))
+    responses = race(
+        count, lambda index: post_payment(_client(token), bookings[index], f"booking-{bookings[index].pk}")
+    )
 
     assert Counter(_outcome(response) for response in responses) == {(201, None, False): count}
     assert [response.json()["bookingId"] for response in responses] == [booking.pk for booking in bookings]
@@ -225,11 +228,6 @@ def _client(token: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     return client
-
-
-def _pay(token: str, booking: Booking, key: str):
-    body = {"bookingId": booking.pk, "amount": f"{booking.total_cost:.2f}"}
-    return _client(token).post("/api/v1/payments", body, format="json", HTTP_IDEMPOTENCY_KEY=key)
 
 
 def _cancel(token: str, booking: Booking):
