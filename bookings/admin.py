@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from bookings.models import Booking, BookingEvent, CleanupRun
 from bookings_project.admin import ReadOnlyAdmin
-from bookings_project.errors import DomainError
+from bookings_project.exceptions import DomainError
 from payments.models import Payment
 from workflows.cleanup import WORK_SETS, Cutoffs, cleanup_backlog
 from workflows.services import booking_cancel

@@ -25,7 +25,8 @@ from django.conf import settings
 from django.db import OperationalError
 
 from bookings_project import http_client
-from bookings_project.errors import (
+from bookings_project.db import is_lock_contention
+from bookings_project.exceptions import (
     CapacityExceeded,
     DomainError,
     FlightServiceUnavailable,
@@ -33,7 +34,6 @@ from bookings_project.errors import (
     NotFound,
     ReservationConflict,
     ResourceBusy,
-    is_lock_contention,
 )
 
 logger = logging.getLogger(__name__)

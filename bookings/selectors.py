@@ -9,7 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
 from bookings.models import Booking, BookingEvent
-from bookings_project.errors import NotFound
+from bookings_project.exceptions import NotFound
 from bookings_project.http_client import timeouts
 
 Status, SeatsState = Booking.Status, Booking.SeatsState

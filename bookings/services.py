@@ -25,7 +25,7 @@ from django.utils import timezone
 from bookings.audit import record_status_change
 from bookings.flights_gateway import FlightGateway, get_flight_gateway
 from bookings.models import Booking, BookingEvent
-from bookings_project.errors import (
+from bookings_project.exceptions import (
     DomainError,
     FlightServiceUnavailable,
     InsufficientSeats,

@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from bookings_project.errors import InvalidCredentials
+from bookings_project.exceptions import InvalidCredentials
 from bookings_project.fields import StrictCharField
 from bookings_project.openapi import problem_responses
 from bookings_project.throttling import TokenThrottle

@@ -1,7 +1,7 @@
 """Database helpers shared by every app's services."""
 
 from django.conf import settings
-from django.db import connection
+from django.db import OperationalError, connection
 
 
 def bound_lock_wait() -> None:
@@ -16,3 +16,14 @@ def bound_lock_wait() -> None:
         with connection.cursor() as cursor:
             # SET LOCAL ends with the transaction, so pooled connections are unaffected.
             cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{settings.LOCK_TIMEOUT_MS}ms"])
+
+
+def is_lock_contention(error: OperationalError) -> bool:
+    """A lock wait that ran out (PostgreSQL's lock_timeout or a deadlock, SQLite's busy
+    timeout): a definite refusal, worth a retry, unlike a database that is down."""
+    cause = error.__cause__
+    sqlstate = getattr(cause, "sqlstate", None)
+    # 55P03 lock_not_available (lock_timeout), 40P01 deadlock_detected.
+    if sqlstate in ("55P03", "40P01"):
+        return True
+    return "database is locked" in str(error)

@@ -1,7 +1,8 @@
-"""Domain errors and the one place that renders every error as RFC 9457 problem details.
+"""The one place that renders every error as RFC 9457 problem details.
 
-Services raise `DomainError` subclasses; DRF's and Django's own exceptions are translated
-here too, so a client always gets `application/problem+json` with a stable `code`.
+Services raise `DomainError` subclasses (`bookings_project.exceptions`), rendered from their
+status, code and title; DRF's and Django's own exceptions, and database errors, are
+translated here too, so a client always gets `application/problem+json` with a stable `code`.
 """
 
 from __future__ import annotations
@@ -18,150 +19,13 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
+from bookings_project.db import is_lock_contention
+from bookings_project.exceptions import DomainError, NotFound, ResourceBusy, ServiceUnavailable
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://flight-bookings.example/problems/"
-
-
-class DomainError(Exception):
-    """A business rule said no. Each subclass has its HTTP status and stable code."""
-
-    status: int = 400
-    code: str = "bad_request"
-    title: str = "Bad request"
-    default_detail: str = "The request could not be processed."
-    retry_after: int | None = None
-
-    def __init__(self, detail: str | None = None, *, retry_after: int | None = None) -> None:
-        self.detail = detail or self.default_detail
-        if retry_after is not None:
-            self.retry_after = retry_after
-        super().__init__(self.detail)
-
-    @property
-    def invites_retry(self) -> bool:
-        """The same request may succeed later (busy, in progress, a dependency down): such
-        answers carry Retry-After, and an idempotency key never stores them (DESIGN §3.4)."""
-        return self.retry_after is not None
-
-
-class NotFound(DomainError):
-    status, code, title = 404, "not_found", "Not found"
-    default_detail = "No such resource."
-
-
-class InsufficientSeats(DomainError):
-    status, code, title = 409, "insufficient_seats", "Not enough seats"
-    default_detail = "The flight does not have enough seats left."
-
-
-class CapacityExceeded(DomainError):
-    status, code, title = 409, "capacity_exceeded", "Seats above capacity"
-    default_detail = "Giving back these seats would take the flight above its capacity."
-
-
-class ReservationConflict(DomainError):
-    status, code, title = 409, "reservation_conflict", "Reservation conflict"
-    default_detail = "This reservation reference is already used differently."
-
-
-class ResourceBusy(DomainError):
-    status, code, title = 409, "resource_busy", "Resource busy"
-    default_detail = "Another request holds this resource. Retry shortly."
-    retry_after = 1
-
-
-class ServiceUnavailable(DomainError):
-    status, code, title = 503, "service_unavailable", "Service unavailable"
-    default_detail = "A dependency of the service is unavailable. Retry shortly."
-    retry_after = 5
-
-
-class FlightServiceUnavailable(DomainError):
-    """The Flights service did not give a definite answer (timeout, refused, 5xx, garbage).
-
-    `maybe_applied` says whether a seat change may have taken effect anyway: false only
-    when the request provably never reached the service (connection refused).
-    """
-
-    status, code, title = 503, "flight_service_unavailable", "Flights service unavailable"
-    default_detail = "The Flights service is unavailable or did not answer in time. Retry shortly."
-    retry_after = 5
-
-    def __init__(self, detail: str | None = None, *, maybe_applied: bool = True) -> None:
-        super().__init__(detail)
-        self.maybe_applied = maybe_applied
-
-
-class UserMismatch(DomainError):
-    status, code, title = 403, "user_mismatch", "User mismatch"
-    default_detail = "userId must be your own id; only staff may act for another user."
-
-
-class PaymentInProgress(DomainError):
-    status, code, title = 409, "payment_in_progress", "Payment in progress"
-    default_detail = "A payment for this booking is in progress. Retry once it has finished."
-    retry_after = 5
-
-
-class BookingExpired(DomainError):
-    status, code, title = 409, "booking_expired", "Booking expired"
-    default_detail = "The booking's hold ran out before it was paid; it has been cancelled and its seats released."
-
-
-class BookingNotPayable(DomainError):
-    status, code, title = 409, "booking_not_payable", "Booking not payable"
-    default_detail = "The booking is already paid or cancelled."
-
-
-class AmountMismatch(DomainError):
-    status, code, title = 422, "amount_mismatch", "Amount mismatch"
-    default_detail = "The amount differs from the booking's totalCost."
-
-
-class PaymentDeclined(DomainError):
-    status, code, title = 402, "payment_declined", "Payment declined"
-    default_detail = "The payment gateway declined the payment. Pay again with a new Idempotency-Key."
-
-
-class PaymentGatewayUnavailable(DomainError):
-    """The payment gateway gave no definite answer, or refused our request.
-
-    `maybe_charged` says whether money may have been taken anyway: false only when the
-    request provably never reached the gateway or the gateway refused it outright.
-    """
-
-    status, code, title = 503, "payment_gateway_unavailable", "Payment gateway unavailable"
-    default_detail = (
-        "The payment gateway is unavailable or did not answer in time. Retry with the same Idempotency-Key."
-    )
-    retry_after = 5
-
-    def __init__(self, detail: str | None = None, *, maybe_charged: bool = True) -> None:
-        super().__init__(detail)
-        self.maybe_charged = maybe_charged
-
-
-class IdempotencyKeyMissing(DomainError):
-    status, code, title = 400, "idempotency_key_missing", "Idempotency-Key missing"
-    default_detail = "Send an Idempotency-Key header (x-idempotency-key is accepted too) with every payment."
-
-
-class IdempotencyKeyInUse(DomainError):
-    status, code, title = 409, "idempotency_key_in_use", "Idempotency-Key in use"
-    default_detail = "A request with this Idempotency-Key is still running. Retry shortly for its answer."
-    retry_after = 1
-
-
-class IdempotencyKeyReused(DomainError):
-    status, code, title = 422, "idempotency_key_reused", "Idempotency-Key reused"
-    default_detail = "This Idempotency-Key was used with a different request body. Use a new key."
-
-
-class InvalidCredentials(DomainError):
-    status, code, title = 401, "not_authenticated", "Not authenticated"
-    default_detail = "Unable to log in with the provided credentials."
 
 
 # DRF exception class -> (code, title). Checked in order, so subclasses come first.
@@ -230,15 +94,6 @@ def problem_response(
         headers=headers,
         content_type=PROBLEM_CONTENT_TYPE,
     )
-
-
-def is_lock_contention(error: OperationalError) -> bool:
-    cause = error.__cause__
-    sqlstate = getattr(cause, "sqlstate", None)
-    # 55P03 lock_not_available (lock_timeout), 40P01 deadlock_detected.
-    if sqlstate in ("55P03", "40P01"):
-        return True
-    return "database is locked" in str(error)
 
 
 def problem_exception_handler(exc: Exception, context: dict) -> Response:

@@ -2,7 +2,7 @@
 
 from django.db.models import QuerySet
 
-from bookings_project.errors import NotFound
+from bookings_project.exceptions import NotFound
 from flights.models import Flight
 
 

@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bookings_project.db import bound_lock_wait
-from bookings_project.errors import CapacityExceeded, InsufficientSeats, NotFound, ReservationConflict
+from bookings_project.exceptions import CapacityExceeded, InsufficientSeats, NotFound, ReservationConflict
 from flights.models import Flight, SeatHold
 
 

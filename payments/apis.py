@@ -1,4 +1,4 @@
-"""Payments API (DESIGN §3.4): thin views over payments.services, payments.idempotency and
+"""Payments API (docs/api.md#payments): thin views over payments.services, payments.idempotency and
 payments.selectors."""
 
 from drf_spectacular.types import OpenApiTypes
@@ -9,7 +9,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from bookings.services import booking_owner
-from bookings_project.errors import PROBLEM_CONTENT_TYPE, IdempotencyKeyMissing
+from bookings_project.errors import PROBLEM_CONTENT_TYPE
+from bookings_project.exceptions import IdempotencyKeyMissing
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
 from bookings_project.throttling import PaymentsThrottle
 from payments import idempotency, selectors, services

@@ -27,7 +27,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from bookings_project import http_client
-from bookings_project.errors import PaymentGatewayUnavailable
+from bookings_project.exceptions import PaymentGatewayUnavailable
 from payments.models import Payment, SimulatedCharge
 
 logger = logging.getLogger(__name__)

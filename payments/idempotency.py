@@ -28,7 +28,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bookings_project.errors import DomainError, IdempotencyKeyInUse, IdempotencyKeyReused, problem_body
+from bookings_project.errors import problem_body
+from bookings_project.exceptions import DomainError, IdempotencyKeyInUse, IdempotencyKeyReused
 from payments.models import IdempotencyKey
 from payments.selectors import expired_idempotency_keys, idempotency_key_of, payment_attempt_window
 

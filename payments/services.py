@@ -26,7 +26,7 @@ from django.utils import timezone
 from bookings.models import Booking, BookingEvent
 from bookings.services import booking_expire, booking_move, booking_release_seats
 from bookings_project.db import bound_lock_wait
-from bookings_project.errors import (
+from bookings_project.exceptions import (
     AmountMismatch,
     BookingExpired,
     BookingNotPayable,

@@ -38,7 +38,7 @@ from django.utils import timezone
 
 from bookings.models import Booking
 from bookings.services import booking_create
-from bookings_project.errors import PaymentGatewayUnavailable
+from bookings_project.exceptions import PaymentGatewayUnavailable
 from flights import services as flight_services
 from flights.models import Flight
 from flights.services import flight_create

@@ -43,7 +43,7 @@ from bookings.flights_gateway import FlightGateway, get_flight_gateway
 from bookings.models import Booking, BookingEvent, CleanupRun
 from bookings.services import booking_expire_stale, booking_flag_stuck_release, booking_release_seats
 from bookings_project import request_id
-from bookings_project.errors import DomainError
+from bookings_project.exceptions import DomainError
 from payments import selectors as payment_selectors
 from payments.gateway import SUCCEEDED, PaymentGateway, get_payment_gateway
 from payments.idempotency import idempotency_keys_purge

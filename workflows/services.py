@@ -21,7 +21,7 @@ from bookings import services as booking_services
 from bookings.flights_gateway import FlightGateway
 from bookings.models import Booking, BookingEvent
 from bookings_project.db import bound_lock_wait
-from bookings_project.errors import NotFound, PaymentInProgress, ResourceBusy
+from bookings_project.exceptions import NotFound, PaymentInProgress, ResourceBusy
 from payments import selectors as payment_selectors
 from payments import services as payment_services
 from payments.gateway import PaymentGateway

@@ -48,7 +48,7 @@ from bookings.audit import acting_as
 from bookings.models import Booking, BookingEvent, CleanupRun
 from bookings.services import booking_create
 from bookings_project import request_id
-from bookings_project.errors import PaymentGatewayUnavailable
+from bookings_project.exceptions import PaymentGatewayUnavailable
 from flights import selectors as flight_selectors
 from flights import services as flight_services
 from flights.models import SeatHold

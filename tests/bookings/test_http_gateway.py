@@ -28,7 +28,7 @@ from responses import matchers
 
 from bookings.models import Booking
 from bookings.services import booking_release_seats
-from bookings_project.errors import ReservationConflict
+from bookings_project.exceptions import ReservationConflict
 from flights.models import Flight, SeatHold
 from flights.services import flight_seats_change
 from tests.factories import make_flight

@@ -15,7 +15,7 @@ from django.test import override_settings
 
 from bookings.models import Booking
 from bookings.services import booking_create, booking_release_seats
-from bookings_project.errors import (
+from bookings_project.exceptions import (
     FlightServiceUnavailable,
     ReservationConflict,
     ResourceBusy,

@@ -28,7 +28,7 @@ from django.test import Client
 from bookings import services
 from bookings.flights_gateway import HttpFlightGateway
 from bookings.models import Booking
-from bookings_project.errors import FlightServiceUnavailable
+from bookings_project.exceptions import FlightServiceUnavailable
 from tests.helpers import assert_problem
 from tests.support.api import patch_cancel, post_booking
 from tests.support.seed_flights import SEED_URL, SeedFlightsService

@@ -46,7 +46,7 @@ from responses import matchers
 
 from bookings.models import Booking, CleanupRun
 from bookings.services import booking_create
-from bookings_project.errors import PaymentGatewayUnavailable
+from bookings_project.exceptions import PaymentGatewayUnavailable
 from flights import services as flight_services
 from flights.models import Flight, SeatHold
 from payments.gateway import SimulatedPaymentGateway

@@ -35,7 +35,7 @@ import pytest
 import requests
 
 from bookings.models import Booking, CleanupRun
-from bookings_project.errors import BookingExpired, PaymentGatewayUnavailable
+from bookings_project.exceptions import BookingExpired, PaymentGatewayUnavailable
 from flights.models import SeatHold
 from payments import services as payment_services
 from payments.gateway import HttpPaymentGateway, SimulatedPaymentGateway

@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from bookings.models import Booking
-from bookings_project.errors import PaymentGatewayUnavailable
+from bookings_project.exceptions import PaymentGatewayUnavailable
 from payments.gateway import DECLINED, SUCCEEDED, HttpPaymentGateway, get_payment_gateway
 from payments.models import Payment
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from bookings.models import Booking
 from bookings.services import booking_release_seats
-from bookings_project.errors import BookingExpired, PaymentDeclined, PaymentGatewayUnavailable
+from bookings_project.exceptions import BookingExpired, PaymentDeclined, PaymentGatewayUnavailable
 from flights.models import SeatHold
 from payments import services
 from payments.gateway import SimulatedPaymentGateway

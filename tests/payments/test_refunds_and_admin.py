@@ -1,4 +1,4 @@
-"""Refunds on cancel (DESIGN §2, §3.3: a BOOKED booking is refunded first, then cancelled), and
+"""Refunds on cancel (docs/api.md#bookings: a BOOKED booking is refunded first, then cancelled), and
 payments in Django admin, with the default simulated gateway (its books: SimulatedCharge).
 
 The gateway is outside the code under test, so a refund that fails is made by patching the
@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 
 from bookings.models import Booking
 from bookings.services import booking_create
-from bookings_project.errors import PaymentDeclined, PaymentGatewayUnavailable
+from bookings_project.exceptions import PaymentDeclined, PaymentGatewayUnavailable
 from payments import services as payment_services
 from payments.gateway import SimulatedPaymentGateway
 from payments.models import IdempotencyKey, Payment, SimulatedCharge

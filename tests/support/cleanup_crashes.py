@@ -19,7 +19,7 @@ from django.db.models import Sum
 from bookings import services as booking_services
 from bookings.models import Booking, CleanupRun
 from bookings.services import booking_create, booking_release_seats
-from bookings_project.errors import PaymentGatewayUnavailable
+from bookings_project.exceptions import PaymentGatewayUnavailable
 from flights import services as flight_services
 from flights.models import Flight, SeatHold
 from payments import services as payment_services

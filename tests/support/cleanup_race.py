@@ -40,7 +40,7 @@ from rest_framework.test import APIClient
 
 from bookings.models import Booking, CleanupRun
 from bookings.services import booking_create, booking_release_seats
-from bookings_project.errors import DomainError, FlightServiceUnavailable, PaymentGatewayUnavailable
+from bookings_project.exceptions import DomainError, FlightServiceUnavailable, PaymentGatewayUnavailable
 from flights import services as flight_services
 from flights.models import Flight, SeatHold
 from payments import services as payment_services
