@@ -32,7 +32,7 @@ def copy_of_the_tree(tmp_path: Path) -> Path:
 def test_the_tree_keeps_its_layers() -> None:
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 kept, 0 broken" in result.stdout
+    assert " kept, 0 broken" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -53,5 +53,5 @@ def test_an_import_against_the_layers_breaks_the_contract(
     result = lint_imports(copy_of_the_tree)
 
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "0 kept, 1 broken" in result.stdout
+    assert " 1 broken" in result.stdout
     assert edge in result.stdout, result.stdout
