@@ -155,18 +155,13 @@ def closed_port() -> int:
 def close_cached_flight_gateway() -> None:
     """Close the HTTP Flights gateway's keep-alive connections, then forget the gateway.
 
-    Session.close() is not enough with urllib3 2.x: PoolManager.clear() drops its pools
-    without closing them, and a pool kept alive by a logged exception's traceback keeps its
-    socket open. The live server's thread then waits on that socket holding a database
-    connection, and PostgreSQL refuses to drop the test database at the end.
+    Session.close() is not enough with urllib3 2.x (`Transport.close` closes the pools too):
+    a pool kept alive by a logged exception's traceback keeps its socket open. The live
+    server's thread then waits on that socket holding a database connection, and PostgreSQL
+    refuses to drop the test database at the end.
     """
     from bookings.flights_gateway import _http_gateway, get_flight_gateway
 
     if _http_gateway.cache_info().currsize:
-        session = get_flight_gateway().session
-        for adapter in set(session.adapters.values()):
-            pools = adapter.poolmanager.pools
-            for key in pools.keys():  # noqa: SIM118 (the container refuses iteration)
-                pools[key].close()
-        session.close()
+        get_flight_gateway().transport.close()
     _http_gateway.cache_clear()

@@ -211,13 +211,8 @@ class _StubServer(ThreadingHTTPServer):
 
 
 def close_gateway(gateway: HttpPaymentGateway) -> None:
-    """Close the gateway's keep-alive connections (Session.close() alone leaves pools open
-    with urllib3 2.x; see `tests.helpers.close_cached_flight_gateway`)."""
-    for adapter in set(gateway.session.adapters.values()):
-        pools = adapter.poolmanager.pools
-        for key in pools.keys():  # noqa: SIM118 (the container refuses iteration)
-            pools[key].close()
-    gateway.session.close()
+    """Close the gateway's keep-alive connections (see `tests.helpers.close_cached_flight_gateway`)."""
+    gateway.transport.close()
 
 
 def dead_url() -> str:
