@@ -74,9 +74,12 @@ class Failure(StrEnum):
     # The connection was never made (refused, unreachable, unresolvable host, connect
     # timeout): nothing was sent.
     NOT_CONNECTED = "not connected"
-    # Sent, and no answer (or not all of it) came in time.
+    # Connected, and no answer (or not all of it) came in time. (urllib3 reports a TLS
+    # handshake that timed out as a read timeout too.)
     TIMED_OUT = "timed out"
-    # Connected, then lost before a whole answer: reset, closed without an answer, TLS failed.
+    # Connected, then lost before a whole answer: reset, closed without an answer, TLS
+    # failed; or an earlier attempt (a retried GET, a redirect) was answered and a later one
+    # could not connect.
     CONNECTION_LOST = "connection lost"
     # Anything else: an answer that could not be read (chunking, encoding), too many redirects...
     OTHER = "other"
