@@ -280,7 +280,7 @@ def verify(expect: dict[str, int]) -> list[str]:
                   OR (h.state = 'held') <> (b.status = 'BOOKED')""".format(**tables)
         )
         equal("bookings whose hold disagrees with them", cursor.fetchone()[0], 0)
-        # DESIGN §6 per flight: capacity - available = seats of its held holds.
+        # The invariants (docs/design.md#invariants) per flight: capacity - available = seats of its held holds.
         cursor.execute(
             """SELECT count(*) FROM {flight} AS f
                LEFT JOIN (SELECT flight_id, sum(seats) AS seats FROM {hold} WHERE state = 'held' GROUP BY flight_id)

@@ -35,7 +35,7 @@ Prints per scenario the rate (flows/s, or requests/s for baseline and read), per
 p50/p95/p99 and the answers by status and code, where the CPU went (each gunicorn, the
 PostgreSQL backends of its databases, this process, and anything else on the host: the bench
 shares the cores with the servers) and how many backends waited on a lock; then a summary with
-every figure as a ratio to the baseline of the same run (`--markdown` prints it for the README
+every figure as a ratio to the baseline of the same run (`--markdown` prints it for docs/performance.md
 too) and the machine. `--json PATH` writes the raw figures. Exits 1 if a seat check failed,
 an answer was 5xx (or anything but 2xx and 409), a request got no answer, or a server logged
 a 500; 2 if the run could not be made.

@@ -7,7 +7,7 @@ from django.db.models import Q
 class Booking(models.Model):
     """One customer's seats on one flight, and where its saga with the Flights service stands.
 
-    `status` is the state machine clients see (DESIGN §2). `seats_state` records what the
+    `status` is the state machine clients see (docs/design.md#state-machine). `seats_state` records what the
     Flights service holds for this booking, so that seats are released exactly once
     whatever crashes or retries happen.
     """
@@ -135,7 +135,7 @@ class CleanupRun(models.Model):
 
 
 class BookingEvent(models.Model):
-    """One change of a booking's status (DESIGN §2), written in the same transaction as
+    """One change of a booking's status (docs/design.md#state-machine), written in the same transaction as
     the change: who or what made it, why, and in which request. Never edited."""
 
     class Actor(models.TextChoices):

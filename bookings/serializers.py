@@ -1,4 +1,4 @@
-"""Booking resources on the wire (DESIGN §3.3): camelCase, money as a 2-place decimal string."""
+"""Booking resources on the wire (docs/api.md#bookings): camelCase, money as a 2-place decimal string."""
 
 from django.conf import settings
 from rest_framework import serializers

@@ -88,7 +88,7 @@ class MoneyField(serializers.DecimalField):
 
 
 def resolve_alias(attrs: dict, name: str, alias: str) -> dict:
-    """Take a field given under its name or under its older alias (DESIGN §3): one of the
+    """Take a field given under its name or under its older alias (docs/api.md#conventions): one of the
     two is required, and when both are given they must agree."""
     value, alias_value = attrs.get(name), attrs.pop(alias, None)
     if value is None and alias_value is None:

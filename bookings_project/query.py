@@ -1,6 +1,6 @@
 """Query-string parameters read strictly: a parameter the API documents as one value is refused
 (400) when it is sent twice, instead of one of the values being silently used. An empty one
-is the same as leaving it out, as DESIGN §3.3 writes the list's URL (`?status=&flightId=`);
+is the same as leaving it out, as docs/api.md#query-parameters writes the list's URL (`?status=&flightId=`);
 the schema says so (`allowEmptyValue`)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Flights API (DESIGN §3.2): thin views over flights.services and flights.selectors."""
+"""Flights API (docs/api.md#flights): thin views over flights.services and flights.selectors."""
 
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets

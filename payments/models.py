@@ -10,7 +10,7 @@ def new_payment_reference() -> str:
 
 
 class Payment(models.Model):
-    """One attempt to charge a booking's totalCost (DESIGN §3.4).
+    """One attempt to charge a booking's totalCost (docs/api.md#payments).
 
     `reference` is ours, unique and sent to the gateway both as the charge's reference and
     as its idempotency key: resending a charge for this payment can never charge twice,

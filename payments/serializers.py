@@ -1,4 +1,4 @@
-"""Payment resources on the wire (DESIGN §3.4): camelCase, money as a 2-place decimal string."""
+"""Payment resources on the wire (docs/api.md#payments): camelCase, money as a 2-place decimal string."""
 
 from rest_framework import serializers
 

@@ -12,7 +12,7 @@ workers, at moments drawn from `--seed`. Then `cleanup_stale_bookings` runs twic
 clock moved past every hold and payment window (the second run must find nothing), and the
 databases are read directly:
 
-- DESIGN §6 per flight: capacity - available = seats of held holds = seats of bookings
+- the invariants (docs/design.md#invariants) per flight: capacity - available = seats of held holds = seats of bookings
   whose seats are reserved; and every booking and hold ends in a state that owes nothing
   (no INITIATED or PENDING booking, no cancelled booking owing seats, every held hold
   belongs to a BOOKED booking and every BOOKED booking has its hold);

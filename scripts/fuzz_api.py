@@ -1,4 +1,4 @@
-"""schemathesis against the running service's own OpenAPI schema (DESIGN §3.5: never a 500).
+"""schemathesis against the running service's own OpenAPI schema (docs/api.md#errors: never a 500).
 
 Serves the service under gunicorn on a fresh database (SQLite by default; PostgreSQL when
 DATABASE_URL is set), loads the demo data, then runs every operation of /api/schema/ through

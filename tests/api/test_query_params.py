@@ -1,6 +1,6 @@
 """A query parameter documented as one value is refused when repeated (schemathesis found these
 answering 200 with one of the values silently picked); an empty one is the same as leaving it
-out, as DESIGN §3.3 writes the list's URL (`?status=&flightId=`)."""
+out, as docs/api.md#query-parameters writes the list's URL (`?status=&flightId=`)."""
 
 import pytest
 
