@@ -19,6 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from typing import Any, NoReturn, Protocol
 
 import requests
@@ -32,14 +33,19 @@ from payments.models import Payment, SimulatedCharge
 
 logger = logging.getLogger(__name__)
 
-SUCCEEDED, DECLINED, REFUNDED = "succeeded", "declined", "refunded"
-CHARGE_STATUSES = (SUCCEEDED, DECLINED, REFUNDED)
+
+class ChargeStatus(StrEnum):
+    """What the gateway's books say of a charge."""
+
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"
+    REFUNDED = "refunded"  # Charged, then given back.
 
 
 @dataclass(frozen=True)
 class Charge:
     gateway_reference: str
-    status: str  # succeeded | declined | refunded
+    status: ChargeStatus
     amount: Decimal
     currency: str
     decline_reason: str = ""
@@ -47,7 +53,7 @@ class Charge:
     @property
     def money_taken(self) -> bool:
         """The customer was charged (a refunded charge was charged, then given back)."""
-        return self.status in (SUCCEEDED, REFUNDED)
+        return self.status in (ChargeStatus.SUCCEEDED, ChargeStatus.REFUNDED)
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,7 @@ class SimulatedPaymentGateway:
 def _charge_of(record: SimulatedCharge) -> Charge:
     return Charge(
         gateway_reference=record.charge_id,
-        status=record.status,
+        status=ChargeStatus(record.status),
         amount=record.amount,
         currency=record.currency,
         decline_reason=record.decline_reason,
@@ -183,7 +189,7 @@ class HttpPaymentGateway:
             charge_id = body.get("id") if isinstance(body, dict) else None
             return Charge(
                 gateway_reference=charge_id if isinstance(charge_id, str) else "",
-                status=DECLINED,
+                status=ChargeStatus.DECLINED,
                 amount=amount,
                 currency=currency,
                 decline_reason=reason,
@@ -206,7 +212,11 @@ class HttpPaymentGateway:
             what="refund",
         )
         body = http_client.json_or_none(response)
-        if response.status_code in (200, 201) and isinstance(body, dict) and body.get("status") == SUCCEEDED:
+        if (
+            response.status_code in (200, 201)
+            and isinstance(body, dict)
+            and body.get("status") == ChargeStatus.SUCCEEDED
+        ):
             refund_id = body.get("id")
             if isinstance(refund_id, str) and refund_id:
                 return Refund(refund_reference=refund_id)
@@ -262,7 +272,10 @@ def _parse_charge(body: Any) -> Charge:
             raise TypeError("not an object")
         status = body["status"]
         charge_id = body.get("id") or ""
-        if status not in CHARGE_STATUSES or not isinstance(charge_id, str) or (status != DECLINED and not charge_id):
+        if status not in {*ChargeStatus} or not isinstance(charge_id, str):
+            raise ValueError("bad status or id")
+        status = ChargeStatus(status)
+        if status != ChargeStatus.DECLINED and not charge_id:
             raise ValueError("bad status or id")
         amount = Decimal(str(body["amount"]))
         currency = body["currency"]
@@ -277,7 +290,7 @@ def _parse_charge(body: Any) -> Charge:
         status=status,
         amount=amount.quantize(Decimal("0.01")),
         currency=currency,
-        decline_reason=(_detail(body) or "Declined by the payment gateway.") if status == DECLINED else "",
+        decline_reason=(_detail(body) or "Declined by the payment gateway.") if status == ChargeStatus.DECLINED else "",
     )
 
 

@@ -6,7 +6,7 @@ A payment is three short steps, and no transaction or row lock is held across th
    PENDING and the payment PROCESSING; commit;
 2. ask the gateway to charge, with the payment's reference as its idempotency key, so a
    resent charge (a retry, or a resumed attempt) can never charge twice;
-3. under the lock again: record the outcome (BOOKED + SUCCEEDED, or INITIATED + DECLINED).
+3. under the lock again: record the outcome (BOOKED + ChargeStatus.SUCCEEDED, or INITIATED + DECLINED).
    An unknown outcome leaves the booking PENDING for a retry with the same key, or for
    cleanup to reconcile with the gateway.
 """
@@ -37,7 +37,7 @@ from bookings_project.exceptions import (
     UserMismatch,
 )
 from payments import selectors as payment_selectors
-from payments.gateway import REFUNDED, SUCCEEDED, Charge, PaymentGateway, get_payment_gateway
+from payments.gateway import Charge, ChargeStatus, PaymentGateway, get_payment_gateway
 from payments.models import Payment
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def payment_create(
     user_id: int | None = None,
     gateway: PaymentGateway | None = None,
 ) -> Payment:
-    """Pay a booking's totalCost. Answers the SUCCEEDED payment (the booking is BOOKED).
+    """Pay a booking's totalCost. Answers the ChargeStatus.SUCCEEDED payment (the booking is BOOKED).
 
     Raises a definite refusal (`NotFound`, `BookingExpired`, `BookingNotPayable`,
     `PaymentInProgress`, `AmountMismatch`, `UserMismatch`, `PaymentDeclined`) or
@@ -212,7 +212,7 @@ def _record_unknown_outcome(payment: Payment, reason: str) -> None:
 
 
 def payment_refund(*, payment_id: int, gateway: PaymentGateway | None = None) -> Payment:
-    """Give a SUCCEEDED payment's money back, once (the gateway refund is keyed by the
+    """Give a ChargeStatus.SUCCEEDED payment's money back, once (the gateway refund is keyed by the
     payment). A no-op for a payment that took no money or was refunded already.
     Raises `PaymentGatewayUnavailable` when the gateway does not confirm the refund."""
     return _refund(payment_id, gateway)[0]
@@ -262,11 +262,11 @@ def payment_find_charge(*, payment: Payment, gateway: PaymentGateway | None = No
 def payment_refund_late_charge(*, payment_id: int, gateway: PaymentGateway | None = None) -> bool:
     """Cleanup: look a payment that reconciliation settled as not charged up again; if the
     charge has landed since (the gateway was still working on it), record it and refund it.
-    True if this call refunded money. A crash between the two leaves a SUCCEEDED payment on a
+    True if this call refunded money. A crash between the two leaves a ChargeStatus.SUCCEEDED payment on a
     cancelled booking, which `payment_refund_stranded` refunds next run."""
     payment = Payment.objects.get(pk=payment_id)
     charge = payment_find_charge(payment=payment, gateway=gateway)
-    if charge is None or charge.status != SUCCEEDED:
+    if charge is None or charge.status != ChargeStatus.SUCCEEDED:
         return False
     now = timezone.now()
     with transaction.atomic():
@@ -287,12 +287,12 @@ def payment_refund_late_charge(*, payment_id: int, gateway: PaymentGateway | Non
 def payment_settle_from_gateway(*, payment: Payment | None, charge: Charge | None) -> bool:
     """Record what the gateway's books say of an attempt whose answer was lost (reconciliation).
     The caller holds the payment's and its booking's row locks. True if money was taken: the
-    payment is SUCCEEDED; else it is settled as not charged (FAILED, DECLINED or REFUNDED)."""
+    payment is ChargeStatus.SUCCEEDED; else it is settled as not charged (FAILED, DECLINED or ChargeStatus.REFUNDED)."""
     if payment is None:
         return False
     now = timezone.now()
     payment.completed_at = payment.reconciled_at = now
-    if charge is not None and charge.status == SUCCEEDED:
+    if charge is not None and charge.status == ChargeStatus.SUCCEEDED:
         payment.status, payment.failure_reason, payment.gateway_reference = (
             PaymentStatus.SUCCEEDED,
             "",
@@ -300,7 +300,7 @@ def payment_settle_from_gateway(*, payment: Payment | None, charge: Charge | Non
         )
     elif charge is None:
         payment.status, payment.failure_reason = PaymentStatus.FAILED, "The gateway holds no charge for it."
-    elif charge.status == REFUNDED:
+    elif charge.status == ChargeStatus.REFUNDED:
         # Charged, then refunded at the gateway (by hand, say): nothing of it stands.
         payment.status, payment.gateway_reference, payment.refunded_at = (
             PaymentStatus.REFUNDED,

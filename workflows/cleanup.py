@@ -45,7 +45,7 @@ from bookings.services import booking_expire_stale, booking_flag_stuck_release, 
 from bookings_project import request_id
 from bookings_project.exceptions import DomainError
 from payments import selectors as payment_selectors
-from payments.gateway import SUCCEEDED, PaymentGateway, get_payment_gateway
+from payments.gateway import ChargeStatus, PaymentGateway, get_payment_gateway
 from payments.idempotency import idempotency_keys_purge
 from payments.models import Payment
 from payments.services import payment_find_charge, payment_refund_late_charge, payment_refund_stranded
@@ -348,7 +348,7 @@ def _refund_if_charged_late(run: _Run, payment_id: int) -> None:
     if run.dry_run:
         payment = Payment.objects.get(pk=payment_id)
         charge = payment_find_charge(payment=payment, gateway=run.payments)
-        if charge is not None and charge.status == SUCCEEDED:
+        if charge is not None and charge.status == ChargeStatus.SUCCEEDED:
             run.counts.refunded += 1
             run.report(f"payment {payment_id}: charged after it was settled as unpaid: would refund")
     elif payment_refund_late_charge(payment_id=payment_id, gateway=run.payments):
@@ -378,7 +378,7 @@ def _reconcile(run: _Run, booking_id: int) -> None:
 def _preview_reconciliation(run: _Run, booking_id: int) -> None:
     payment = payment_selectors.payment_in_flight(booking_id=booking_id)
     charge = payment and payment_find_charge(payment=payment, gateway=run.payments)
-    if charge is not None and charge.status == SUCCEEDED:
+    if charge is not None and charge.status == ChargeStatus.SUCCEEDED:
         run.counts.reconciled_booked += 1
         run.report(f"booking {booking_id}: the gateway has charged it: would be BOOKED")
     else:

@@ -29,7 +29,7 @@ import requests
 
 from bookings.models import Booking
 from bookings_project.exceptions import PaymentGatewayUnavailable
-from payments.gateway import DECLINED, SUCCEEDED, HttpPaymentGateway, get_payment_gateway
+from payments.gateway import HttpPaymentGateway, get_payment_gateway
 from payments.models import Payment
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem
 from tests.support import http_faults
@@ -76,7 +76,11 @@ def test_pay_replay_refund_and_look_up_over_real_http(served_gateway, fake, user
     assert charge_request.headers["x-request-id"] == "trace-pay-1"
     assert charge_request.body == {"amount": TOTAL, "currency": "INR", "reference": payment.reference}
     (charge,) = fake.charges.values()
-    assert (charge["status"], charge["amount"], charge["reference"]) == (SUCCEEDED, TOTAL, payment.reference)
+    assert (charge["status"], charge["amount"], charge["reference"]) == (
+        "succeeded",
+        TOTAL,
+        payment.reference,
+    )
     assert body["gatewayReference"] == payment.gateway_reference == charge["id"]
     assert fake.standing() == {payment.reference}
     assert seats_left(flight) == CAPACITY - SEATS
@@ -96,7 +100,7 @@ def test_pay_replay_refund_and_look_up_over_real_http(served_gateway, fake, user
     found = gateway.find_charge(reference=payment.reference)
     assert (found.gateway_reference, found.status, found.amount, found.currency) == (
         charge["id"],
-        SUCCEEDED,
+        "succeeded",
         Decimal(TOTAL),
         "INR",
     )
@@ -269,7 +273,7 @@ def test_unknown_charge_outcome_stays_pending_and_the_same_key_charges_once(
     sent = [call.request.headers["Idempotency-Key"] for call in gateway.charge.calls]
     assert sent == [payment.reference, payment.reference]
     (charge,) = fake.charges.values()  # The gateway deduplicated by the forwarded key.
-    assert (charge["status"], charge["reference"]) == (SUCCEEDED, payment.reference)
+    assert (charge["status"], charge["reference"]) == ("succeeded", payment.reference)
     assert payment.gateway_reference == charge["id"]
     # The retry is answered by the first charge if it was applied, else it makes it.
     assert fake.seen("POST", "charge")[-1].status == (200 if charged else 201)
@@ -410,7 +414,7 @@ def test_decline_answers_402_replays_it_and_a_new_key_pays(mock_gateway, fake, u
     assert paid.status_code == 201, paid.content
     assert states(booking["id"]) == ("BOOKED", ["DECLINED", "SUCCEEDED"])
     succeeded = Payment.objects.get(status=Payment.Status.SUCCEEDED)
-    assert sorted(c["status"] for c in fake.charges.values()) == [DECLINED, SUCCEEDED]
+    assert sorted(c["status"] for c in fake.charges.values()) == ["declined", "succeeded"]
     assert fake.standing() == {succeeded.reference}
     assert seats_left(flight) == CAPACITY - SEATS
     assert_consistent(fake, flight)
@@ -501,7 +505,7 @@ def test_adapter_sends_the_contract_and_reads_a_charge(adapter, fake):
     (stored,) = fake.charges.values()
     assert (charge.gateway_reference, charge.status, charge.amount, charge.currency) == (
         stored["id"],
-        SUCCEEDED,
+        "succeeded",
         Decimal(TOTAL),
         "INR",
     )
@@ -608,7 +612,7 @@ def test_adapter_402_is_a_decline_whatever_the_body(adapter, fake, body):
     with gateway.rsps:
         charge = charge_with(adapter)
 
-    assert (charge.status, charge.money_taken, charge.gateway_reference) == (DECLINED, False, "")
+    assert (charge.status, charge.money_taken, charge.gateway_reference) == ("declined", False, "")
     assert charge.decline_reason == ("Card expired." if isinstance(body, dict) else "Declined by the payment gateway.")
 
 
@@ -670,7 +674,7 @@ def test_adapter_look_up_prefers_the_charge_that_took_money(adapter, fake):
         found = adapter.find_charge(reference="pay_abc")
         nothing = adapter.find_charge(reference="pay_other")
 
-    assert declined.status == DECLINED and taken.status == SUCCEEDED
+    assert declined.status == "declined" and taken.status == "succeeded"
     assert found == taken
     assert nothing is None
 

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 import responses
 
-from payments.gateway import DECLINED, SUCCEEDED, HttpPaymentGateway
+from payments.gateway import HttpPaymentGateway
 
 TOKEN = "secret"
 PREFIX = "/v1"
@@ -79,7 +79,7 @@ class FakeGateway:
     def standing(self) -> set[str]:
         """References of the charges that took money and were not refunded."""
         with self.lock:
-            return {c["reference"] for c in self.charges.values() if c["status"] == SUCCEEDED and not c["refunded"]}
+            return {c["reference"] for c in self.charges.values() if c["status"] == "succeeded" and not c["refunded"]}
 
     def charges_for(self, reference: str) -> list[dict]:
         return [c for c in self.charges.values() if c["reference"] == reference]
@@ -136,7 +136,7 @@ class FakeGateway:
             return (200 if status == 201 else status), dict(answer)
         charge = {
             "id": f"ch_{uuid.uuid4().hex[:20]}",
-            "status": DECLINED if self.decline else SUCCEEDED,
+            "status": "declined" if self.decline else "succeeded",
             "amount": amount,
             "currency": currency,
             "reference": reference,
@@ -145,7 +145,10 @@ class FakeGateway:
             charge["declineReason"] = "Insufficient funds."
         self.charges[charge["id"]] = {**charge, "refunded": False, "key": key}
         if self.decline == "402":
-            status, answer = 402, {"status": DECLINED, "declineReason": "Insufficient funds.", "id": charge["id"]}
+            status, answer = (
+                402,
+                {"status": "declined", "declineReason": "Insufficient funds.", "id": charge["id"]},
+            )
         else:
             status, answer = 201, charge
         self.first_answers[key] = (data, status, answer)
@@ -160,11 +163,11 @@ class FakeGateway:
         charge = self.charges.get(charge_id)
         if charge is None:
             return 404, {"error": "no_such_charge"}
-        if charge["status"] != SUCCEEDED or charge["refunded"]:
+        if charge["status"] != "succeeded" or charge["refunded"]:
             return 422, {"error": "charge_not_refundable"}
         if not isinstance(data, dict) or data.get("amount") != charge["amount"]:
             return 422, {"error": "amount_must_be_the_charge_amount"}
-        refund = {"id": f"re_{uuid.uuid4().hex[:20]}", "status": SUCCEEDED, "charge": charge_id}
+        refund = {"id": f"re_{uuid.uuid4().hex[:20]}", "status": "succeeded", "charge": charge_id}
         charge["refunded"] = True
         self.refunds[key] = refund
         return 201, dict(refund)
