@@ -29,6 +29,7 @@ from payments.models import IdempotencyKey, Payment, SimulatedCharge
 from payments.services import payment_create
 from tests.factories import make_flight
 from tests.helpers import assert_bookings_match_ledger, assert_ledger_invariant, assert_money_matches_bookings
+from tests.support.cleanup import COUNTS
 from workflows import cleanup as cleanup_module
 from workflows.services import Reconciliation, booking_cancel, payment_reconcile_expired
 
@@ -37,16 +38,7 @@ OLDER_THAN_MINUTES = 5
 # A flight of a Flights service without holds (the seed's): not in our ledger.
 FOREIGN_FLIGHT_ID = 990_001
 
-COUNT_NAMES = (
-    "expired",
-    "released_seats",
-    "retried_releases",
-    "reconciled_booked",
-    "refunded",
-    "purged_keys",
-    "failed",
-)
-NOTHING_LEFT = dict.fromkeys(COUNT_NAMES, 0)
+NOTHING_LEFT = dict.fromkeys(COUNTS, 0)
 # What one uninterrupted run of the scenario does.
 EVERYTHING = {
     "expired": 3,  # c, a1, a2
@@ -356,7 +348,7 @@ def run_cleanup(*extra: str) -> dict[str, int]:
         exited_with_error = True
     summary = out.getvalue().strip().splitlines()[-1].removeprefix("dry run: ")
     counts = {name: int(value) for name, value in (item.split("=") for item in summary.split())}
-    assert list(counts) == list(COUNT_NAMES), summary
+    assert list(counts) == list(COUNTS), summary
     assert exited_with_error == (counts["failed"] > 0), summary
     return counts
 
