@@ -243,6 +243,18 @@ class _RefundsDown(SimulatedPaymentGateway):
         raise PaymentGatewayUnavailable("The simulated gateway is down (refund).")
 
 
+def _pay_and_die_before_charging(booking: Booking) -> None:
+    """The payment's request dies before the gateway is asked: PENDING, the payment PROCESSING."""
+    with pytest.raises(Crash):
+        payment_create(
+            caller=booking.user,
+            booking_id=booking.pk,
+            amount=booking.total_cost,
+            idempotency_key="died",
+            gateway=_CrashingCharge(),
+        )
+
+
 def _connection_lost() -> OperationalError:
     return OperationalError("server closed the connection unexpectedly")
 
@@ -357,14 +369,7 @@ def make_backlog(clock, monkeypatch, settings, alice, bob) -> Backlog:
     # request had died), then the gateway applied the charge. Cleanup watches such payments.
     for _ in range(2):
         booking = book()
-        with pytest.raises(Crash):
-            payment_create(
-                caller=booking.user,
-                booking_id=booking.pk,
-                amount=booking.total_cost,
-                idempotency_key="died",
-                gateway=_CrashingCharge(),
-            )
+        _pay_and_die_before_charging(booking)
         now = clock.advance(minutes=django_settings.BOOKING_HOLD_MINUTES + 1)
         outcome = payment_reconcile_expired(
             booking_id=booking.pk, expired_before=now, attempted_before=now - payment_attempt_window()
@@ -399,14 +404,7 @@ def make_backlog(clock, monkeypatch, settings, alice, bob) -> Backlog:
 
     for _ in range(10):
         booking = book()
-        with pytest.raises(Crash):
-            payment_create(
-                caller=booking.user,
-                booking_id=booking.pk,
-                amount=booking.total_cost,
-                idempotency_key="died",
-                gateway=_CrashingCharge(),
-            )
+        _pay_and_die_before_charging(booking)
         backlog.never_charged.append(booking.pk)
 
     def releases_fail(**kwargs):
