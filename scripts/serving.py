@@ -1,5 +1,9 @@
-"""Serving the project for the scripts that drive it from outside (chaos, fuzz): gunicorn on a
-free loopback port, and throw-away PostgreSQL databases."""
+"""Serving the project for the scripts that drive it from outside (chaos, fuzz, the benches):
+gunicorn on a free loopback port, nginx in front of it (deploy/nginx.conf), and throw-away
+PostgreSQL databases.
+
+`SERVING_PORTS=FIRST-LAST` (e.g. 18100-18199) keeps every port these scripts listen on in
+that range, for a host shared with other runs; by default the kernel picks free ones."""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import atexit
 import contextlib
 import json
 import os
+import pwd
+import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,20 +110,45 @@ def last_line_json(process: subprocess.Popen, what: str) -> Any:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port free on loopback now: the kernel's pick, or one of SERVING_PORTS's range."""
+    span = os.environ.get("SERVING_PORTS", "")
+    if not span:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+    first, _, last = span.partition("-")
+    candidates = list(range(int(first), int(last or first) + 1))
+    random.shuffle(candidates)
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in SERVING_PORTS={span}")
 
 
 class Gunicorn:
     """One gunicorn serving the project on a loopback port, in its own session and so its own
     process group: the master and its workers can be killed at once, and nothing else is."""
 
-    def __init__(self, name: str, env: dict[str, str], *, workers: int, log_dir: Path, threads: int = 4) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str],
+        *,
+        workers: int,
+        log_dir: Path,
+        threads: int = 4,
+        worker_class: str = "gthread",
+    ) -> None:
         self.name = name
         self.env = env
         self.workers = workers
-        self.threads = threads
+        # gunicorn makes a sync worker with threads > 1 a gthread one: sync has one thread.
+        self.threads = 1 if worker_class == "sync" else threads
+        self.worker_class = worker_class
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
@@ -135,6 +167,8 @@ class Gunicorn:
             str(self.workers),
             "--threads",
             str(self.threads),
+            "--worker-class",
+            self.worker_class,
             "--timeout",
             "30",
             "--graceful-timeout",
@@ -191,6 +225,109 @@ class Gunicorn:
             return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         except FileNotFoundError:
             return []
+
+
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
+PLACEHOLDER = re.compile(r"@[A-Z_]+@")
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if found is None:
+        raise RuntimeError("nginx is not installed (Debian: apt-get install -y nginx)")
+    return found
+
+
+def render_nginx_conf(values: dict[str, str]) -> str:
+    """deploy/nginx.conf with its placeholders filled; every one outside comments must be."""
+    text = NGINX_TEMPLATE.read_text()
+    for name, value in values.items():
+        text = text.replace(f"@{name}@", value)
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    left = sorted(set(PLACEHOLDER.findall(code)))
+    if left:
+        raise RuntimeError(f"deploy/nginx.conf: no value for {', '.join(left)}")
+    return text
+
+
+class Nginx:
+    """nginx with the production config (deploy/nginx.conf) in front of one gunicorn, on a
+    loopback port of its own, in its own session (process group), as Gunicorn is."""
+
+    def __init__(self, name: str, upstream: Gunicorn, *, max_conns: int, log_dir: Path) -> None:
+        self.name = name
+        self.upstream = upstream
+        self.max_conns = max_conns
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.run_dir = log_dir / f"{name}-nginx"
+        self.log_path = self.run_dir / "error.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        config = self.run_dir / "nginx.conf"
+        config.write_text(
+            render_nginx_conf(
+                {
+                    "USER": user,
+                    "RUN_DIR": str(self.run_dir),
+                    "LISTEN": f"127.0.0.1:{self.port}",
+                    "UPSTREAM": f"127.0.0.1:{self.upstream.port}",
+                    "MAX_CONNS": str(self.max_conns),
+                }
+            )
+        )
+        with (self.run_dir / "stderr.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [nginx_binary(), "-p", str(self.run_dir), "-c", str(config), "-g", "daemon off;"],
+                cwd=self.run_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, *paths: str) -> None:
+        """Through nginx to gunicorn: the upstream must be ready as well."""
+        deadline = time.monotonic() + START_TIMEOUT
+        for path in paths:
+            while True:
+                if not self.running:
+                    stderr = (self.run_dir / "stderr.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"{self.name} nginx exited: {stderr}")
+                try:
+                    if requests.get(self.url + path, timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} nginx {path} not ready after {START_TIMEOUT:.0f} s")
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.running:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait()
+
+    def stop(self) -> None:
+        """nginx's graceful stop (SIGQUIT: answers in flight finish), then SIGKILL what is left."""
+        if self.running:
+            self.process.send_signal(signal.SIGQUIT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+        self.kill()
+
+    def logged_server_errors(self) -> list[str]:
+        """nginx's own 500s (a bug of the config, never the app's) from its access log."""
+        path = self.run_dir / "access.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return [f"{self.name} nginx access log: {line[:300]}" for line in lines if '"status":500,' in line]
 
 
 class Run(Protocol):
