@@ -59,12 +59,14 @@ import platform
 import random
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +78,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from serving import (  # noqa: E402  (scripts/ is not a package)
     Gunicorn,
+    Nginx,
     drop_database,
+    nginx_binary,
     recreate_database,
     run_to_the_end,
     service_env,
@@ -103,9 +107,18 @@ POOL_FLIGHTS = 50
 POOL_CAPACITY = 1000  # flights.models.MAX_CAPACITY
 READ_BOOKINGS_PER_USER = 20
 PAGE_SIZE = 20
+SPREAD_FLIGHTS = 20  # Fresh for each run of spread, as in issue 16's comparison.
 SPREAD_SEATS = (1, 4)
 HOT_SEATS = 2  # Every hot booking asks for as many, and the capacity is a multiple: it sells out to the last seat.
-HOT_SEATS_PER_USER = 20
+HOT_CAPACITY = POOL_CAPACITY
+# The hot chain is made long enough for `--duration` at this many flows/s; faster, it runs out
+# and the scenario ends early (its window is then shorter, its figures still good).
+HOT_CHAIN_FLOWS_PER_SECOND = 400
+DEFAULT_LEVELS = (10, 50)
+# Requests nginx lets into one gunicorn at once (deploy/nginx.conf's max_conns); past it, 503.
+# Little's law: about the host's throughput times the longest queueing wanted, here ~150
+# writes/s x 0.4 s; a closed loop of up to 64 users is never shed.
+DEFAULT_MAX_CONNS = 64
 CLIENT_TIMEOUT = 30.0
 PG_SAMPLE_SECONDS = 0.2
 # Other processes using more of a core than this (%) during a scenario make its figures suspect.
@@ -274,10 +287,16 @@ class User:
     booking_ids: list[int] = field(default_factory=list)
 
 
+NewFlight = Callable[[int], Awaitable[int]]  # capacity -> a new flight's id, in the inventory.
+
+
 class Scenario:
     name = ""
     unit = "requests"  # What the rate counts: "requests", or "flows" (a booking paid).
     endpoints: tuple[str, ...] = ()
+
+    async def prepare(self, new_flight: NewFlight, duration: float) -> None:
+        """Before a run (warm-up included): its own flights, if it needs fresh ones."""
 
     async def step(self, api: Api, user: User, rng: random.Random) -> bool:
         """One flow of one user; False when this user is done."""
@@ -332,8 +351,11 @@ class Spread(Scenario):
     unit = "flows"
     endpoints = (POST_BOOKING, POST_PAYMENT)
 
-    def __init__(self, pool: list[int]) -> None:
-        self.pool = pool
+    def __init__(self) -> None:
+        self.pool: list[int] = []
+
+    async def prepare(self, new_flight: NewFlight, duration: float) -> None:
+        self.pool = list(await asyncio.gather(*(new_flight(POOL_CAPACITY) for _ in range(SPREAD_FLIGHTS))))
 
     async def step(self, api: Api, user: User, rng: random.Random) -> bool:
         started = time.perf_counter()
@@ -344,27 +366,46 @@ class Spread(Scenario):
 
 
 class Hot(Scenario):
+    """One hot flight at a time: everyone books 2 seats on the flight on sale and pays; the
+    first user told insufficient_seats moves the sale on to the next flight of a chain, and
+    everyone follows. So the row lock stays contended for as long as the scenario lasts, and
+    every flight's books are checked exactly."""
+
     name = "hot"
     unit = "flows"
     endpoints = (POST_BOOKING, POST_PAYMENT)
 
-    def __init__(self, flight_id: int, pool: list[int]) -> None:
-        self.flight_id = flight_id
-        self.pool = pool  # The warm-up books there: the hot flight is all for the measured window.
-        self.last_sale: float | None = None
+    def __init__(self, pool: list[int]) -> None:
+        self.pool = pool  # The warm-up books there: the hot flights are all for the measured window.
+        self.chain: list[int] = []
+        self.on_sale = 0  # Index in the chain.
+        self.sold_out_at: list[float] = []  # When each flight of the chain was first found sold out.
+
+    async def prepare(self, new_flight: NewFlight, duration: float) -> None:
+        length = max(2, math.ceil(duration * HOT_CHAIN_FLOWS_PER_SECOND * HOT_SEATS / HOT_CAPACITY) + 1)
+        self.chain = list(await asyncio.gather(*(new_flight(HOT_CAPACITY) for _ in range(length))))
+        self.on_sale = 0
+        self.sold_out_at = []
 
     async def step(self, api: Api, user: User, rng: random.Random) -> bool:
         started = time.perf_counter()
-        warming_up = started < api.recorder.measure_from
-        booked = await book(api, user, rng.choice(self.pool) if warming_up else self.flight_id, HOT_SEATS)
+        if started < api.recorder.measure_from:
+            booked = await book(api, user, rng.choice(self.pool), HOT_SEATS)
+            if booked is not None and booked.status == 201:
+                await pay(api, user, booked, started)
+            return True
+        index = self.on_sale
+        if index >= len(self.chain):
+            return False
+        booked = await book(api, user, self.chain[index], HOT_SEATS)
         if booked is None:
             return True
         if booked.status == 201:
-            if not warming_up:
-                self.last_sale = time.perf_counter()
             await pay(api, user, booked, started)
-            return True
-        return warming_up or not (booked.status == 409 and booked.code == "insufficient_seats")
+        elif booked.status == 409 and booked.code == "insufficient_seats" and index == self.on_sale:
+            self.on_sale += 1
+            self.sold_out_at.append(time.perf_counter())
+        return True
 
 
 # Figures ----------------------------------------------------------------------------------------
@@ -435,9 +476,18 @@ class ScenarioResult:
     cpu: CpuFigures  # Over the measured window.
     postgres: PostgresFigures
     seats: SeatFigures
-    hot_flight: SeatFigures | None = None
-    sold_out_after: float | None = None  # hot: seconds from the end of the warm-up to the last seat sold.
+    # CPU milliseconds per flow (spread, hot) or per request (baseline, read), by group: each
+    # server, "PostgreSQL", "bench" (CpuFigures.seconds over the flows or requests counted).
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+    proxy: str = "none"
+    hot_flight: SeatFigures | None = None  # hot: the chain's flights together.
+    hot_flights: int = 0  # hot: flights in the chain ...
+    hot_sold_out: int = 0  # ... sold out in the window.
     failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def per(self) -> str:
+        return "flow" if self.unit == "flows" else "request"
 
 
 def seat_figures(inventory_url: str, bookings_url: str, flight_ids: set[int] | None = None) -> SeatFigures:
@@ -516,6 +566,8 @@ class CpuFigures:
     servers: dict[str, float] = field(default_factory=dict)
     postgres: float | None = None
     other: float | None = None
+    # CPU seconds in the window by group: each server (gunicorns, nginx), "PostgreSQL", "bench".
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -580,15 +632,17 @@ class CpuMeter:
             return 100 * seconds / wall if wall > 0 else math.nan
 
         figures = CpuFigures(bench=percent(after.bench - before.bench))
+        figures.seconds = {"bench": after.bench - before.bench}
         if before.host_busy is None or after.host_busy is None:
             return figures
         figures.host_busy = percent(after.host_busy - before.host_busy)
-        figures.servers = {name: percent(after.servers[name] - before.servers[name]) for name in self.server_pgids}
+        servers = {name: after.servers[name] - before.servers[name] for name in self.server_pgids}
+        figures.servers = {name: percent(seconds) for name, seconds in servers.items()}
         # Per backend: one that ended in the window (a connection past CONN_MAX_AGE, a worker
         # recycled) is left out, its share counted in "other".
-        figures.postgres = percent(
-            sum(seconds - before.backends.get(pid, 0.0) for pid, seconds in after.backends.items())
-        )
+        postgres = sum(seconds - before.backends.get(pid, 0.0) for pid, seconds in after.backends.items())
+        figures.postgres = percent(postgres)
+        figures.seconds = {**servers, "PostgreSQL": postgres, "bench": figures.seconds["bench"]}
         figures.other = figures.host_busy - sum(figures.servers.values()) - figures.postgres - figures.bench
         return figures
 
@@ -603,24 +657,23 @@ class Fixtures:
     users: list[User]
     baseline_flight: int = 0
     pool: list[int] = field(default_factory=list)
-    hot_flight: int = 0
-    hot_capacity: int = 0
 
 
 class AdapterRun:
     """Databases, servers and load for one Flights adapter."""
 
-    def __init__(self, adapter: str, args: argparse.Namespace, log_dir: Path, servers: list[Gunicorn]) -> None:
+    def __init__(self, adapter: str, args: argparse.Namespace, log_dir: Path, servers: list[Gunicorn | Nginx]) -> None:
         self.adapter = adapter
         self.args = args
         self.log_dir = log_dir
         self.servers = servers  # Shared with the teardown.
-        self.running: dict[str, Gunicorn] = {}  # By role: bookings, flights.
+        self.running: dict[str, Gunicorn | Nginx] = {}  # By role: bookings, flights, nginx.
+        self.flight_numbers = 0
         self.password = secrets.token_urlsafe(16)
         self.secret_key = secrets.token_urlsafe(50)
         self.service_token = secrets.token_urlsafe(24)
         roles = ("bookings", "flights") if adapter == "http" else ("bookings",)
-        self.databases = {role: f"{DATABASE_PREFIX}_{adapter}_{role}" for role in roles}
+        self.databases = {role: f"{args.db_prefix}_{adapter}_{role}" for role in roles}
         self.urls = {role: f"{args.pg_url}/{name}" for role, name in self.databases.items()}
         # Where flights, the ledger and their seats live.
         self.inventory_role = "flights" if adapter == "http" else "bookings"
@@ -643,7 +696,7 @@ class AdapterRun:
                 role,
                 start_django_task(__file__, {**self.env(role), "BENCH_PASSWORD": self.password}, "--users", str(users)),
             )
-            for role, users in (("bookings", args.concurrency), ("flights", 0))
+            for role, users in (("bookings", max(args.concurrency)), ("flights", 0))
             if role in self.databases
         ]
         for role, task in tasks:
@@ -651,28 +704,49 @@ class AdapterRun:
 
         flights_url = ""
         if self.adapter == "http":
-            flights = self.serve("flights", self.env("flights"), args.flights_workers, args.flights_threads)
+            # The Flights service is internal (its one client is our adapter): no proxy.
+            flights = self.serve(
+                "flights", self.env("flights"), args.flights_workers, args.flights_threads, args.flights_worker_class
+            )
             flights.wait_ready("/healthz", "/readyz")
             flights_url = flights.url
         # With --hosts N, N gunicorn masters on one database, as N app hosts would be: they
-        # share nothing but PostgreSQL (and the Flights service).
-        self.hosts = [
+        # share nothing but PostgreSQL (and the Flights service). Each host has its nginx.
+        gunicorns = [
             self.serve(
                 "bookings" if number == 1 else f"bookings-{number}",
                 self.env("bookings", flights_url=flights_url),
                 args.workers,
                 args.threads,
+                args.worker_class,
             )
             for number in range(1, args.hosts + 1)
         ]
+        self.hosts: list[Gunicorn | Nginx] = list(gunicorns)
+        if args.proxy == "nginx":
+            self.hosts = []
+            for number, gunicorn in enumerate(gunicorns, start=1):
+                role = "nginx" if number == 1 else f"nginx-{number}"
+                proxy = Nginx(f"{self.adapter}-{role}", gunicorn, max_conns=args.max_conns, log_dir=self.log_dir)
+                self.servers.append(proxy)
+                self.running[role] = proxy
+                proxy.start()
+                self.hosts.append(proxy)
         self.bookings = self.hosts[0]
         self.inventory_url = flights_url or self.bookings.url
         for host in self.hosts:
             host.wait_ready("/healthz", "/readyz")
         return asyncio.run(self.drive())
 
-    def serve(self, role: str, env: dict[str, str], workers: int, threads: int) -> Gunicorn:
-        server = Gunicorn(f"{self.adapter}-{role}", env, workers=workers, threads=threads, log_dir=self.log_dir)
+    def serve(self, role: str, env: dict[str, str], workers: int, threads: int, worker_class: str) -> Gunicorn:
+        server = Gunicorn(
+            f"{self.adapter}-{role}",
+            env,
+            workers=workers,
+            threads=threads,
+            worker_class=worker_class,
+            log_dir=self.log_dir,
+        )
         self.servers.append(server)
         self.running[role] = server
         server.start()
@@ -692,14 +766,15 @@ class AdapterRun:
             scenarios: dict[str, Scenario] = {
                 "baseline": Baseline(fixtures.baseline_flight),
                 "read": Read(),
-                "spread": Spread(fixtures.pool),
-                "hot": Hot(fixtures.hot_flight, fixtures.pool),
+                "spread": Spread(),
+                "hot": Hot(fixtures.pool),
             }
             results = []
             for name in args.scenarios:
-                result = await self.run_scenario(api, scenarios[name], fixtures)
-                print_scenario(self.adapter, result, args)
-                results.append(result)
+                for users in args.concurrency:
+                    result = await self.run_scenario(api, scenarios[name], fixtures.users[:users])
+                    print_scenario(self.adapter, result, args)
+                    results.append(result)
         return results
 
     async def set_up(self, api: Api) -> Fixtures:
@@ -719,7 +794,7 @@ class AdapterRun:
                 )
             return expect(reply, 200, f"token of {username}")["token"]
 
-        users = [User(customer_name(index)) for index in range(args.concurrency)]
+        users = [User(customer_name(index)) for index in range(max(args.concurrency))]
         staff_tokens = await asyncio.gather(token(STAFF, self.bookings.url), token(STAFF, self.inventory_url))
         tokens = await asyncio.gather(*(token(user.name, self.bookings.url) for user in users))
         for user, user_token in zip(users, tokens, strict=True):
@@ -745,6 +820,12 @@ class AdapterRun:
 
         # The baseline flight is the Bookings service's own; the others are the inventory's.
         bookings_staff, inventory_staff = staff_tokens
+
+        async def new_flight(capacity: int) -> int:
+            self.flight_numbers += 1
+            return await flight(f"BX{self.flight_numbers}", capacity, self.inventory_url, inventory_staff)
+
+        self.new_flight = new_flight
         fixtures.baseline_flight = await flight("BN0", POOL_CAPACITY, self.bookings.url, bookings_staff)
         fixtures.pool = list(
             await asyncio.gather(
@@ -754,8 +835,6 @@ class AdapterRun:
                 )
             )
         )
-        fixtures.hot_capacity = min(POOL_CAPACITY, args.concurrency * HOT_SEATS_PER_USER) // HOT_SEATS * HOT_SEATS
-        fixtures.hot_flight = await flight("BNHOT", fixtures.hot_capacity, self.inventory_url, inventory_staff)
 
         if "read" in args.scenarios:
 
@@ -774,8 +853,9 @@ class AdapterRun:
             await asyncio.gather(*(make_bookings(index, user) for index, user in enumerate(users)))
         return fixtures
 
-    async def run_scenario(self, api: Api, scenario: Scenario, fixtures: Fixtures) -> ScenarioResult:
+    async def run_scenario(self, api: Api, scenario: Scenario, users: list[User]) -> ScenarioResult:
         args = self.args
+        await scenario.prepare(self.new_flight, args.duration)
         measure_from = time.perf_counter() + args.warmup
         deadline = measure_from + args.duration
         recorder = Recorder(measure_from)
@@ -790,26 +870,27 @@ class AdapterRun:
         cpu_before = asyncio.create_task(meter.snapshot_at(measure_from))
 
         async def virtual_user(index: int, user: User) -> float:
-            rng = random.Random(f"{args.seed}:{self.adapter}:{scenario.name}:{index}")
+            rng = random.Random(f"{args.seed}:{self.adapter}:{scenario.name}:{len(users)}:{index}")
             host_api = self.apis[index % len(self.apis)]
             while time.perf_counter() < deadline and await scenario.step(host_api, user, rng):
                 pass
             return time.perf_counter()
 
-        stopped = await asyncio.gather(*(virtual_user(index, user) for index, user in enumerate(fixtures.users)))
+        stopped = await asyncio.gather(*(virtual_user(index, user) for index, user in enumerate(users)))
         stop_sampling.set()
         postgres = await sampler
         cpu = meter.figures(await cpu_before, meter.snapshot())
 
         seconds = max(stopped) - measure_from
         requests = sum(sum(answers.values()) for answers in recorder.answers.values())
+        counted = recorder.flows if scenario.unit == "flows" else requests
         inventory, bookings = self.urls[self.inventory_role], self.urls["bookings"]
         result = ScenarioResult(
             name=scenario.name,
             unit=scenario.unit,
-            users=len(fixtures.users),
+            users=len(users),
             seconds=seconds,
-            rate=(recorder.flows if scenario.unit == "flows" else requests) / seconds,
+            rate=counted / seconds,
             requests_per_second=requests / seconds,
             flows=recorder.flows,
             endpoints={
@@ -817,14 +898,23 @@ class AdapterRun:
                 for endpoint in scenario.endpoints
             },
             cpu=cpu,
+            cpu_ms={group: 1000 * used / counted if counted else math.nan for group, used in cpu.seconds.items()},
+            proxy=args.proxy,
             postgres=postgres,
             seats=seat_figures(inventory, bookings),
             failures=list(recorder.failures.values()),
         )
         if isinstance(scenario, Hot):
-            result.hot_flight = seat_figures(inventory, bookings, {fixtures.hot_flight})
-            if result.hot_flight.available == 0 and scenario.last_sale is not None:
-                result.sold_out_after = scenario.last_sale - measure_from
+            chain = seat_figures(inventory, bookings, set(scenario.chain))
+            sold_out = scenario.chain[: scenario.on_sale]
+            # A flight found sold out (409 insufficient_seats for 2 seats) must have none left:
+            # every booking takes 2 and the capacity is even.
+            left = seat_figures(inventory, bookings, set(sold_out)).available if sold_out else 0
+            if left:
+                violation = f"the {len(sold_out)} hot flights found sold out have {left} seats left"
+                chain.violations.append(violation)
+                result.seats.violations.append(violation)
+            result.hot_flight, result.hot_flights, result.hot_sold_out = chain, len(scenario.chain), len(sold_out)
         return result
 
 
@@ -872,6 +962,31 @@ def cpu_text(cpu: CpuFigures) -> str:
     return f"host busy {cpu.host_busy:.0f}% = " + ", ".join(parts)
 
 
+def cpu_groups(result: ScenarioResult) -> dict[str, float]:
+    """CPU ms per flow or request by group: the app (the Bookings gunicorns together), the
+    Flights gunicorn (http adapter), nginx, PostgreSQL's backends, the bench; NaN if unknown."""
+    ms_of = result.cpu_ms
+    groups = {
+        "app": sum(value for name, value in ms_of.items() if name.startswith("bookings")) if ms_of else math.nan,
+        "flights": ms_of.get("flights", math.nan),
+        "nginx": sum(value for name, value in ms_of.items() if name.startswith("nginx"))
+        if result.proxy == "nginx"
+        else math.nan,
+        "PostgreSQL": ms_of.get("PostgreSQL", math.nan),
+        "bench": ms_of.get("bench", math.nan),
+    }
+    if "PostgreSQL" not in ms_of:  # No /proc: the bench's own alone.
+        groups["app"] = math.nan
+    return groups
+
+
+def cpu_ms_text(result: ScenarioResult) -> str:
+    groups = {name: value for name, value in cpu_groups(result).items() if not math.isnan(value)}
+    served = sum(value for name, value in groups.items() if name != "bench")
+    parts = [f"{name} {value:.2f}" for name, value in groups.items()]
+    return ", ".join(parts) + (f" (the servers together {served:.2f})" if len(groups) > 1 else "")
+
+
 def seats_text(seats: SeatFigures) -> str:
     return (
         f"capacity {seats.capacity}, sold {seats.capacity - seats.available} (ledger holds {seats.held}, "
@@ -883,8 +998,9 @@ def seats_text(seats: SeatFigures) -> str:
 def print_scenario(adapter: str, result: ScenarioResult, args: argparse.Namespace) -> None:
     flows = f", {result.flows} flows" if result.unit == "flows" else ""
     requests = f", {result.requests_per_second:.1f} req/s" if result.unit == "flows" else ""
+    proxy = ", through nginx" if result.proxy == "nginx" else ""
     print(
-        f"\n[{adapter}] {result.name}: {result.users} users, {result.seconds:.1f} s measured "
+        f"\n[{adapter}] {result.name}: {result.users} users{proxy}, {result.seconds:.1f} s measured "
         f"(after {args.warmup:g} s warm-up){flows}: {rate_text(result)}{requests}"
     )
     rows = [
@@ -900,6 +1016,7 @@ def print_scenario(adapter: str, result: ScenarioResult, args: argparse.Namespac
     ]
     print(table(["endpoint", "n", "p50 ms", "p95 ms", "p99 ms", "answers"], rows, indent="  "))
     pg = result.postgres
+    print(f"  CPU ms per {result.per}: {cpu_ms_text(result)}")
     print(f"  CPU, % of one core ({CORES} cores: {100 * CORES}%): {cpu_text(result.cpu)}")
     print(
         f"  PostgreSQL backends active {pg.active_mean:.1f} (max {pg.active_max}), "
@@ -907,12 +1024,12 @@ def print_scenario(adapter: str, result: ScenarioResult, args: argparse.Namespac
     )
     print(f"  seats, all {result.seats.flights} flights: {seats_text(result.seats)}")
     if result.hot_flight is not None:
-        sold_out = (
-            f"sold out {result.sold_out_after:.1f} s into the measured window"
-            if result.sold_out_after is not None
-            else f"NOT sold out ({result.hot_flight.available} seats left)"
+        pace = f", one every {result.seconds / result.hot_sold_out:.1f} s" if result.hot_sold_out else ""
+        ran_out = "; the chain RAN OUT: the window ended early" if result.hot_sold_out == result.hot_flights else ""
+        print(
+            f"  hot flights, one on sale at a time: {result.hot_sold_out} of {result.hot_flights} sold out{pace}"
+            f"{ran_out}; {seats_text(result.hot_flight)}"
         )
-        print(f"  hot flight: {sold_out}; {seats_text(result.hot_flight)}")
     for violation in result.seats.violations[:SHOWN_FAILURES]:
         print(f"  - {violation}")
     if result.failures:
@@ -926,26 +1043,38 @@ def summary_rows(results: dict[str, list[ScenarioResult]]) -> list[list[str]]:
     """Per adapter, scenario and endpoint: throughput and p50 as ratios of the same run's baseline."""
     rows = []
     for adapter, scenarios in results.items():
-        baseline = next((result for result in scenarios if result.name == "baseline"), None)
-        base_rate = baseline.rate if baseline else math.nan
-        base_p50 = baseline.endpoints[GET_FLIGHT].p50_ms if baseline else math.nan
+        baselines = {result.users: result for result in scenarios if result.name == "baseline"}
         for result in scenarios:
+            # The baseline at as many users, else the first one run.
+            baseline = baselines.get(result.users) or next(iter(baselines.values()), None)
+            base_rate = baseline.rate if baseline else math.nan
+            base_p50 = baseline.endpoints[GET_FLIGHT].p50_ms if baseline else math.nan
+            groups = cpu_groups(result)
             for position, (endpoint, figures) in enumerate(result.endpoints.items()):
                 first = position == 0
+                cpu = [cpu_ms(groups[name]) if first else "" for name in CPU_COLUMNS]
                 rows.append(
                     [
                         adapter if first else "",
                         result.name if first else "",
+                        str(result.users) if first else "",
                         rate_text(result) if first else "",
                         ratio(result.rate, base_rate) if first else "",
+                        *cpu,
                         endpoint,
                         ms(figures.p50_ms),
                         ratio(figures.p50_ms, base_p50),
-                        ms(figures.p95_ms),
                         ms(figures.p99_ms),
                     ]
                 )
     return rows
+
+
+def cpu_ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+CPU_COLUMNS = ("app", "flights", "nginx", "PostgreSQL", "bench")
 
 
 def ratio(value: float, base: float) -> str:
@@ -955,12 +1084,13 @@ def ratio(value: float, base: float) -> str:
 SUMMARY_HEADERS = [
     "adapter",
     "scenario",
+    "users",
     "throughput",
     "÷ baseline",
+    *(f"{name} CPU ms" for name in CPU_COLUMNS),
     "endpoint",
     "p50 ms",
     "÷ baseline p50",
-    "p95 ms",
     "p99 ms",
 ]
 
@@ -978,18 +1108,35 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "postgresql": postgres,
         "bookings_gunicorn": (f"{args.hosts} hosts of " if args.hosts > 1 else "")
-        + f"{args.workers} workers x {args.threads} threads",
-        "flights_gunicorn": f"{args.flights_workers} workers x {args.flights_threads} threads",
+        + size_text(args.workers, args.threads, args.worker_class),
+        "flights_gunicorn": size_text(args.flights_workers, args.flights_threads, args.flights_worker_class),
+        "proxy": f"nginx {nginx_version()} (deploy/nginx.conf, max_conns {args.max_conns})"
+        if args.proxy == "nginx"
+        else "none",
         "load_average_at_start": round(os.getloadavg()[0], 2),
     }
 
 
+def size_text(workers: int, threads: int, worker_class: str) -> str:
+    return f"{workers} sync workers" if worker_class == "sync" else f"{workers} workers x {threads} threads"
+
+
+def nginx_version() -> str:
+    try:
+        found = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True, timeout=10).stderr
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return "?"
+    return found.strip().rpartition("/")[2] or "?"
+
+
 def machine_text(info: dict[str, Any], args: argparse.Namespace) -> str:
     flights = f"; Flights service (http adapter) {info['flights_gunicorn']}" if "http" in args.adapter else ""
+    users = ", ".join(str(level) for level in args.concurrency)
     return (
         f"{info['cores']} cores, {info['ram_gib']} GiB RAM, {info['platform']}, Python {info['python']}, "
         f"PostgreSQL {info['postgresql']}; Bookings gunicorn {info['bookings_gunicorn']}{flights}; "
-        f"{args.concurrency} users, {args.duration:g} s per scenario after {args.warmup:g} s warm-up, "
+        f"proxy {info['proxy']}; "
+        f"{users} users, {args.duration:g} s per scenario after {args.warmup:g} s warm-up, "
         f"payment delay {args.payment_delay_ms} ms; the bench runs on the same cores; "
         f"load average {info['load_average_at_start']} at the start"
     )
@@ -1020,7 +1167,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.log_dir = Path(tempfile.mkdtemp(prefix="bench-load-"))
-        self.servers: list[Gunicorn] = []
+        self.servers: list[Gunicorn | Nginx] = []
         self.runs: list[AdapterRun] = []
         self.failed = True  # Until the checks pass: keep the logs.
         self.torn_down = False
@@ -1048,7 +1195,10 @@ class Bench:
         cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
         wall = time.perf_counter() - wall_before
         rows = summary_rows(results)
-        print("\nsummary (throughput: flows/s for spread and hot, a flow being a booking and its payment; req/s else):")
+        print(
+            "\nsummary (throughput: flows/s for spread and hot, a flow being a booking and its payment; req/s else; "
+            "CPU ms: per flow, or per request for baseline and read):"
+        )
         print(table(SUMMARY_HEADERS, rows, indent="  "))
         if args.markdown:
             print(f"\nMachine: {machine_text(info, args)}.\n")
@@ -1135,13 +1285,47 @@ def choices(allowed: tuple[str, ...]) -> Any:
     return parse
 
 
+def levels(text: str) -> list[int]:
+    try:
+        chosen = sorted({int(item) for item in text.split(",") if item.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError("numbers of users, comma-separated (e.g. 10,50)") from None
+    if not chosen:
+        raise argparse.ArgumentTypeError("at least one number of users")
+    return chosen
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", type=choices(SCENARIOS), default=list(SCENARIOS), help="default: all")
     parser.add_argument("--adapter", type=choices(ADAPTERS), default=list(ADAPTERS), help="default: both")
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per scenario (default 15)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds not counted first (default 2)")
-    parser.add_argument("--concurrency", type=int, default=32, help="virtual users, a customer each (default 32)")
+    parser.add_argument(
+        "--concurrency",
+        type=levels,
+        default=list(DEFAULT_LEVELS),
+        help="virtual users (a customer each); a comma-separated list runs every scenario at each "
+        f"(default {','.join(map(str, DEFAULT_LEVELS))})",
+    )
+    parser.add_argument(
+        "--proxy",
+        choices=("nginx", "none"),
+        default="nginx",
+        help="nginx (deploy/nginx.conf) in front of each Bookings gunicorn, as in production (default), or none",
+    )
+    parser.add_argument(
+        "--max-conns",
+        type=int,
+        default=DEFAULT_MAX_CONNS,
+        help=f"requests nginx lets into a gunicorn at once, then 503 (default {DEFAULT_MAX_CONNS})",
+    )
+    parser.add_argument(
+        "--worker-class",
+        choices=("gthread", "sync"),
+        default="gthread",
+        help="the Bookings gunicorn's worker class (sync: one thread per worker; default gthread)",
+    )
     parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help=f"default 2 x cores + 1 = {DEFAULT_WORKERS}"
     )
@@ -1156,6 +1340,9 @@ def parse_args() -> argparse.Namespace:
         help=f"the Flights service's, http adapter (default cores + 1 = {DEFAULT_FLIGHTS_WORKERS})",
     )
     parser.add_argument("--flights-threads", type=int, default=DEFAULT_THREADS, help=f"default {DEFAULT_THREADS}")
+    parser.add_argument(
+        "--flights-worker-class", choices=("gthread", "sync"), default="gthread", help="default gthread"
+    )
     parser.add_argument("--payment-delay-ms", type=int, default=0, help="the simulated gateway's delay (default 0)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the users' choices (default 1)")
     parser.add_argument("--markdown", action="store_true", help="print the summary as a markdown table too")
@@ -1166,13 +1353,18 @@ def parse_args() -> argparse.Namespace:
         default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432"),
         help="PostgreSQL server, no database name (default $BENCH_PG_URL or postgres://postgres@127.0.0.1:5432)",
     )
+    parser.add_argument(
+        "--db-prefix",
+        default=DATABASE_PREFIX,
+        help=f"names of the throw-away databases, for runs side by side on one server (default {DATABASE_PREFIX})",
+    )
     parser.add_argument("--django-task", action="store_true", help=argparse.SUPPRESS)  # See run_django_task.
     parser.add_argument("--users", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.concurrency < 1 or args.duration <= 0 or args.warmup < 0:
-        parser.error("--concurrency must be at least 1, --duration more than 0, --warmup at least 0")
-    if not 1 <= args.hosts <= args.concurrency:
-        parser.error("--hosts must be from 1 to --concurrency")
+    if min(args.concurrency) < 1 or args.duration <= 0 or args.warmup < 0 or args.max_conns < 1:
+        parser.error("--concurrency and --max-conns must be at least 1, --duration more than 0, --warmup at least 0")
+    if not 1 <= args.hosts <= min(args.concurrency):
+        parser.error("--hosts must be from 1 to the lowest --concurrency")
     return args
 
 
