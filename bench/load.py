@@ -1,6 +1,8 @@
-"""Load benchmark: the service under gunicorn on a throw-away PostgreSQL database, driven for a
-fixed time per scenario by `--concurrency` virtual users (asyncio + aiohttp, one session), with
-the in-process and with the HTTP Flights adapter.
+"""Load benchmark: the service under gunicorn behind nginx (deploy/nginx.conf; `--proxy none`
+for gunicorn alone) on a throw-away PostgreSQL database, driven for a fixed time per scenario by
+`--concurrency` virtual users (asyncio + aiohttp, one session), with the in-process and with the
+HTTP Flights adapter (whose Flights service, internal, is called directly). Each scenario runs
+once per level of `--concurrency` (default 10 and 50 users).
 
 Scenarios, each after a warm-up that is not counted:
 
@@ -12,12 +14,14 @@ Scenarios, each after a warm-up that is not counted:
   on its own database), so that the ratios are of one and the same server.
 - read: GET /api/v1/bookings/{id} and GET /api/v1/bookings?pageSize=20, on the user's own
   20 bookings, made through the API before the load.
-- spread: POST /api/v1/bookings (1 to 4 seats) on one of 50 flights that do not sell out,
-  then POST /api/v1/payments with a fresh Idempotency-Key and the booking's totalCost. A flow
-  is both answered 201.
-- hot: everyone books 2 seats on one flight (concurrency x 20 seats) and pays, until it is
-  sold out: lock contention on the flight's row. A user stops at 409 insufficient_seats; the
-  scenario ends when every user has, or at `--duration`.
+- spread: POST /api/v1/bookings (1 to 4 seats) on one of 20 flights made for the run, that do
+  not sell out, then POST /api/v1/payments with a fresh Idempotency-Key and the booking's
+  totalCost. A flow is both answered 201.
+- hot: everyone books 2 seats on one 1,000-seat flight and pays: lock contention on the
+  flight's row. The first 409 insufficient_seats moves everyone on to the next flight of a
+  chain made long enough for `--duration`, so there is one hot flight at a time for the whole
+  window; every flight of the chain is checked (sold out to the last seat, ledger and
+  bookings agreeing).
 
 `--hosts N` starts N Bookings gunicorns on the one database, as N app hosts would be, and
 gives each user one of them in turn: the seat checks then hold across hosts.
@@ -32,16 +36,20 @@ seats held by the ledger (flights SeatHold) = available + seats of bookings hold
 (INITIATED, PENDING, BOOKED); oversold = seats held beyond capacity, which must be 0.
 
 Prints per scenario the rate (flows/s, or requests/s for baseline and read), per endpoint n,
-p50/p95/p99 and the answers by status and code, where the CPU went (each gunicorn, the
-PostgreSQL backends of its databases, this process, and anything else on the host: the bench
-shares the cores with the servers) and how many backends waited on a lock; then a summary with
-every figure as a ratio to the baseline of the same run (`--markdown` prints it for docs/performance.md
-too) and the machine. `--json PATH` writes the raw figures. Exits 1 if a seat check failed,
+p50/p95/p99 and the answers by status and code, the CPU milliseconds per flow (per request for
+baseline and read) of each process group (the Bookings gunicorn(s), the Flights gunicorn,
+nginx, the PostgreSQL backends of the bench's databases, this process: CPU seconds in the
+measured window over the flows or requests counted, the figure that stays stable on a shared
+machine), where the CPU went in % of a core (anything else on the host too: the bench shares
+the cores with the servers) and how many backends waited on a lock; then a summary with the
+CPU ms and every rate as a ratio to the baseline of the same run (`--markdown` prints it for
+docs/performance.md too) and the machine. `--json PATH` writes the raw figures. Exits 1 if a seat check failed,
 an answer was 5xx (or anything but 2xx and 409), a request got no answer, or a server logged
 a 500; 2 if the run could not be made.
 
 Run: `.venv/bin/python bench/load.py [--scenarios baseline,read,spread,hot] [--adapter inprocess,http]
-[--duration 15] [--warmup 2] [--concurrency 32] [--markdown] [--json PATH]`.
+[--duration 10] [--warmup 2] [--concurrency 10,50] [--proxy nginx|none] [--worker-class gthread|sync]
+[--markdown] [--json PATH]`.
 CI smoke: `--duration 2 --warmup 0.5 --concurrency 4`.
 """
 
@@ -1299,7 +1307,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", type=choices(SCENARIOS), default=list(SCENARIOS), help="default: all")
     parser.add_argument("--adapter", type=choices(ADAPTERS), default=list(ADAPTERS), help="default: both")
-    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per scenario (default 15)")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds not counted first (default 2)")
     parser.add_argument(
         "--concurrency",
