@@ -4,7 +4,10 @@ answers 500, while its processes die.
 How: two throw-away PostgreSQL databases and two gunicorns on loopback ports, as in
 production with a remote inventory: the Flights service (our `flights` API on its own
 database) and the Bookings service (bookings and payments, the simulated gateway slowed a
-little, talking to Flights over HTTP with the shared service token). Client threads book,
+little, talking to Flights over HTTP with the shared service token), the Bookings service
+behind nginx with the production config (deploy/nginx.conf; `--proxy none` to talk to
+gunicorn directly): a killed worker's requests then reach clients as nginx's 503
+service_unavailable with Retry-After rather than as lost connections. Client threads book,
 pay with an Idempotency-Key (retrying the same key on 503, 409 in use and lost
 connections), cancel some bookings paid or not, and walk away from others. Meanwhile
 chaos threads SIGKILL the whole Flights service (and restart it) and single Bookings
@@ -56,6 +59,7 @@ import requests
 from psycopg.rows import dict_row
 from serving import (
     Gunicorn,
+    Nginx,
     drop_database,
     finish,
     last_line_json,
@@ -67,7 +71,11 @@ from serving import (
 )
 
 PYTHON = sys.executable
-DATABASES = {"bookings": "flight_bookings_chaos_bookings", "flights": "flight_bookings_chaos_flights"}
+DATABASE_PREFIX = "flight_bookings_chaos"
+ROLES = ("bookings", "flights")
+# nginx lets this many requests into the Bookings gunicorn at once: more than the clients,
+# so that nothing is shed here (bench/overload.py shows shedding).
+MAX_CONNS = 64
 
 HOLD_MINUTES = 10
 PAYMENT_DELAY_MS = 30
@@ -521,9 +529,10 @@ def check_money(
 class ChaosRun:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.urls = {role: f"{args.pg_url}/{name}" for role, name in DATABASES.items()}
+        self.databases = {role: f"{args.db_prefix}_{role}" for role in ROLES}
+        self.urls = {role: f"{args.pg_url}/{name}" for role, name in self.databases.items()}
         self.log_dir = Path(tempfile.mkdtemp(prefix="chaos-"))
-        self.servers: list[Gunicorn] = []
+        self.servers: list[Gunicorn | Nginx] = []
         self.secret_key = secrets.token_urlsafe(50)
         self.service_token = secrets.token_urlsafe(24)
         self.failed = True  # Until the checks pass: keep the logs.
@@ -539,6 +548,7 @@ class ChaosRun:
             FLIGHT_SERVICE_TOKEN=self.service_token,
             BOOKING_HOLD_MINUTES=str(HOLD_MINUTES),
             PAYMENT_SIMULATED_DELAY_MS=str(PAYMENT_DELAY_MS),
+            NUM_PROXIES="1" if role == "bookings" and self.args.proxy == "nginx" else "0",
         )
 
     def execute(self) -> int:
@@ -548,8 +558,14 @@ class ChaosRun:
         self.flights = self.serve("flights", flights_env, workers=2)
         bookings_env = self.env("bookings", flights_url=self.flights.url)
         self.bookings = self.serve("bookings", bookings_env, workers=3)
+        # What clients talk to: nginx in front of the Bookings gunicorn, as in production.
+        self.front: Gunicorn | Nginx = self.bookings
+        if args.proxy == "nginx":
+            self.front = Nginx("bookings", self.bookings, max_conns=MAX_CONNS, log_dir=self.log_dir)
+            self.servers.append(self.front)
+            self.front.start()
         self.flights.wait_ready("/healthz", "/readyz")
-        self.bookings.wait_ready("/healthz", "/readyz")
+        self.front.wait_ready("/healthz", "/readyz")
         self.lap("setup")
 
         stats = Stats()
@@ -557,7 +573,7 @@ class ChaosRun:
         clients = [
             Client(
                 token=token,
-                base_url=self.bookings.url,
+                base_url=self.front.url,
                 flight_ids=flight_ids,
                 stats=stats,
                 seed=f"{args.seed}:{index}",
@@ -583,6 +599,7 @@ class ChaosRun:
         if errors:
             raise RuntimeError(f"{len(errors)} client or chaos thread(s) failed, first: {errors[0]!r}") from errors[0]
         self.lap("load")
+        self.front.stop()
         self.bookings.stop()  # Nothing is in flight any more: cleanup and the checks see a still picture.
         self.flights.wait_ready("/healthz")
 
@@ -600,7 +617,7 @@ class ChaosRun:
 
     def set_up(self) -> tuple[list[int], list[str]]:
         """Both databases afresh, migrated and seeded at once: flights, and a customer per client."""
-        for name in DATABASES.values():
+        for name in self.databases.values():
             recreate_database(self.args.pg_url, name)
         flights = start_task("set-up-flights", self.env("flights"))
         users = start_task("set-up-bookings", self.env("bookings"), clients=self.args.clients)
@@ -623,7 +640,8 @@ class ChaosRun:
         """Print the figures; True if anything failed."""
         args = self.args
         flows = stats.flows
-        print(f"chaos: {args.duration:g} s, {args.clients} clients, seed {args.seed}")
+        proxy = "through nginx" if args.proxy == "nginx" else "to gunicorn directly"
+        print(f"chaos: {args.duration:g} s, {args.clients} clients {proxy}, seed {args.seed}")
         attempted = sum(flows.values())
         main = ("booked", "paid-then-cancelled", "cancelled-unpaid", "abandoned")
         others = [f"{name} {count}" for name, count in sorted(flows.items()) if name not in main]
@@ -692,10 +710,10 @@ class ChaosRun:
         for server in self.servers:
             server.kill()
         if not self.args.keep:
-            for name in DATABASES.values():
+            for name in self.databases.values():
                 drop_database(self.args.pg_url, name)
         if self.args.keep:
-            print(f"kept: databases {', '.join(DATABASES.values())}; server logs in {self.log_dir}")
+            print(f"kept: databases {', '.join(self.databases.values())}; server logs in {self.log_dir}")
         elif self.failed:
             print(f"server logs kept in {self.log_dir}")
         else:
@@ -711,6 +729,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--outages", type=int, default=4, help="Flights service outages at most (default 4)")
     parser.add_argument("--worker-kills", type=int, default=10, help="Bookings workers killed at most (default 10)")
     parser.add_argument("--keep", action="store_true", help="keep the two databases and the server logs")
+    parser.add_argument(
+        "--proxy",
+        choices=("nginx", "none"),
+        default="nginx",
+        help="nginx (deploy/nginx.conf) in front of the Bookings gunicorn, as in production (default), or none",
+    )
+    parser.add_argument(
+        "--db-prefix", default=DATABASE_PREFIX, help=f"the two databases' names start so (default {DATABASE_PREFIX})"
+    )
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("CHAOS_PG_URL", "postgres://postgres@127.0.0.1:5432"),
