@@ -1,7 +1,10 @@
 """The one way bookings reach flight inventory (docs/design.md#the-flights-service-boundary): a port, two adapters.
 
-- `InProcessFlightGateway` (default) calls the `flights` app's services; each call is its
-  own transaction, exactly as if the service were remote.
+- `InProcessFlightGateway` (default) calls the `flights` app's services. The inventory is
+  in our database, so a reserve joins the booking's own transaction (`joins_transactions`):
+  booking, hold and seats commit together, with no saga to walk. Built with
+  `joins_transactions=False` it commits each call on its own, exactly as if the service were
+  remote, to run the HTTP adapter's saga against the real ledger (the saga's tests do).
 - `HttpFlightGateway` (when `FLIGHT_SERVICE_URL` is set) speaks the Flights API over HTTP:
   ours, or the seed's Node Flights Service with its envelope and quirks.
 
@@ -57,6 +60,10 @@ class SeatChange:
 
 
 class FlightGateway(Protocol):
+    # True when seats can be taken inside the caller's database transaction
+    # (`take_seats` + `hold_seats`); else every call commits on its own and the caller runs the saga.
+    joins_transactions: bool
+
     def get_flight(self, flight_id: int) -> FlightInfo: ...
 
     def reserve_seats(self, *, flight_id: int, seats: int, ref: str) -> SeatChange: ...
@@ -67,7 +74,23 @@ class FlightGateway(Protocol):
 
 
 class InProcessFlightGateway:
-    """Calls `flights` directly. Each call commits on its own, like a remote call would."""
+    """Calls `flights` directly: joined to the caller's transaction, or each call committing
+    on its own as a remote call would (`joins_transactions=False`)."""
+
+    def __init__(self, *, joins_transactions: bool = True) -> None:
+        self.joins_transactions = joins_transactions
+
+    def take_seats(self, *, flight_id: int, seats: int) -> Decimal:
+        """Inside the caller's transaction: take the seats (the flight stays locked to its
+        end) and answer the seat price. Record the hold with `hold_seats` before committing."""
+        from flights import services
+
+        return services.flight_seats_take(flight_id=flight_id, seats=seats)
+
+    def hold_seats(self, *, flight_id: int, seats: int, ref: str) -> None:
+        from flights import services
+
+        services.seat_hold_add(flight_id=flight_id, seats=seats, ref=ref)
 
     def get_flight(self, flight_id: int) -> FlightInfo:
         from flights import selectors
@@ -114,6 +137,9 @@ class HttpFlightGateway:
     blindly), `X-Request-ID`, and the service token as a Bearer token; the booking's hold
     reference goes with every seat change.
     """
+
+    # Another service, another database: every seat change commits there, and the booking's saga compensates.
+    joins_transactions = False
 
     def __init__(self, *, base_url: str, token: str = "", timeout: float = 5.0, retries: int = 2) -> None:
         # 500 is not retried: the seed answers 500 for an unknown flight, and for real faults.

@@ -1,9 +1,11 @@
 """Booking writes: the saga between a booking row and the Flights service (docs/design.md#the-saga, #state-machine).
 
-Writing the booking and reserving its seats commit separately (the Flights service may be
-another process), so every step has a compensation and every compensation is idempotent:
-seat changes carry the booking's hold reference, and `Booking.seats_state` moves only by
-compare-and-set, so that seats go back exactly once whoever tries, however often.
+In process, the inventory shares our database and a booking takes its seats in its own
+transaction: nothing to compensate. Over HTTP (another process, another database), writing
+the booking and reserving its seats commit separately, so every step has a compensation
+and every compensation is idempotent: seat changes carry the booking's hold reference, and
+`Booking.seats_state` moves only by compare-and-set, so that seats go back exactly once
+whoever tries, however often.
 
 No database transaction or row lock is held across a call to the Flights service.
 """
@@ -78,6 +80,8 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
     (`NotFound`, `InsufficientSeats`, ...) or `FlightServiceUnavailable`.
     """
     gateway = get_flight_gateway()
+    if gateway.joins_transactions:
+        return _book_in_one_transaction(gateway, user=user, flight_id=flight_id, seats=seats)
     flight = gateway.get_flight(flight_id)
     if flight.available_seats < seats:
         raise InsufficientSeats(f"Flight {flight_id} has {max(flight.available_seats, 0)} seat(s) left; {seats} asked.")
@@ -119,6 +123,28 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
             _set_seats_state(booking, expect=SeatsState.RECONCILE, to=SeatsState.RESERVED, flight_keeps_holds=False)
         booking_release_seats(booking_id=booking.pk, gateway=gateway)
     booking.refresh_from_db()
+    return booking
+
+
+def _book_in_one_transaction(gateway: FlightGateway, *, user: AbstractBaseUser, flight_id: int, seats: int) -> Booking:
+    """Seats, booking, hold and event commit together or not at all: a failure anywhere,
+    even at COMMIT, leaves no half to compensate (docs/design.md#the-flights-service-boundary)."""
+    with transaction.atomic():
+        price = gateway.take_seats(flight_id=flight_id, seats=seats)
+        booking = Booking.objects.create(
+            user=user,
+            flight_id=flight_id,
+            seats=seats,
+            total_cost=(price * seats).quantize(CENT),
+            status=Status.INITIATED,
+            seats_state=SeatsState.RESERVED,
+            flight_keeps_holds=True,
+            expires_at=timezone.now() + dt.timedelta(minutes=settings.BOOKING_HOLD_MINUTES),
+        )
+        gateway.hold_seats(flight_id=flight_id, seats=seats, ref=booking.hold_ref)
+        record_status_change(
+            booking_id=booking.pk, from_status="", to_status=Status.INITIATED, reason=BookingEvent.Reason.CREATED
+        )
     return booking
 
 

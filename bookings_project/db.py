@@ -1,21 +1,56 @@
 """Database helpers shared by every app's services."""
 
+import contextlib
+from collections.abc import Iterator
+
 from django.conf import settings
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, transaction
+from django.db.backends.signals import connection_created
+
+
+@contextlib.contextmanager
+def may_conflict() -> Iterator[None]:
+    """Around one statement that may break a unique constraint (an INSERT that claims a key).
+
+    Outside a transaction the statement commits on its own, and a conflict leaves nothing to
+    undo: no BEGIN, no COMMIT, one statement. Inside one, a savepoint, so that the conflict
+    leaves the transaction usable (PostgreSQL aborts it otherwise).
+    """
+    if connection.in_atomic_block:
+        with transaction.atomic():
+            yield
+    else:
+        yield
 
 
 def bound_lock_wait() -> None:
-    """Bound how long the current transaction waits for row locks.
+    """Bound how long this connection waits for row locks: at most `LOCK_TIMEOUT_MS`.
 
-    Call it first thing inside `transaction.atomic()`, before `select_for_update()`. On
-    PostgreSQL a wait past `LOCK_TIMEOUT_MS` raises `lock_not_available`, which the
-    exception handler answers with 409 `resource_busy` and `Retry-After`, never a hung
-    request. SQLite serialises writers with BEGIN IMMEDIATE and its busy timeout instead.
+    Call it first thing inside `transaction.atomic()`, before taking a lock. On PostgreSQL a
+    wait past it raises `lock_not_available`, which the exception handler answers with 409
+    `resource_busy` and `Retry-After`, never a hung request. The bound is the connection's
+    own (set when it opens, see `_bound_new_connections`), so this sends a statement only when
+    the setting has changed since (a test's override); SQLite serialises writers with BEGIN
+    IMMEDIATE and its busy timeout instead.
     """
+    if connection.vendor == "postgresql" and getattr(connection, "lock_timeout_ms", None) != settings.LOCK_TIMEOUT_MS:
+        _set_lock_timeout(connection)
+
+
+def _set_lock_timeout(wrapper) -> None:
+    with wrapper.cursor() as cursor:
+        # Session-wide, not SET LOCAL: one statement per connection, not one per transaction.
+        cursor.execute("SELECT set_config('lock_timeout', %s, false)", [f"{settings.LOCK_TIMEOUT_MS}ms"])
+    wrapper.lock_timeout_ms = settings.LOCK_TIMEOUT_MS
+
+
+def _bound_new_connections(sender, connection, **kwargs) -> None:
+    """Every PostgreSQL connection we open waits at most LOCK_TIMEOUT_MS for any lock."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            # SET LOCAL ends with the transaction, so pooled connections are unaffected.
-            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{settings.LOCK_TIMEOUT_MS}ms"])
+        _set_lock_timeout(connection)
+
+
+connection_created.connect(_bound_new_connections, dispatch_uid="bookings_project.db.lock_timeout")
 
 
 def is_lock_contention(error: OperationalError) -> bool:

@@ -1,4 +1,5 @@
-"""Writes to flight inventory. Each function is one short transaction."""
+"""Writes to flight inventory. Each function is one short transaction, except the pair
+`flight_seats_take` + `seat_hold_add`, which run inside the caller's (docs/design.md#the-flights-service-boundary)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from bookings_project.db import bound_lock_wait
@@ -73,6 +74,39 @@ def flight_seats_change(
         else:
             hold = _release(flight, hold, reservation, seats)
         return SeatChangeResult(flight=flight, hold=hold)
+
+
+def flight_seats_take(*, flight_id: int, seats: int) -> Decimal:
+    """Take `seats` on a flight inside the caller's transaction, which holds the flight's row
+    lock from here to its end; answers the seat price. Record the hold (`seat_hold_add`) in
+    the same transaction, so that seats, hold and whatever the caller writes commit together.
+
+    One conditional UPDATE, so a flight with fewer seats left refuses instead of overselling;
+    the database's check constraint stands behind it.
+    """
+    bound_lock_wait()
+    quote = connection.ops.quote_name
+    table, left, updated = quote(Flight._meta.db_table), quote("available_seats"), quote("updated_at")
+    with connection.cursor() as cursor:
+        # RETURNING (PostgreSQL, SQLite >= 3.35): the price comes with the change, not a second read.
+        cursor.execute(
+            f"UPDATE {table} SET {left} = {left} - %s, {updated} = %s "
+            f"WHERE {quote('id')} = %s AND {left} >= %s RETURNING {quote('price')}",
+            [seats, connection.ops.adapt_datetimefield_value(timezone.now()), flight_id, seats],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        available = Flight.objects.filter(pk=flight_id).values_list("available_seats", flat=True).first()
+        if available is None:
+            raise NotFound(f"Flight {flight_id} does not exist.")
+        raise InsufficientSeats(f"Flight {flight_id} has {available} seat(s) left; {seats} requested.")
+    return Flight._meta.get_field("price").to_python(row[0])
+
+
+def seat_hold_add(*, flight_id: int, seats: int, ref: str) -> None:
+    """The ledger's record of seats `flight_seats_take` took in this transaction, under a
+    reference that is new (a booking's own): it is released by reference like any other."""
+    SeatHold.objects.create(flight_id=flight_id, ref=ref, seats=seats, state=SeatHold.State.HELD)
 
 
 def _reserve(flight: Flight, hold: SeatHold | None, ref: str, seats: int) -> SeatHold:

@@ -28,6 +28,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from bookings_project import http_client
+from bookings_project.db import may_conflict
 from bookings_project.exceptions import PaymentGatewayUnavailable
 from payments.models import Payment, SimulatedCharge
 
@@ -121,11 +122,9 @@ class SimulatedPaymentGateway:
         return _pick_charge([_charge_of(record) for record in records])
 
     def _charge_once(self, *, amount: Decimal, currency: str, reference: str, key: str, decline: bool):
-        existing = SimulatedCharge.objects.filter(idempotency_key=key).first()
-        if existing is not None:
-            return existing
         try:
-            with transaction.atomic():
+            # A new key is the usual case: one INSERT; a repeat is told by the unique key.
+            with may_conflict():
                 return SimulatedCharge.objects.create(
                     charge_id=f"sim_ch_{uuid.uuid4().hex[:24]}",
                     idempotency_key=key,
@@ -136,7 +135,7 @@ class SimulatedPaymentGateway:
                     decline_reason="Declined by the simulated gateway." if decline else "",
                 )
         except IntegrityError:
-            # The same key raced us: its charge is the one.
+            # A repeat, or the same key racing us: the first charge is the one.
             return SimulatedCharge.objects.get(idempotency_key=key)
 
 

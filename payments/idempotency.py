@@ -25,9 +25,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.utils import timezone
 
+from bookings_project.db import may_conflict
 from bookings_project.errors import problem_body
 from bookings_project.exceptions import DomainError, IdempotencyKeyInUse, IdempotencyKeyReused
 from payments.models import IdempotencyKey
@@ -85,7 +86,7 @@ def _claim(*, user: AbstractBaseUser, key: str, fingerprint: str) -> Idempotency
     for _ in range(3):
         now = timezone.now()
         try:
-            with transaction.atomic():
+            with may_conflict():
                 return IdempotencyKey.objects.create(
                     user=user,
                     key=key,

@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from bookings.audit import record_status_change
 from bookings.models import Booking, BookingEvent
 from bookings.services import booking_expire, booking_move, booking_release_seats
 from bookings_project.db import bound_lock_wait
@@ -98,6 +99,14 @@ def _start_attempt(
 ) -> _Attempt:
     with transaction.atomic():
         bound_lock_wait()
+        own_booking = user_id in (None, caller.pk)
+        payment = own_booking and _start_first_attempt(
+            caller=caller, booking_id=booking_id, amount=amount, key=idempotency_key
+        )
+        if payment:
+            return _Attempt(payment=payment, charge_needed=True)
+        # Anything else (not the caller's own, staff paying, expired, paid, in progress, another
+        # amount): read it under its lock and say why.
         booking = Booking.objects.select_for_update().filter(pk=booking_id).first()
         if booking is None or not (caller.is_staff or booking.user_id == caller.pk):
             raise NotFound(f"Booking {booking_id} does not exist.")
@@ -148,7 +157,43 @@ def _start_attempt(
     return _Attempt(payment=payment, charge_needed=True)
 
 
+def _start_first_attempt(*, caller: AbstractBaseUser, booking_id: int, amount: Decimal, key: str) -> Payment | None:
+    """The usual case in one conditional UPDATE: the caller's own unpaid booking, seats held,
+    not expired, this amount. It takes the booking's row lock, moves it to PENDING and writes
+    the attempt; None (nothing written) when the booking is anything else."""
+    now = timezone.now()
+    started = Booking.objects.filter(
+        pk=booking_id,
+        user_id=caller.pk,
+        status=BookingStatus.INITIATED,
+        seats_state=Booking.SeatsState.RESERVED,
+        expires_at__gt=now,
+        total_cost=amount,
+    ).update(status=BookingStatus.PENDING, updated_at=now)
+    if not started:
+        return None
+    record_status_change(
+        booking_id=booking_id,
+        from_status=BookingStatus.INITIATED,
+        to_status=BookingStatus.PENDING,
+        reason=Reason.PAYMENT_STARTED,
+    )
+    return Payment.objects.create(
+        booking_id=booking_id,
+        user_id=caller.pk,
+        created_by=caller,
+        idempotency_key=key,
+        amount=amount,
+        currency=settings.CURRENCY,
+        attempted_at=now,
+    )
+
+
 def _record_charge(payment: Payment, charge: Charge, gateway: PaymentGateway) -> Payment:
+    if _record_answer(payment, charge):
+        if payment.status == PaymentStatus.DECLINED:
+            raise PaymentDeclined(payment.failure_reason or None)
+        return payment
     money_arrived_late = False
     with transaction.atomic():
         bound_lock_wait()
@@ -188,6 +233,51 @@ def _record_charge(payment: Payment, charge: Charge, gateway: PaymentGateway) ->
     if payment.status != PaymentStatus.SUCCEEDED:
         raise BookingNotPayable(f"Payment {payment.pk} ended {payment.status}.")
     return payment
+
+
+class _Moved(Exception):
+    """The booking was PENDING but its payment had moved on: undo, and look closer."""
+
+
+def _record_answer(payment: Payment, charge: Charge) -> bool:
+    """The usual case in two conditional UPDATEs: the booking still PENDING and this payment
+    still PROCESSING, so the gateway's answer settles both (BOOKED, or INITIATED to pay again
+    after a decline). False, with nothing written, when either had moved on meanwhile
+    (cleanup settled it): the caller then reads both under their locks."""
+    now = timezone.now()
+    if charge.money_taken:
+        status, failure, to, reason = PaymentStatus.SUCCEEDED, "", BookingStatus.BOOKED, Reason.PAYMENT_SUCCEEDED
+    else:
+        status, failure = PaymentStatus.DECLINED, charge.decline_reason[:255]
+        to, reason = BookingStatus.INITIATED, Reason.PAYMENT_DECLINED  # Pay again, with a new key.
+    settled = {
+        "status": status,
+        "failure_reason": failure,
+        "gateway_reference": charge.gateway_reference,
+        "completed_at": now,
+        "updated_at": now,
+    }
+    try:
+        with transaction.atomic():
+            # Booking, then payment: the order every writer locks them in.
+            if not Booking.objects.filter(pk=payment.booking_id, status=BookingStatus.PENDING).update(
+                status=to, updated_at=now
+            ):
+                return False
+            if not Payment.objects.filter(pk=payment.pk, status=PaymentStatus.PROCESSING).update(**settled):
+                raise _Moved()
+            record_status_change(
+                booking_id=payment.booking_id,
+                from_status=BookingStatus.PENDING,
+                to_status=to,
+                reason=reason,
+                actor=Actor.GATEWAY,
+            )
+    except _Moved:
+        return False
+    for field, value in settled.items():
+        setattr(payment, field, value)
+    return True
 
 
 def _record_not_charged(payment: Payment, reason: str) -> None:

@@ -9,8 +9,8 @@ Measured with real transactions (`transaction=True`), as production runs: Django
 BEGIN / COMMIT / ROLLBACK as statements. Inside a test transaction they would be savepoints,
 and a failed claim would cost ROLLBACK TO SAVEPOINT + RELEASE instead of one ROLLBACK.
 
-PostgreSQL sends one statement more per locked transaction: `bound_lock_wait`'s
-`set_config('lock_timeout', ...)` (bookings_project/db.py); SQLite has no lock timeout to set.
+Both databases send the same statements: PostgreSQL's lock-wait bound is set once per
+connection when it opens (bookings_project/db.py), not once per transaction.
 """
 
 import pytest
@@ -46,12 +46,10 @@ def _queries_of(client, url: str) -> tuple[int, dict]:
 
 
 def test_create_a_booking(user_client, flight, django_assert_max_num_queries):
-    # token auth 1; flight read (price, seats left) 1;
-    # booking + its event: BEGIN, INSERT booking, INSERT event, COMMIT 4;
-    # reserve (Flights): BEGIN, [PG lock_timeout], flight FOR UPDATE, hold by ref, UPDATE flight,
-    #   SAVEPOINT, INSERT hold, RELEASE SAVEPOINT, COMMIT 8 (+1);
-    # seats_state compare-and-set 1; booking re-read for the answer 1.
-    with django_assert_max_num_queries(_budget(sqlite=16, postgresql=17)):
+    # token auth 1; one transaction (the in-process inventory joins it): BEGIN, UPDATE flight
+    #   (seats left, RETURNING the price), INSERT booking, INSERT hold, INSERT event, COMMIT 6.
+    # It was 16 (17 on PostgreSQL) as a saga of separate commits with re-reads.
+    with django_assert_max_num_queries(_budget(sqlite=7, postgresql=7)):
         response = user_client.post(BOOKINGS, {"flightId": flight.pk, "numberOfSeats": 2}, format="json")
 
     assert response.status_code == 201, response.content
@@ -60,14 +58,15 @@ def test_create_a_booking(user_client, flight, django_assert_max_num_queries):
 
 def test_pay(user, user_client, flight, django_assert_max_num_queries):
     booking = initiated(user, flight)
-    # token auth 1; claim the key: BEGIN, INSERT key, COMMIT 3;
-    # start: BEGIN, [PG lock_timeout], booking FOR UPDATE, UPDATE booking PENDING, INSERT event,
-    #   INSERT payment, COMMIT 6 (+1);
-    # simulated gateway: charge by key, BEGIN, INSERT charge, COMMIT 4 (an HTTP call in production);
-    # record: BEGIN, [PG lock_timeout], booking FOR UPDATE, payment FOR UPDATE, UPDATE payment,
-    #   UPDATE booking BOOKED, INSERT event, COMMIT 7 (+1);
+    # token auth 1; claim the key: INSERT key (autocommit) 1;
+    # start: BEGIN, UPDATE booking PENDING (only if the caller's, unpaid, unexpired, this
+    #   amount), INSERT event, INSERT payment, COMMIT 5;
+    # simulated gateway: INSERT charge (autocommit) 1 (an HTTP call in production);
+    # record: BEGIN, UPDATE booking BOOKED (if still PENDING), UPDATE payment (if still
+    #   PROCESSING), INSERT event, COMMIT 5;
     # store the answer on the key 1.
-    with django_assert_max_num_queries(_budget(sqlite=22, postgresql=24)):
+    # It was 22 (24 on PostgreSQL): the claim in its own transaction, rows locked and re-read.
+    with django_assert_max_num_queries(_budget(sqlite=14, postgresql=14)):
         response = post_payment(user_client, booking.pk, "pay-once", booking.total_cost)
 
     assert response.status_code == 201, response.content
@@ -78,8 +77,8 @@ def test_replay_of_a_payment(user, user_client, flight, django_assert_max_num_qu
     booking = initiated(user, flight)
     first = post_payment(user_client, booking.pk, "pay-twice", booking.total_cost)
     assert first.status_code == 201, first.content
-    # token auth 1; claim the key: BEGIN, INSERT key (taken), ROLLBACK 3; the key's stored answer 1.
-    with django_assert_max_num_queries(_budget(sqlite=5, postgresql=5)):
+    # token auth 1; claim the key: INSERT key (taken) 1; the key's stored answer 1.
+    with django_assert_max_num_queries(_budget(sqlite=3, postgresql=3)):
         again = post_payment(user_client, booking.pk, "pay-twice", booking.total_cost)
 
     assert again.status_code == 201
@@ -90,11 +89,11 @@ def test_replay_of_a_payment(user, user_client, flight, django_assert_max_num_qu
 def test_cancel_an_unpaid_booking(user, user_client, flight, django_assert_max_num_queries):
     booking = initiated(user, flight)
     # token auth 1; booking, scoped to the caller 1; booking re-read by booking_cancel 1;
-    # cancel: BEGIN, [PG lock_timeout], booking FOR UPDATE, UPDATE booking, INSERT event, COMMIT 5 (+1);
-    # release: booking re-read 1; Flights: BEGIN, [PG lock_timeout], flight FOR UPDATE,
-    #   hold FOR UPDATE, UPDATE flight, UPDATE hold, COMMIT 6 (+1);
+    # cancel: BEGIN, booking FOR UPDATE, UPDATE booking, INSERT event, COMMIT 5;
+    # release: booking re-read 1; Flights: BEGIN, flight FOR UPDATE, hold FOR UPDATE,
+    #   UPDATE flight, UPDATE hold, COMMIT 6;
     # seats_state compare-and-set 1; booking re-read for the answer 1.
-    with django_assert_max_num_queries(_budget(sqlite=17, postgresql=19)):
+    with django_assert_max_num_queries(_budget(sqlite=17, postgresql=17)):
         response = user_client.post(f"{BOOKINGS}/{booking.pk}/cancel")
 
     assert response.status_code == 200, response.content
@@ -107,10 +106,10 @@ def test_cancel_a_paid_booking_refunds_it(user, user_client, flight, django_asse
     # UPDATE cancel_requested_at 1;
     # refund: SUCCEEDED payments of the booking 1, the payment by id 1, simulated gateway: BEGIN,
     #   charge FOR UPDATE, UPDATE charge, COMMIT 4; UPDATE payment REFUNDED 1, payment re-read 1;
-    # cancel: BEGIN, [PG lock_timeout], booking FOR UPDATE, standing charge EXISTS, UPDATE booking,
-    #   INSERT event, COMMIT 6 (+1);
-    # release as for an unpaid booking 9 (+1).
-    with django_assert_max_num_queries(_budget(sqlite=27, postgresql=29)):
+    # cancel: BEGIN, booking FOR UPDATE, standing charge EXISTS, UPDATE booking, INSERT event,
+    #   COMMIT 6;
+    # release as for an unpaid booking 9.
+    with django_assert_max_num_queries(_budget(sqlite=27, postgresql=27)):
         response = user_client.post(f"{BOOKINGS}/{booking.pk}/cancel")
 
     assert response.status_code == 200, response.content

@@ -1038,7 +1038,8 @@ class Faults:
 
 
 @pytest.fixture
-def faults(monkeypatch) -> Faults:
+def faults(monkeypatch, saga_in_process) -> Faults:
+    """Faults at the boundaries; bookings walk the saga, so that a reserve can fail alone."""
     faults = Faults()
     real_get, real_change = flight_selectors.flight_get, flight_services.flight_seats_change
     real_charge, real_refund = SimulatedPaymentGateway.charge, SimulatedPaymentGateway.refund

@@ -1,4 +1,5 @@
-"""The booking saga's failures with the in-process Flights adapter.
+"""The booking saga's failures against the in-process inventory, its calls committing one at a
+time (`saga_in_process`) as they do over HTTP.
 
 The faults are injected at the boundary only: the `flights` app's functions are wrapped so
 that a call fails before doing its work, or does it and then loses the answer (as a
@@ -28,7 +29,9 @@ from tests.helpers import assert_bookings_match_ledger, assert_problem, flight_r
 from tests.support.api import post_booking
 from workflows.services import booking_cancel
 
-pytestmark = pytest.mark.django_db
+# The in-process adapter joins the booking's transaction by default; here it commits each
+# call on its own, so that the saga runs as it does over HTTP.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("saga_in_process")]
 
 real_seats_change = flight_services.flight_seats_change
 real_flight_get = flight_selectors.flight_get

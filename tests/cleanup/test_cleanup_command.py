@@ -219,6 +219,7 @@ def test_a_pending_booking_whose_answer_was_lost_is_booked_not_expired(user, fli
     assert cleanup().lines == [summary()]
 
 
+@pytest.mark.usefixtures("saga_in_process")  # Only the saga has a booking without its seats.
 @pytest.mark.parametrize("reserved", [False, True], ids=["died-before-reserving", "died-after-reserving"])
 def test_a_booking_whose_creator_died_mid_reserve_is_expired_and_whatever_was_taken_comes_back(
     user, flight, clock, monkeypatch, reserved
