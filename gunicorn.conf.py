@@ -18,7 +18,12 @@ from django.conf import settings  # noqa: E402
 wsgi_app = "bookings_project.wsgi:application"
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # Threads share a worker's memory and answer while another thread waits on the database
-# or a remote call (the GIL is released on I/O); processes use every core.
+# or a remote call (the GIL is released on I/O); processes use every core. Behind nginx
+# (deploy/nginx.conf), which buffers bodies and answers, the sync worker would be safe from
+# slow clients too; measured on 2 cores through nginx (docs/performance.md#worker-model),
+# gthread 5 x 4 cost 18-20 ms of app CPU per flow at 10 users against 24-26 for 5 sync
+# workers (and 27 for 9), and about the same at 50 users: gthread keeps the upstream
+# connections alive and fills the cores while a request waits on PostgreSQL.
 worker_class = "gthread"
 workers = settings.GUNICORN_WORKERS
 threads = settings.GUNICORN_THREADS
