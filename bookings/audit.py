@@ -59,6 +59,40 @@ def record_status_change(
     return event
 
 
+def record_status_changes(*, booking_ids: list[int], from_status: str, to_status: str, reason: str) -> None:
+    """The same event for many bookings (cleanup's batches), in one INSERT; call it in the
+    transaction that changes their status. Each booking still gets its own log line."""
+    if not booking_ids:
+        return
+    user = _signed_in_user()
+    kind = _acting.get() or (None if user is None else Actor.STAFF if user.is_staff else Actor.USER) or Actor.SYSTEM
+    request = request_id.get() or ""
+    BookingEvent.objects.bulk_create(
+        [
+            BookingEvent(
+                booking_id=booking_id,
+                from_status=from_status,
+                to_status=to_status,
+                reason=reason,
+                actor=kind,
+                actor_user=user,
+                request_id=request,
+            )
+            for booking_id in booking_ids
+        ]
+    )
+    for booking_id in booking_ids:
+        logger.info(
+            "booking %s: %s -> %s (%s) by %s",
+            booking_id,
+            from_status or "new",
+            to_status,
+            reason,
+            kind,
+            extra={"booking_id": booking_id},
+        )
+
+
 def _signed_in_user():
     request = request_id.current_request()
     user = getattr(request, "user", None)

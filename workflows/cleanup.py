@@ -22,7 +22,9 @@ page counts the same sets (`cleanup_backlog`), and the plan tests EXPLAIN each o
 Every change is one short transaction on one booking, taken with
 `select_for_update(skip_locked=True)` and its state checked again under the lock, and
 every network call is made outside it: several copies can run at once on several hosts,
-and a copy killed at any point leaves work that the next run finishes.
+and a copy killed at any point leaves work that the next run finishes. The one exception is
+expiry with the in-process Flights adapter (`Duty.batch`): a batch of bookings per
+transaction, locked the same way, all of it committed or none (`booking_expire_stale_batch`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ from bookings import selectors
 from bookings.audit import acting_as
 from bookings.flights_gateway import FlightGateway, get_flight_gateway
 from bookings.models import Booking, BookingEvent, CleanupRun
-from bookings.services import booking_expire_stale, booking_flag_stuck_release, booking_release_seats
+from bookings.services import (
+    ExpiredBatch,
+    booking_expire_stale,
+    booking_expire_stale_batch,
+    booking_flag_stuck_release,
+    booking_release_seats,
+)
 from bookings_project import request_id
 from bookings_project.exceptions import DomainError
 from payments import selectors as payment_selectors
@@ -258,13 +266,22 @@ class _Run:
         so memory stays flat and a row that fails is not met again this run). One booking's
         failure is counted and logged; the rest go on."""
         for pk in _ids_in_batches(queryset, self.batch_size):
-            try:
-                step(pk)
-            except DomainError as error:  # The Flights service or the gateway is down: next run.
-                self.fail(f"{what} {pk}: {error.detail}")
-            except Exception:
-                logger.exception("cleanup: %s %s failed", what, pk)
-                self.fail(f"{what} {pk}: unexpected error (logged)")
+            self.one(pk, what, step)
+
+    def one(self, pk: int, what: str, step: Callable[[int], None]) -> None:
+        try:
+            step(pk)
+        except DomainError as error:  # The Flights service or the gateway is down: next run.
+            self.fail(f"{what} {pk}: {error.detail}")
+        except Exception:
+            logger.exception("cleanup: %s %s failed", what, pk)
+            self.fail(f"{what} {pk}: unexpected error (logged)")
+
+    @property
+    def batches(self) -> bool:
+        """Whether duties may take many items per transaction: the Flights inventory joins
+        our transactions (in process), and this run changes things."""
+        return not self.dry_run and self.flights.joins_transactions
 
     def fail(self, line: str) -> None:
         self.counts.failed += 1
@@ -398,6 +415,37 @@ def _expire(run: _Run, booking_id: int) -> None:
         run.release(booking_id, retried=False)
 
 
+def _expire_in_batches(run: _Run, rows: QuerySet, duty: Duty) -> None:
+    """`batch_size` bookings per transaction (`booking_expire_stale_batch`), in id order; each
+    one a batch locks but cannot settle, and each one of a batch that failed (which changed
+    nothing), goes through `_expire` on its own, as over HTTP."""
+    last = 0
+    while True:
+        try:
+            batch = booking_expire_stale_batch(
+                expired_before=run.cutoffs.expired_before, after_id=last, limit=run.batch_size, gateway=run.flights
+            )
+        except Exception:
+            # Nothing of it changed, and each of its bookings is tried again on its own right
+            # away, where a failure is counted and logged as an error.
+            logger.warning("cleanup: expiry batch after booking %s failed", last, exc_info=True)
+            batch = ExpiredBatch(error="unexpected error (logged)")
+        if batch.error and not batch.claimed:
+            # Not even its bookings could be read: the rest one at a time, each failure counted there.
+            duty.step_through(run, rows.filter(pk__gt=last))
+            return
+        for pk, seats in batch.expired.items():
+            run.counts.expired += 1
+            run.counts.released_seats += seats
+            run.report(f"booking {pk}: expired")
+            run.report(f"booking {pk}: released {seats} seat(s)")
+        for pk in batch.left:
+            duty.step_one(run, pk)
+        if len(batch.claimed) < run.batch_size:
+            return
+        last = batch.claimed[-1]
+
+
 def _purge_keys(run: _Run, keys: QuerySet) -> None:
     if run.dry_run:
         run.counts.purged_keys = keys.count()
@@ -414,13 +462,24 @@ class Duty:
     what: str
     step: Callable[[_Run, int], None] | None = None
     whole: Callable[[_Run, QuerySet], None] | None = None
+    # A faster way through the set when the run allows it (`_Run.batches`): many items per
+    # transaction, handing `step` each item it leaves.
+    batch: Callable[[_Run, QuerySet, Duty], None] | None = None
 
     def perform(self, run: _Run) -> None:
         rows = self.work.rows(run.cutoffs)
         if self.whole is not None:
             self.whole(run, rows)
+        elif self.batch is not None and run.batches:
+            self.batch(run, rows, self)
         else:
-            run.each(rows, self.what, lambda pk: self.step(run, pk))
+            self.step_through(run, rows)
+
+    def step_through(self, run: _Run, rows: QuerySet) -> None:
+        run.each(rows, self.what, lambda pk: self.step(run, pk))
+
+    def step_one(self, run: _Run, pk: int) -> None:
+        run.one(pk, self.what, lambda pk: self.step(run, pk))
 
 
 # In the order a run performs them (see the module's docstring).
@@ -431,7 +490,7 @@ DUTIES: tuple[Duty, ...] = (
     Duty(MONEY_STRANDED, "refund of payment", _refund_stranded),
     Duty(LATE_CHARGES_WATCHED, "late-charge look-up of payment", _refund_if_charged_late),
     Duty(TO_RECONCILE, "reconciliation of booking", _reconcile),
-    Duty(TO_EXPIRE, "expiry of booking", _expire),
+    Duty(TO_EXPIRE, "expiry of booking", _expire, batch=_expire_in_batches),
     Duty(KEYS_EXPIRED, "purge of idempotency keys", whole=_purge_keys),
 )
 

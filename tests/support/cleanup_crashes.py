@@ -72,18 +72,23 @@ STEPS = {
     "payment_refund_late_charge": Step(cleanup_module, "payment_refund_late_charge", 1),  # k
     # Inside payment_refund_late_charge: the late charge is recorded, not yet refunded.
     "payments.services.payment_refund_stranded": Step(payment_services, "payment_refund_stranded", 1),  # k
-    "booking_release_seats": Step(cleanup_module, "booking_release_seats", 4),  # d, c, a1, a2
+    "booking_release_seats": Step(cleanup_module, "booking_release_seats", 2),  # d, c
     "booking_flag_stuck_release": Step(cleanup_module, "booking_flag_stuck_release", 1),  # j
     "payment_reconcile_expired": Step(cleanup_module, "payment_reconcile_expired", 2),  # b, c
-    "booking_expire_stale": Step(cleanup_module, "booking_expire_stale", 2),  # a1, a2
+    # a1 and a2 (on two flights) in one batch of 2, then the empty batch that ends the set.
+    "booking_expire_stale_batch": Step(cleanup_module, "booking_expire_stale_batch", 2),
+    # Inside the batch's one transaction: the holds released and the seats back, the bookings
+    # not yet cancelled; then their events written, not yet committed.
+    "flights.seat_holds_release": Step(flight_services, "seat_holds_release", 1),
+    "bookings.audit.record_status_changes": Step(booking_services, "record_status_changes", 1),
     "idempotency_keys_purge": Step(cleanup_module, "idempotency_keys_purge", 1),
     # Inside booking_cancel: the refund is recorded, the booking not yet cancelled.
     "payments.services.payment_refund_for_booking": Step(payment_services, "payment_refund_for_booking", 2),
     "gateway.find_charge": Step(SimulatedPaymentGateway, "find_charge", 3),  # k (watch), b, c (reconcile)
     "gateway.refund": Step(SimulatedPaymentGateway, "refund", 5),  # f1, f2 (in booking_cancel), e1, e2, k
     # The Flights service applied the release; we died before recording it.
-    "flights.flight_seats_change": Step(flight_services, "flight_seats_change", 6),  # f1, f2, d, c, a1, a2
-    "bookings.services._set_seats_state": Step(booking_services, "_set_seats_state", 6, moved_only=True),
+    "flights.flight_seats_change": Step(flight_services, "flight_seats_change", 4),  # f1, f2, d, c
+    "bookings.services._set_seats_state": Step(booking_services, "_set_seats_state", 4, moved_only=True),
     "CleanupRun.objects.create": Step(CleanupRun.objects, "create", 1),  # died at the very end
 }
 CRASH_POINTS = [(step, nth) for step, spec in STEPS.items() for nth in range(1, spec.calls + 1)]
@@ -307,6 +312,7 @@ def _check_the_scenario_starts_as_described(s: Scenario) -> None:
 def _count_what_moves(s: Scenario, monkeypatch) -> None:
     """From here on, count the releases the ledger applies and the refunds the gateway makes."""
     real_change, real_refund = flight_services.flight_seats_change, SimulatedPaymentGateway.refund
+    real_batch = cleanup_module.booking_expire_stale_batch
 
     def seats_change(**kwargs):
         ref = kwargs["reservation"]
@@ -323,7 +329,17 @@ def _count_what_moves(s: Scenario, monkeypatch) -> None:
             s.gateway_refunds[charge.charge_id] += 1
         return answer
 
+    def expire_batch(**kwargs):
+        # Read from the ledger around the batch, which has committed (or rolled back) by its return.
+        before = set(SeatHold.objects.filter(state=SeatHold.State.HELD).values_list("ref", flat=True))
+        result = real_batch(**kwargs)
+        after = set(SeatHold.objects.filter(state=SeatHold.State.RELEASED).values_list("ref", flat=True))
+        for ref in before & after:
+            s.ledger_releases[ref] += 1
+        return result
+
     monkeypatch.setattr(flight_services, "flight_seats_change", seats_change)
+    monkeypatch.setattr(cleanup_module, "booking_expire_stale_batch", expire_batch)
     monkeypatch.setattr(SimulatedPaymentGateway, "refund", refund)
 
 

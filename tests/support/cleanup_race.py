@@ -16,6 +16,7 @@ on PostgreSQL, watched by an audit table that says who moved what.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import os
 import re
@@ -38,6 +39,8 @@ from django.db import OperationalError, connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from bookings import services as booking_services
+from bookings.flights_gateway import InProcessFlightGateway
 from bookings.models import Booking, CleanupRun
 from bookings.services import booking_create, booking_release_seats
 from bookings_project.exceptions import DomainError, FlightServiceUnavailable, PaymentGatewayUnavailable
@@ -429,6 +432,9 @@ def make_backlog(clock, monkeypatch, settings, alice, bob) -> Backlog:
 
         with monkeypatch.context() as patch:
             patch.setattr(flight_services, "flight_seats_change", reserve_lost)
+            # Only the saga (HTTP, or in process walking it) has a reserve whose answer is lost.
+            saga = functools.partial(InProcessFlightGateway, joins_transactions=False)
+            patch.setattr(booking_services, "get_flight_gateway", saga)
             with pytest.raises(FlightServiceUnavailable):
                 book()
         booking = newest_booking()
