@@ -87,6 +87,7 @@ CONNECTION_LOST = "server closed the connection unexpectedly"  # In process: Fli
 LOCK_TIMEOUT = "database is locked"  # In process: ResourceBusy (a definite "nothing changed").
 
 real_seats_change = flight_services.flight_seats_change
+real_holds_release = flight_services.seat_holds_release
 
 
 # 1. Expiry: INITIATED, BOOKED, PENDING ----------------------------------------------------
@@ -941,7 +942,8 @@ def make_key(user, name: str, *, expires_at: dt.datetime, locked_until: dt.datet
 
 class FlightsSwitch:
     """The in-process Flights service: `down()` makes releases fail before they apply (for
-    every booking, or only for the holds named); `back()` restores it."""
+    every booking, or only for the holds named); `back()` restores it. A batch of expiries
+    holding such a hold fails whole (and changes nothing), so its bookings go one by one."""
 
     def __init__(self, monkeypatch) -> None:
         self.monkeypatch = monkeypatch
@@ -954,10 +956,17 @@ class FlightsSwitch:
             self.failed.append(kwargs["reservation"])
             raise OperationalError(error) if isinstance(error, str) else error
 
+        def batch_fails(*, holds):
+            if only and not {hold[0] for hold in holds} & set(only):
+                return real_holds_release(holds=holds)
+            raise OperationalError(error) if isinstance(error, str) else error
+
         self.monkeypatch.setattr(flight_services, "flight_seats_change", release_fails)
+        self.monkeypatch.setattr(flight_services, "seat_holds_release", batch_fails)
 
     def back(self) -> None:
         self.monkeypatch.setattr(flight_services, "flight_seats_change", real_seats_change)
+        self.monkeypatch.setattr(flight_services, "seat_holds_release", real_holds_release)
 
 
 @pytest.fixture
