@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import requests
 from django.conf import settings
@@ -59,6 +59,14 @@ class SeatChange:
     keeps_holds: bool
 
 
+class HoldToRelease(NamedTuple):
+    """One hold a batch gives back (`InProcessFlightGateway.release_holds`)."""
+
+    ref: str
+    flight_id: int
+    seats: int
+
+
 class FlightGateway(Protocol):
     # True when seats can be taken inside the caller's database transaction
     # (`take_seats` + `hold_seats`); else every call commits on its own and the caller runs the saga.
@@ -91,6 +99,17 @@ class InProcessFlightGateway:
         from flights import services
 
         services.seat_hold_add(flight_id=flight_id, seats=seats, ref=ref)
+
+    def release_holds(self, *, holds: list[HoldToRelease]) -> dict[str, int]:
+        """Inside the caller's transaction (cleanup's batches): release these holds, the
+        seats going back with one change for all their flights, which stay locked to its
+        end. Answers `{ref: seats}` of the holds released; one the ledger does not hold just
+        so is left as it is, for `release_seats` one by one. A refusal or a database error
+        leaves the caller's transaction to roll back: nothing applied."""
+        from flights import services
+
+        with _database_errors_as_unavailable(maybe_applied=False):
+            return services.seat_holds_release(holds=holds)
 
     def get_flight(self, flight_id: int) -> FlightInfo:
         from flights import selectors

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from bookings.audit import record_status_change
-from bookings.flights_gateway import FlightGateway, get_flight_gateway
+from bookings.audit import record_status_change, record_status_changes
+from bookings.flights_gateway import FlightGateway, HoldToRelease, get_flight_gateway
 from bookings.models import Booking, BookingEvent
 from bookings_project.exceptions import (
     DomainError,
@@ -329,3 +329,80 @@ def _set_seats_state(
 def _record_error(booking: Booking, error: str) -> None:
     now = timezone.now()
     Booking.objects.filter(pk=booking.pk).update(flight_service_error=error[:255], updated_at=now)
+
+
+@dataclass(frozen=True)
+class ExpiredBatch:
+    """What one call of `booking_expire_stale_batch` did."""
+
+    # The ids it locked, in id order: the next batch starts after the last.
+    claimed: tuple[int, ...] = ()
+    # Booking id -> seats given back, for each one it expired.
+    expired: dict[int, int] = field(default_factory=dict)
+    # Why the batch failed; it then changed nothing (and `claimed` may be short).
+    error: str = ""
+
+    @property
+    def left(self) -> list[int]:
+        """Locked but not expired here (seats not plainly reserved, or a hold the ledger does
+        not hold so): for the one-booking path, `booking_expire_stale` then `booking_release_seats`."""
+        return [pk for pk in self.claimed if pk not in self.expired]
+
+
+def booking_expire_stale_batch(
+    *, expired_before: dt.datetime, after_id: int, limit: int, gateway: FlightGateway
+) -> ExpiredBatch:
+    """Cleanup, on an inventory that joins our transactions (`gateway.joins_transactions`):
+    expire up to `limit` INITIATED bookings whose hold ended before `expired_before`, with ids
+    after `after_id`, in one transaction (docs/design.md#cleanup).
+
+    It locks them (`skip_locked`: a booking another process holds is left to it, or to the
+    next run), gives their holds back through the ledger (one seat change for all their
+    flights), cancels them (`expired`, seats released) and writes one event each. All of it
+    commits, or none: a death or an error anywhere leaves the batch as it was. A booking whose
+    seats are not plainly reserved in the ledger is locked but left as it is (`left`).
+    Nine statements (with BEGIN and COMMIT), whatever `limit` and the number of flights.
+    """
+    if not gateway.joins_transactions:
+        raise ValueError("booking_expire_stale_batch needs a Flights gateway that joins our transactions")
+    claimed: list[tuple[int, int, int, str, bool]] = []
+    try:
+        with transaction.atomic():
+            claimed = list(
+                Booking.objects.select_for_update(skip_locked=True)
+                .filter(status=Status.INITIATED, expires_at__lte=expired_before, pk__gt=after_id)
+                .order_by("pk")
+                .values_list("pk", "flight_id", "seats", "seats_state", "flight_keeps_holds")[:limit]
+            )
+            refs = {pk: Booking(pk=pk).hold_ref for pk, *_ in claimed}
+            holds = [
+                HoldToRelease(refs[pk], flight_id, seats)
+                for pk, flight_id, seats, seats_state, keeps_holds in claimed
+                if seats_state == SeatsState.RESERVED and keeps_holds
+            ]
+            released = gateway.release_holds(holds=holds) if holds else {}
+            expired = {pk: released[ref] for pk, ref in refs.items() if ref in released}
+            if expired:
+                now = timezone.now()
+                cancelled = Booking.objects.filter(pk__in=expired, status=Status.INITIATED).update(
+                    status=Status.CANCELLED,
+                    cancel_reason=CancelReason.EXPIRED,
+                    cancelled_at=now,
+                    seats_state=SeatsState.RELEASED,
+                    seats_released_at=now,
+                    flight_service_error="",
+                    updated_at=now,
+                )
+                if cancelled != len(expired):  # Not while we hold their locks; never commit half.
+                    raise DatabaseError(f"{len(expired) - cancelled} booking(s) of the batch moved under its lock")
+                record_status_changes(
+                    booking_ids=list(expired),
+                    from_status=Status.INITIATED,
+                    to_status=Status.CANCELLED,
+                    reason=CancelReason.EXPIRED,
+                )
+    except (DomainError, DatabaseError) as error:
+        detail = error.detail if isinstance(error, DomainError) else str(error)
+        logger.warning("expiry batch after booking %s failed, nothing changed: %s", after_id, detail)
+        return ExpiredBatch(claimed=tuple(row[0] for row in claimed), error=str(detail)[:255])
+    return ExpiredBatch(claimed=tuple(row[0] for row in claimed), expired=expired)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, F, IntegerField, Value, When
 from django.utils import timezone
 
 from bookings_project.db import bound_lock_wait
@@ -164,3 +165,56 @@ def _new_hold(*, flight: Flight, ref: str, seats: int, state: str) -> SeatHold:
         # The same reference was written meanwhile for another flight (same-flight writers
         # are serialised by the flight's row lock, so only a cross-flight reuse gets here).
         raise ReservationConflict(f"Reservation {ref!r} belongs to another flight.") from None
+
+
+def seat_holds_release(*, holds: list[tuple[str, int, int]]) -> dict[str, int]:
+    """Release many holds at once inside the caller's transaction (cleanup's batches,
+    docs/design.md#cleanup); the caller must be in `transaction.atomic()`, and the flights
+    stay locked to its end.
+
+    `holds` are `(ref, flight_id, seats)`. Each one the ledger holds just so is released
+    once, and the seats go back to all the flights with one UPDATE, within capacity. Answers
+    `{ref: seats}` of the holds released; a hold the ledger does not hold so (missing,
+    released already, another flight or seat count) is left as it is and not in the answer,
+    for the caller to settle one by one (`flight_seats_change`). A flight that would pass its
+    capacity raises `CapacityExceeded`: the caller's transaction must then roll back whole.
+
+    Four statements whatever the number of holds and flights: lock the flights, read the
+    holds, release them, give the seats back.
+    """
+    wanted = {ref: (flight_id, seats) for ref, flight_id, seats in holds}
+    if not wanted:
+        return {}
+    bound_lock_wait()
+    # In id order, as each seat change locks its one flight first and then its holds: two
+    # batches never deadlock, and no other change to these flights' holds runs meanwhile.
+    flights = {
+        pk: (available, capacity)
+        for pk, available, capacity in Flight.objects.select_for_update()
+        .filter(pk__in={flight_id for flight_id, _ in wanted.values()})
+        .order_by("pk")
+        .values_list("pk", "available_seats", "capacity")
+    }
+    held = SeatHold.objects.filter(ref__in=wanted, state=SeatHold.State.HELD).values_list(
+        "pk", "ref", "flight_id", "seats"
+    )
+    released = {ref: (pk, flight_id, seats) for pk, ref, flight_id, seats in held if wanted[ref] == (flight_id, seats)}
+    if not released:
+        return {}
+    back: dict[int, int] = {}
+    for _, flight_id, seats in released.values():
+        back[flight_id] = back.get(flight_id, 0) + seats
+    for flight_id, seats in back.items():
+        available, capacity = flights[flight_id]
+        if available + seats > capacity:
+            raise CapacityExceeded(
+                f"Flight {flight_id} has {available} of {capacity} seats available; "
+                f"giving back {seats} would exceed its capacity."
+            )
+    now = timezone.now()
+    SeatHold.objects.filter(pk__in=[pk for pk, _, _ in released.values()]).update(
+        state=SeatHold.State.RELEASED, released_at=now
+    )
+    added = Case(*(When(pk=pk, then=Value(seats)) for pk, seats in back.items()), output_field=IntegerField())
+    Flight.objects.filter(pk__in=back).update(available_seats=F("available_seats") + added, updated_at=now)
+    return {ref: seats for ref, (_, _, seats) in released.items()}
