@@ -4,11 +4,11 @@ from django.conf import settings
 from rest_framework import serializers
 
 from bookings.models import Booking, BookingEvent
-from bookings_project.fields import StrictIntegerField, resolve_alias
+from bookings_project.fields import CachedFieldsSerializer, StrictIntegerField, resolve_alias
 from bookings_project.openapi import MAX_ID
 
 
-class BookingSerializer(serializers.ModelSerializer):
+class BookingSerializer(CachedFieldsSerializer):
     flightId = serializers.IntegerField(source="flight_id")
     userId = serializers.IntegerField(source="user_id")
     numberOfSeats = serializers.IntegerField(source="seats")
@@ -82,7 +82,7 @@ class BookingCreateSerializer(serializers.Serializer):
         return resolve_alias(attrs, "numberOfSeats", "noOfSeats")
 
 
-class BookingEventSerializer(serializers.ModelSerializer):
+class BookingEventSerializer(CachedFieldsSerializer):
     """One status change of a booking (the audit trail)."""
 
     bookingId = serializers.IntegerField(source="booking_id")

@@ -97,3 +97,23 @@ def resolve_alias(attrs: dict, name: str, alias: str) -> dict:
         raise serializers.ValidationError({alias: f"Must equal {name} when both are given."})
     attrs[name] = value if value is not None else alias_value
     return attrs
+
+
+class CachedFieldsSerializer(serializers.ModelSerializer):
+    """A read-only answer on a hot path, its fields built once per class instead of per answer.
+
+    DRF builds a ModelSerializer's fields from the model, and deep-copies its declared ones,
+    for every instance it serializes: on `POST /bookings` that cost more than the booking's
+    own SQL. The fields of an answer depend on nothing but the class (no request, no
+    context), so one bound set serves every instance; `to_representation` is DRF's own.
+    """
+
+    @property
+    def _readable_fields(self):
+        cls = type(self)
+        fields = cls.__dict__.get("_cached_readable_fields")
+        if fields is None:
+            # Bound to a prototype without context; two threads racing here build equal lists.
+            fields = list(serializers.ModelSerializer._readable_fields.fget(cls()))
+            cls._cached_readable_fields = fields
+        return fields

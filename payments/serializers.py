@@ -2,12 +2,12 @@
 
 from rest_framework import serializers
 
-from bookings_project.fields import MoneyField, StrictIntegerField, resolve_alias
+from bookings_project.fields import CachedFieldsSerializer, MoneyField, StrictIntegerField, resolve_alias
 from bookings_project.openapi import MAX_ID
 from payments.models import Payment
 
 
-class PaymentSerializer(serializers.ModelSerializer):
+class PaymentSerializer(CachedFieldsSerializer):
     bookingId = serializers.IntegerField(source="booking_id")
     userId = serializers.IntegerField(source="user_id", help_text="The booking's customer.")
     amount = serializers.DecimalField(max_digits=12, decimal_places=2)
