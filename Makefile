@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv run serve migrate demo test lint format fuzz chaos bench bench-cleanup clean
+.PHONY: venv run serve migrate demo test lint format fuzz chaos bench bench-overload bench-cleanup clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ chaos: $(STAMP)
 # names the server), with the in-process and the HTTP Flights adapter.
 bench: $(STAMP)
 	$(BIN)/python bench/load.py $(BENCH_ARGS)
+
+# Past saturation through nginx (what it sheds, how fast, /healthz meanwhile) and 50 clients
+# sending a body a byte a second.
+bench-overload: $(STAMP)
+	$(BIN)/python bench/overload.py $(BENCH_OVERLOAD_ARGS)
 
 # The cleanup command's cost at 10k and 100k stale bookings: time per 1k and peak memory.
 bench-cleanup: $(STAMP)
