@@ -105,7 +105,11 @@ if default_db["ENGINE"] == "django.db.backends.sqlite3":
     default_db["OPTIONS"] = {**SQLITE_OPTIONS, **default_db.get("OPTIONS", {})}
 else:
     default_db.setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
-    default_db["CONN_HEALTH_CHECKS"] = True
+    # No health check (a SELECT 1 round trip per request; docs/performance.md#per-request-
+    # overhead): a connection that died between requests is found by the first statement of
+    # the next one; the token look-up then reconnects (bookings_project/authentication.py),
+    # anything else answers 503 with Retry-After once and the connection is replaced after it.
+    default_db["CONN_HEALTH_CHECKS"] = False
 # Never ATOMIC_REQUESTS: it would wrap outbound calls in the request's transaction.
 default_db["ATOMIC_REQUESTS"] = False
 DATABASES = {"default": default_db}
@@ -198,7 +202,7 @@ CSRF_FAILURE_VIEW = "bookings_project.errors.csrf_failure"
 # REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "bookings_project.authentication.TokenAuthentication",
         "flights.authentication.ServiceTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],

@@ -61,3 +61,100 @@ def test_session_writes_need_csrf(user, staff_user):
     response = client.post("/api/v1/flights", {}, format="json")
     body = assert_problem(response, 403, "permission_denied")
     assert "CSRF" in body["detail"]
+
+
+# The look-up behind `Authorization: Token` (bookings_project/authentication.py): DRF's
+# answers, one statement, nothing cached, and a dropped persistent connection survived.
+
+
+def test_the_token_look_up_loads_the_whole_user_as_the_orm_does(user):
+    from django.contrib.auth import get_user_model
+
+    from bookings_project.authentication import TokenAuthentication
+
+    token = Token.objects.create(user=user)
+    found_user, found_token = TokenAuthentication().authenticate_credentials(token.key)
+
+    expected = get_user_model().objects.get(pk=user.pk)
+    assert found_user.get_deferred_fields() == set() and found_token.get_deferred_fields() == set()
+    for field in expected._meta.concrete_fields:
+        assert getattr(found_user, field.attname) == getattr(expected, field.attname), field.name
+    assert (found_token.key, found_token.created, found_token.user_id) == (token.key, token.created, user.pk)
+    assert found_user.is_active is True and found_user.date_joined.tzinfo is not None
+    assert found_token.user is found_user and found_user.auth_token is found_token
+
+
+def test_a_request_with_a_token_sends_one_statement_for_it(user_client, user, django_assert_num_queries):
+    from tests.factories import make_flight
+
+    flight = make_flight()
+    with django_assert_num_queries(2):  # The token with its user; the flight.
+        assert user_client.get(f"/api/v1/flights/{flight.pk}").status_code == 200
+
+
+def test_a_deleted_token_or_a_deactivated_user_is_refused_at_once(user_client, user):
+    assert user_client.get("/api/v1/flights").status_code == 200
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    assert_problem(user_client.get("/api/v1/flights"), 401, "not_authenticated")
+
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+    assert user_client.get("/api/v1/flights").status_code == 200
+    Token.objects.filter(user=user).delete()
+    body = assert_problem(user_client.get("/api/v1/flights"), 401, "not_authenticated")
+    assert body["detail"] == "Invalid token."
+
+
+def _cut_our_connection() -> None:
+    """What a database restart (or an idle-connection timeout) does to a persistent connection."""
+    from django.db import connection, connections
+
+    pid = connection.connection.info.backend_pid
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+            assert cursor.fetchone() == (True,)
+    finally:
+        other.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_cut_between_requests_costs_no_token_request(user_client):
+    """No health check's SELECT 1 per request (CONN_HEALTH_CHECKS off): the token look-up,
+    every API request's first statement and outside a transaction, finds the dead connection
+    and is sent once more on a new one."""
+    from django.conf import settings
+    from django.db import connection
+
+    assert settings.DATABASES["default"]["CONN_HEALTH_CHECKS"] is False
+    assert user_client.get("/api/v1/flights").status_code == 200
+    before = connection.connection
+    _cut_our_connection()
+
+    assert user_client.get("/api/v1/flights").status_code == 200
+    assert connection.connection is not before
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_cut_between_requests_costs_other_requests_at_most_one_clean_503(anon_client, user):
+    """A request without a token (here the token endpoint itself) meets the dead connection
+    at its first statement: 503 problem+json with Retry-After; the end of that request closes
+    the broken connection (Django's request_finished, which the test client leaves out, so it
+    is sent here), and the next one opens a new connection."""
+    from django.db import close_old_connections, connection
+
+    credentials = {"username": "alice", "password": "alice-password"}
+    assert anon_client.post(URL, credentials, format="json").status_code == 200
+    assert connection.connection is not None
+    _cut_our_connection()
+
+    response = anon_client.post(URL, credentials, format="json")
+    assert_problem(response, 503, "service_unavailable")
+    assert response["Retry-After"] == "5"
+    close_old_connections()
+
+    assert anon_client.post(URL, credentials, format="json").status_code == 200
