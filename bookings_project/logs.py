@@ -9,7 +9,9 @@ import logging
 from bookings_project import request_id
 
 # What every LogRecord has; anything else on a record came from `extra=` and is logged too.
-_STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+# json.dumps(entry, default=str, ensure_ascii=False) without building an encoder per line.
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 class RequestIdFilter(logging.Filter):
@@ -39,4 +41,4 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         # default=str: an extra we cannot encode is logged as its text, never dropped.
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _encode(entry)

@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from django.http import HttpRequest, HttpResponse
 
 HEADER = "X-Request-ID"
+_META_KEY = "HTTP_X_REQUEST_ID"
 # Anything else from a client is replaced: the id ends up in logs and outbound headers.
 _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 request_log = logging.getLogger("bookings_project.requests")
@@ -47,7 +48,8 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        incoming = request.headers.get(HEADER, "")
+        # META, not request.headers: that builds a dict of every header first.
+        incoming = request.META.get(_META_KEY, "")
         value = incoming if _ACCEPTABLE.fullmatch(incoming) else uuid.uuid4().hex
         request.request_id = value
         token, request_token = _current.set(value), _request.set(request)
