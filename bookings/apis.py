@@ -3,7 +3,7 @@
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -12,6 +12,7 @@ from bookings import selectors, services
 from bookings.filters import BookingFilter
 from bookings.models import Booking
 from bookings.serializers import BookingCreateSerializer, BookingEventSerializer, BookingSerializer
+from bookings_project.authentication import TokenAuthentication
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
 from bookings_project.pagination import page_parameters
 from bookings_project.throttling import BookingsThrottle

@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.db import DatabaseError, InterfaceError, connections, router
 from django.db.models.query import get_related_populators
 from django.utils.translation import gettext_lazy as _
-from drf_spectacular.drainage import set_override
 from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
 
@@ -84,8 +83,3 @@ class TokenAuthentication(authentication.TokenAuthentication):
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
         return token.user, token
-
-
-# The OpenAPI schema: the same `tokenAuth` scheme as DRF's class (drf-spectacular's extension
-# for it matches subclasses); views still naming DRF's class directly are no conflict.
-set_override(TokenAuthentication, "suppress_collision_warning", True)

@@ -4,11 +4,12 @@ payments.selectors."""
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from bookings.services import booking_owner
+from bookings_project.authentication import TokenAuthentication
 from bookings_project.errors import PROBLEM_CONTENT_TYPE
 from bookings_project.exceptions import IdempotencyKeyMissing
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
