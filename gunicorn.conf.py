@@ -22,11 +22,16 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # (deploy/nginx.conf), which buffers bodies and answers, the sync worker would be safe from
 # slow clients too; measured on 2 cores through nginx (docs/performance.md#worker-model),
 # gthread 5 x 4 cost 18-20 ms of app CPU per flow at 10 users against 24-26 for 5 sync
-# workers (and 27 for 9), and about the same at 50 users: gthread keeps the upstream
-# connections alive and fills the cores while a request waits on PostgreSQL.
+# workers (and 27 for 9), and about the same at 50 users: gthread fills the cores while a
+# request waits on PostgreSQL or the payment gateway, where a sync worker would sit idle.
 worker_class = "gthread"
 workers = settings.GUNICORN_WORKERS
 threads = settings.GUNICORN_THREADS
+# A worker takes a connection only while it has a thread free for it, so the kernel hands
+# each one to a worker that can answer now. By default a gthread worker accepts up to 1,000
+# and queues them behind its own threads while another worker idles: at 50 users through
+# nginx that made p99 1.1-1.6 s, against 0.35-0.48 s this way (docs/performance.md#worker-model).
+worker_connections = threads
 # A request past this is killed. Our slowest honest request is a payment: the gateway's
 # read timeout, its connect timeout and a Flights call behind it.
 timeout = settings.GUNICORN_TIMEOUT

@@ -69,7 +69,7 @@ class HoldToRelease(NamedTuple):
 
 class FlightGateway(Protocol):
     # True when seats can be taken inside the caller's database transaction
-    # (`take_seats` + `hold_seats`); else every call commits on its own and the caller runs the saga.
+    # (`hold_seats` + `take_seats`); else every call commits on its own and the caller runs the saga.
     joins_transactions: bool
 
     def get_flight(self, flight_id: int) -> FlightInfo: ...
@@ -88,12 +88,13 @@ class InProcessFlightGateway:
     def __init__(self, *, joins_transactions: bool = True) -> None:
         self.joins_transactions = joins_transactions
 
-    def take_seats(self, *, flight_id: int, seats: int) -> Decimal:
-        """Inside the caller's transaction: take the seats (the flight stays locked to its
-        end) and answer the seat price. Record the hold with `hold_seats` before committing."""
+    def take_seats(self, *, flight_id: int, seats: int, price: Decimal) -> bool:
+        """Inside the caller's transaction, last before its COMMIT (the flight stays locked to
+        its end): take the seats at the price read with `get_flight`. False, with nothing
+        taken, if the price changed since; `NotFound`, `InsufficientSeats` as ever."""
         from flights import services
 
-        return services.flight_seats_take(flight_id=flight_id, seats=seats)
+        return services.flight_seats_take(flight_id=flight_id, seats=seats, price=price)
 
     def hold_seats(self, *, flight_id: int, seats: int, ref: str) -> None:
         from flights import services

@@ -127,25 +127,37 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
 
 
 def _book_in_one_transaction(gateway: FlightGateway, *, user: AbstractBaseUser, flight_id: int, seats: int) -> Booking:
-    """Seats, booking, hold and event commit together or not at all: a failure anywhere,
-    even at COMMIT, leaves no half to compensate (docs/design.md#the-flights-service-boundary)."""
-    with transaction.atomic():
-        price = gateway.take_seats(flight_id=flight_id, seats=seats)
-        booking = Booking.objects.create(
-            user=user,
-            flight_id=flight_id,
-            seats=seats,
-            total_cost=(price * seats).quantize(CENT),
-            status=Status.INITIATED,
-            seats_state=SeatsState.RESERVED,
-            flight_keeps_holds=True,
-            expires_at=timezone.now() + dt.timedelta(minutes=settings.BOOKING_HOLD_MINUTES),
-        )
-        gateway.hold_seats(flight_id=flight_id, seats=seats, ref=booking.hold_ref)
-        record_status_change(
-            booking_id=booking.pk, from_status="", to_status=Status.INITIATED, reason=BookingEvent.Reason.CREATED
-        )
-    return booking
+    """Booking, hold, event and seats commit together or not at all: a failure anywhere,
+    even at COMMIT, leaves no half to compensate (docs/design.md#the-flights-service-boundary).
+
+    The flight's price is read unlocked first, and its seats are taken last, so that its row
+    (every booking of a hot flight queues on it) is locked only for the UPDATE and the COMMIT.
+    """
+    for _ in range(3):
+        flight = gateway.get_flight(flight_id)
+        if flight.available_seats < seats:
+            raise InsufficientSeats(
+                f"Flight {flight_id} has {max(flight.available_seats, 0)} seat(s) left; {seats} asked."
+            )
+        with transaction.atomic():
+            booking = Booking.objects.create(
+                user=user,
+                flight_id=flight_id,
+                seats=seats,
+                total_cost=(flight.price * seats).quantize(CENT),
+                status=Status.INITIATED,
+                seats_state=SeatsState.RESERVED,
+                flight_keeps_holds=True,
+                expires_at=timezone.now() + dt.timedelta(minutes=settings.BOOKING_HOLD_MINUTES),
+            )
+            gateway.hold_seats(flight_id=flight_id, seats=seats, ref=booking.hold_ref)
+            record_status_change(
+                booking_id=booking.pk, from_status="", to_status=Status.INITIATED, reason=BookingEvent.Reason.CREATED
+            )
+            if gateway.take_seats(flight_id=flight_id, seats=seats, price=flight.price):
+                return booking
+            transaction.set_rollback(True)  # The price changed meanwhile: book again at the new one.
+    raise ResourceBusy("The flight's price kept changing while booking. Retry shortly.")
 
 
 def booking_move(

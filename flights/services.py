@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Case, F, IntegerField, Value, When
 from django.utils import timezone
 
@@ -77,31 +77,28 @@ def flight_seats_change(
         return SeatChangeResult(flight=flight, hold=hold)
 
 
-def flight_seats_take(*, flight_id: int, seats: int) -> Decimal:
-    """Take `seats` on a flight inside the caller's transaction, which holds the flight's row
-    lock from here to its end; answers the seat price. Record the hold (`seat_hold_add`) in
-    the same transaction, so that seats, hold and whatever the caller writes commit together.
+def flight_seats_take(*, flight_id: int, seats: int, price: Decimal) -> bool:
+    """Take `seats` on a flight inside the caller's transaction, at the `price` the caller
+    read; the flight's row stays locked from here to the transaction's end, so call it last,
+    just before COMMIT. Record the hold (`seat_hold_add`) in the same transaction, so that
+    seats, hold and whatever the caller writes commit together.
 
-    One conditional UPDATE, so a flight with fewer seats left refuses instead of overselling;
-    the database's check constraint stands behind it.
+    One conditional UPDATE: a flight with fewer seats left refuses instead of overselling
+    (the database's check constraint stands behind it). False, with nothing taken, if the
+    price changed since it was read.
     """
     bound_lock_wait()
-    quote = connection.ops.quote_name
-    table, left, updated = quote(Flight._meta.db_table), quote("available_seats"), quote("updated_at")
-    with connection.cursor() as cursor:
-        # RETURNING (PostgreSQL, SQLite >= 3.35): the price comes with the change, not a second read.
-        cursor.execute(
-            f"UPDATE {table} SET {left} = {left} - %s, {updated} = %s "
-            f"WHERE {quote('id')} = %s AND {left} >= %s RETURNING {quote('price')}",
-            [seats, connection.ops.adapt_datetimefield_value(timezone.now()), flight_id, seats],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        available = Flight.objects.filter(pk=flight_id).values_list("available_seats", flat=True).first()
-        if available is None:
-            raise NotFound(f"Flight {flight_id} does not exist.")
+    taken = Flight.objects.filter(pk=flight_id, available_seats__gte=seats, price=price).update(
+        available_seats=F("available_seats") - seats, updated_at=timezone.now()
+    )
+    if taken:
+        return True
+    available = Flight.objects.filter(pk=flight_id).values_list("available_seats", flat=True).first()
+    if available is None:
+        raise NotFound(f"Flight {flight_id} does not exist.")
+    if available < seats:
         raise InsufficientSeats(f"Flight {flight_id} has {available} seat(s) left; {seats} requested.")
-    return Flight._meta.get_field("price").to_python(row[0])
+    return False
 
 
 def seat_hold_add(*, flight_id: int, seats: int, ref: str) -> None:

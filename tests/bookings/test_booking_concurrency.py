@@ -63,14 +63,15 @@ def test_hundred_customers_race_for_thirty_seats(path, request):
 def test_control_without_the_seats_left_condition_the_race_test_fails(monkeypatch):
     """Proof that the race test can fail: take `available_seats >= seats` out of the UPDATE.
 
+    (Each booking reads the seats left first, unlocked: that read lets them all through.)
+
     Every booking then takes its seat unconditionally; the 31st finds the database's check
     constraint instead of a refusal, and answers 500 where the test wants 409.
     """
     flight = make_flight(capacity=SEATS)
 
-    def take_unguarded(*, flight_id, seats):
-        Flight.objects.filter(pk=flight_id).update(available_seats=F("available_seats") - seats)
-        return Flight.objects.get(pk=flight_id).price
+    def take_unguarded(*, flight_id, seats, price):
+        return Flight.objects.filter(pk=flight_id).update(available_seats=F("available_seats") - seats) == 1
 
     monkeypatch.setattr(flight_services, "flight_seats_take", take_unguarded)
 

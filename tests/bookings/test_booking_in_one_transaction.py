@@ -1,10 +1,12 @@
-"""A booking with the in-process adapter: seats, booking, hold and event in one transaction.
+"""A booking with the in-process adapter: booking, hold, event and seats in one transaction.
 
 The inventory shares our database, so the reserve joins the booking's own transaction
 (docs/design.md#the-flights-service-boundary): it commits whole or not at all, and a fault
 anywhere in it leaves nothing to compensate. The faults are injected at the functions the
 transaction calls, after they did their work, as a connection lost mid-transaction would.
 """
+
+from decimal import Decimal
 
 import pytest
 from django.db import OperationalError, connection
@@ -13,8 +15,9 @@ from django.test.utils import CaptureQueriesContext
 
 from bookings import services as booking_services
 from bookings.models import Booking, BookingEvent
+from flights import selectors as flight_selectors
 from flights import services as flight_services
-from flights.models import SeatHold
+from flights.models import Flight, SeatHold
 from tests.factories import make_flight
 from tests.helpers import assert_bookings_match_ledger, assert_problem, flight_row_locked
 from tests.support.api import post_booking
@@ -37,6 +40,8 @@ def test_seats_booking_hold_and_event_commit_once(user_client, flight):
     assert response.status_code == 201, response.content
     statements = [query["sql"] for query in captured.captured_queries]
     assert [sql for sql in statements if sql in ("COMMIT", "ROLLBACK")] == ["COMMIT"]
+    # The flight's row is locked last: its UPDATE is the statement before COMMIT.
+    assert statements[-2].startswith('UPDATE "flights_flight"'), statements[-2]
     booking = Booking.objects.get(pk=response.json()["id"])
     assert (booking.status, booking.seats_state, booking.flight_keeps_holds) == ("INITIATED", "reserved", True)
     assert booking.total_cost == flight.price * 3
@@ -54,6 +59,19 @@ def _connection_lost(*args, **kwargs):
 
 
 def test_a_failure_after_the_seats_were_taken_takes_nothing(user_client, flight, monkeypatch):
+    real_take = flight_services.flight_seats_take
+
+    def take_then_fail(**kwargs):
+        assert real_take(**kwargs)
+        _connection_lost()
+
+    monkeypatch.setattr(flight_services, "flight_seats_take", take_then_fail)
+
+    assert_problem(post_booking(user_client, flight), 503, "service_unavailable")
+    _nothing_written(flight)
+
+
+def test_a_failure_writing_the_hold_takes_nothing(user_client, flight, monkeypatch):
     real_hold = flight_services.seat_hold_add
 
     def hold_then_fail(**kwargs):
@@ -64,6 +82,28 @@ def test_a_failure_after_the_seats_were_taken_takes_nothing(user_client, flight,
 
     assert_problem(post_booking(user_client, flight), 503, "service_unavailable")
     _nothing_written(flight)
+
+
+def test_a_price_changed_between_the_read_and_the_take_is_booked_at_the_new_price(user_client, flight, monkeypatch):
+    real_get = flight_selectors.flight_get
+    changed = []
+
+    def read_then_staff_reprices(**kwargs):
+        found = real_get(**kwargs)
+        if not changed:  # Once: after our read, before our transaction, committed.
+            changed.append(Flight.objects.filter(pk=flight.pk).update(price=Decimal("7777.00")))
+        return found
+
+    monkeypatch.setattr(flight_selectors, "flight_get", read_then_staff_reprices)
+
+    response = post_booking(user_client, flight, 2)
+
+    assert response.status_code == 201, response.content
+    assert response.json()["totalCost"] == "15554.00"
+    assert Booking.objects.count() == 1  # The first try left nothing.
+    assert SeatHold.objects.get().ref == f"booking-{response.json()['id']}"
+    assert_bookings_match_ledger(flight)
+    assert flight.available_seats == flight.capacity - 2
 
 
 def test_a_failure_writing_the_event_takes_nothing(user_client, flight, monkeypatch):
