@@ -14,7 +14,7 @@ from flights.models import SeatHold
 from payments import services
 from payments.gateway import SimulatedPaymentGateway
 from payments.models import Payment, SimulatedCharge
-from tests.factories import initiated, pay
+from tests.factories import initiated, pay, pending_answer_lost
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem
 
 pytestmark = pytest.mark.django_db
@@ -343,3 +343,19 @@ class RefundMustNotBeCalled:
 
     def find_charge(self, *, reference):
         raise AssertionError(f"unexpected look-up of {reference}")
+
+
+def test_an_answer_for_a_payment_that_moved_on_writes_nothing_and_goes_the_locked_way(user, flight, settings):
+    """The booking still PENDING but its payment no longer PROCESSING: the quick record must
+    undo its booking update, so the locked path sees both rows as they were."""
+    booking, payment, _ = pending_answer_lost(user, flight, settings)
+    Payment.objects.filter(pk=payment.pk).update(status=Payment.Status.FAILED)
+    events = booking.events.count()
+
+    recorded = services._record_answer(payment, SimulatedPaymentGateway().find_charge(reference=payment.reference))
+
+    assert recorded is False
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.PENDING  # Undone with the transaction.
+    assert booking.events.count() == events
+    assert Payment.objects.get(pk=payment.pk).status == Payment.Status.FAILED
