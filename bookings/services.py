@@ -122,7 +122,7 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
             # the seats were taken, so they can go back without one.
             _set_seats_state(booking, expect=SeatsState.RECONCILE, to=SeatsState.RESERVED, flight_keeps_holds=False)
         booking_release_seats(booking_id=booking.pk, gateway=gateway)
-    booking.refresh_from_db()
+        booking.refresh_from_db()  # Cancelled, its seats given back: answer what it is now.
     return booking
 
 
@@ -325,8 +325,9 @@ def _set_seats_state(
     released: bool = False,
     flight_keeps_holds: bool | None = None,
 ) -> bool:
-    """Compare-and-set on `seats_state`: True if this call made the move, False if the
-    booking had moved on meanwhile (another caller did it, or cancelled it first)."""
+    """Compare-and-set on `seats_state`: True if this call made the move (and then `booking`
+    in memory shows it), False if the booking had moved on meanwhile (another caller did it,
+    or cancelled it first)."""
     now = timezone.now()
     changes: dict = {"seats_state": to, "updated_at": now}
     if error is not None:
@@ -335,7 +336,11 @@ def _set_seats_state(
         changes["seats_released_at"] = now
     if flight_keeps_holds is not None:
         changes["flight_keeps_holds"] = flight_keeps_holds
-    return Booking.objects.filter(pk=booking.pk, seats_state=expect).update(**changes) == 1
+    if Booking.objects.filter(pk=booking.pk, seats_state=expect).update(**changes) != 1:
+        return False
+    for name, value in changes.items():
+        setattr(booking, name, value)
+    return True
 
 
 def _record_error(booking: Booking, error: str) -> None:

@@ -61,20 +61,26 @@ def flight_seats_change(
     With a `reservation` reference the change goes through the hold ledger and applies at
     most once per reference: a repeated reserve or release answers as the first did.
     """
-    with transaction.atomic():
-        bound_lock_wait()
-        flight = _flight_for_update(flight_id)
-        if reservation is None:
-            _apply(flight, -seats if decrease else seats)
-            return SeatChangeResult(flight=flight, hold=None)
-        hold = SeatHold.objects.select_for_update().filter(ref=reservation).first()
-        if hold is not None and hold.flight_id != flight.pk:
-            raise ReservationConflict(f"Reservation {reservation!r} belongs to another flight.")
-        if decrease:
-            hold = _reserve(flight, hold, reservation, seats)
-        else:
-            hold = _release(flight, hold, reservation, seats)
-        return SeatChangeResult(flight=flight, hold=hold)
+    try:
+        with transaction.atomic():
+            bound_lock_wait()
+            flight = _flight_for_update(flight_id)
+            if reservation is None:
+                _apply(flight, -seats if decrease else seats)
+                return SeatChangeResult(flight=flight, hold=None)
+            hold = SeatHold.objects.select_for_update().filter(ref=reservation).first()
+            if hold is not None and hold.flight_id != flight.pk:
+                raise ReservationConflict(f"Reservation {reservation!r} belongs to another flight.")
+            if decrease:
+                hold = _reserve(flight, hold, reservation, seats)
+            else:
+                hold = _release(flight, hold, reservation, seats)
+            return SeatChangeResult(flight=flight, hold=hold)
+    except IntegrityError:
+        # A new hold's reference was written meanwhile for another flight (same-flight
+        # writers are serialised by the flight's row lock, so only a cross-flight reuse gets
+        # here): the whole change is undone, with no savepoint spent on the usual case.
+        raise ReservationConflict(f"Reservation {reservation!r} belongs to another flight.") from None
 
 
 def flight_seats_take(*, flight_id: int, seats: int, price: Decimal) -> bool:
@@ -148,20 +154,15 @@ def _apply(flight: Flight, delta: int) -> None:
 
 
 def _new_hold(*, flight: Flight, ref: str, seats: int, state: str) -> SeatHold:
-    try:
-        # A savepoint, so that losing the uniqueness race leaves the outer block usable.
-        with transaction.atomic():
-            return SeatHold.objects.create(
-                flight=flight,
-                ref=ref,
-                seats=seats,
-                state=state,
-                released_at=timezone.now() if state == SeatHold.State.RELEASED else None,
-            )
-    except IntegrityError:
-        # The same reference was written meanwhile for another flight (same-flight writers
-        # are serialised by the flight's row lock, so only a cross-flight reuse gets here).
-        raise ReservationConflict(f"Reservation {ref!r} belongs to another flight.") from None
+    """The last write of a seat change: a reference taken meanwhile by another flight fails
+    it with IntegrityError, which `flight_seats_change` answers."""
+    return SeatHold.objects.create(
+        flight=flight,
+        ref=ref,
+        seats=seats,
+        state=state,
+        released_at=timezone.now() if state == SeatHold.State.RELEASED else None,
+    )
 
 
 def seat_holds_release(*, holds: list[tuple[str, int, int]]) -> dict[str, int]:
