@@ -25,7 +25,7 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from bookings.audit import record_status_change, record_status_changes
-from bookings.flights_gateway import FlightGateway, HoldToRelease, get_flight_gateway
+from bookings.flights_gateway import FlightGateway, FlightInfo, HoldToRelease, get_flight_gateway
 from bookings.models import Booking, BookingEvent
 from bookings_project.exceptions import (
     DomainError,
@@ -82,25 +82,10 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
     gateway = get_flight_gateway()
     if gateway.joins_transactions:
         return _book_in_one_transaction(gateway, user=user, flight_id=flight_id, seats=seats)
-    flight = gateway.get_flight(flight_id)
-    if flight.available_seats < seats:
-        raise InsufficientSeats(f"Flight {flight_id} has {max(flight.available_seats, 0)} seat(s) left; {seats} asked.")
-
+    flight = _bookable_flight(gateway, flight_id=flight_id, seats=seats)
     # Committed before the reserve, so a crash from here on leaves a row that cleanup sees.
     with transaction.atomic():
-        booking = Booking.objects.create(
-            user=user,
-            flight_id=flight_id,
-            seats=seats,
-            total_cost=(flight.price * seats).quantize(CENT),
-            status=Status.INITIATED,
-            seats_state=SeatsState.UNCONFIRMED,
-            flight_keeps_holds=flight.keeps_holds,
-            expires_at=timezone.now() + dt.timedelta(minutes=settings.BOOKING_HOLD_MINUTES),
-        )
-        record_status_change(
-            booking_id=booking.pk, from_status="", to_status=Status.INITIATED, reason=BookingEvent.Reason.CREATED
-        )
+        booking = _write_booking(user=user, flight=flight, seats=seats, seats_state=SeatsState.UNCONFIRMED)
     try:
         change = gateway.reserve_seats(flight_id=flight_id, seats=seats, ref=booking.hold_ref)
     except FlightServiceUnavailable as error:
@@ -134,30 +119,40 @@ def _book_in_one_transaction(gateway: FlightGateway, *, user: AbstractBaseUser, 
     (every booking of a hot flight queues on it) is locked only for the UPDATE and the COMMIT.
     """
     for _ in range(3):
-        flight = gateway.get_flight(flight_id)
-        if flight.available_seats < seats:
-            raise InsufficientSeats(
-                f"Flight {flight_id} has {max(flight.available_seats, 0)} seat(s) left; {seats} asked."
-            )
+        flight = _bookable_flight(gateway, flight_id=flight_id, seats=seats)
         with transaction.atomic():
-            booking = Booking.objects.create(
-                user=user,
-                flight_id=flight_id,
-                seats=seats,
-                total_cost=(flight.price * seats).quantize(CENT),
-                status=Status.INITIATED,
-                seats_state=SeatsState.RESERVED,
-                flight_keeps_holds=True,
-                expires_at=timezone.now() + dt.timedelta(minutes=settings.BOOKING_HOLD_MINUTES),
-            )
+            booking = _write_booking(user=user, flight=flight, seats=seats, seats_state=SeatsState.RESERVED)
             gateway.hold_seats(flight_id=flight_id, seats=seats, ref=booking.hold_ref)
-            record_status_change(
-                booking_id=booking.pk, from_status="", to_status=Status.INITIATED, reason=BookingEvent.Reason.CREATED
-            )
             if gateway.take_seats(flight_id=flight_id, seats=seats, price=flight.price):
                 return booking
             transaction.set_rollback(True)  # The price changed meanwhile: book again at the new one.
     raise ResourceBusy("The flight's price kept changing while booking. Retry shortly.")
+
+
+def _bookable_flight(gateway: FlightGateway, *, flight_id: int, seats: int) -> FlightInfo:
+    """The flight as the Flights service has it, refused at once when too few seats are left."""
+    flight = gateway.get_flight(flight_id)
+    if flight.available_seats < seats:
+        raise InsufficientSeats(f"Flight {flight_id} has {max(flight.available_seats, 0)} seat(s) left; {seats} asked.")
+    return flight
+
+
+def _write_booking(*, user: AbstractBaseUser, flight: FlightInfo, seats: int, seats_state: str) -> Booking:
+    """A new booking INITIATED at the flight's price, and its creation event, in the caller's transaction."""
+    booking = Booking.objects.create(
+        user=user,
+        flight_id=flight.id,
+        seats=seats,
+        total_cost=(flight.price * seats).quantize(CENT),
+        status=Status.INITIATED,
+        seats_state=seats_state,
+        flight_keeps_holds=flight.keeps_holds,
+        expires_at=timezone.now() + dt.timedelta(minutes=settings.BOOKING_HOLD_MINUTES),
+    )
+    record_status_change(
+        booking_id=booking.pk, from_status="", to_status=Status.INITIATED, reason=BookingEvent.Reason.CREATED
+    )
+    return booking
 
 
 def booking_move(
