@@ -36,9 +36,28 @@ def record_status_change(
     *, booking_id: int, from_status: str, to_status: str, reason: str, actor: str | None = None
 ) -> BookingEvent:
     """Write one event. Call it in the transaction that changes the status."""
+    event = _event(booking_id, from_status=from_status, to_status=to_status, reason=reason, actor=actor)
+    event.save(force_insert=True)
+    _log(event)
+    return event
+
+
+def record_status_changes(*, booking_ids: list[int], from_status: str, to_status: str, reason: str) -> None:
+    """The same event for many bookings (cleanup's batches), in one INSERT; call it in the
+    transaction that changes their status. Each booking still gets its own log line."""
+    events = [
+        _event(booking_id, from_status=from_status, to_status=to_status, reason=reason) for booking_id in booking_ids
+    ]
+    BookingEvent.objects.bulk_create(events)
+    for event in events:
+        _log(event)
+
+
+def _event(booking_id: int, *, from_status: str, to_status: str, reason: str, actor: str | None = None) -> BookingEvent:
+    """The event, with who made the change (see the module's docstring) and the request id."""
     user = _signed_in_user()
     kind = actor or _acting.get() or (None if user is None else Actor.STAFF if user.is_staff else Actor.USER)
-    event = BookingEvent.objects.create(
+    return BookingEvent(
         booking_id=booking_id,
         from_status=from_status,
         to_status=to_status,
@@ -47,50 +66,18 @@ def record_status_change(
         actor_user=user,
         request_id=request_id.get() or "",
     )
+
+
+def _log(event: BookingEvent) -> None:
     logger.info(
         "booking %s: %s -> %s (%s) by %s",
-        booking_id,
-        from_status or "new",
-        to_status,
-        reason,
+        event.booking_id,
+        event.from_status or "new",
+        event.to_status,
+        event.reason,
         event.actor,
-        extra={"booking_id": booking_id},
+        extra={"booking_id": event.booking_id},
     )
-    return event
-
-
-def record_status_changes(*, booking_ids: list[int], from_status: str, to_status: str, reason: str) -> None:
-    """The same event for many bookings (cleanup's batches), in one INSERT; call it in the
-    transaction that changes their status. Each booking still gets its own log line."""
-    if not booking_ids:
-        return
-    user = _signed_in_user()
-    kind = _acting.get() or (None if user is None else Actor.STAFF if user.is_staff else Actor.USER) or Actor.SYSTEM
-    request = request_id.get() or ""
-    BookingEvent.objects.bulk_create(
-        [
-            BookingEvent(
-                booking_id=booking_id,
-                from_status=from_status,
-                to_status=to_status,
-                reason=reason,
-                actor=kind,
-                actor_user=user,
-                request_id=request,
-            )
-            for booking_id in booking_ids
-        ]
-    )
-    for booking_id in booking_ids:
-        logger.info(
-            "booking %s: %s -> %s (%s) by %s",
-            booking_id,
-            from_status or "new",
-            to_status,
-            reason,
-            kind,
-            extra={"booking_id": booking_id},
-        )
 
 
 def _signed_in_user():
