@@ -38,10 +38,14 @@ def bound_lock_wait() -> None:
 
 
 def _set_lock_timeout(wrapper) -> None:
+    # Session-wide when it commits on its own: one statement per connection, not one per
+    # transaction. Inside a transaction, for that transaction only: a rollback would undo a
+    # session-wide setting too, and the connection would be remembered wrongly.
+    in_transaction = wrapper.in_atomic_block
     with wrapper.cursor() as cursor:
-        # Session-wide, not SET LOCAL: one statement per connection, not one per transaction.
-        cursor.execute("SELECT set_config('lock_timeout', %s, false)", [f"{settings.LOCK_TIMEOUT_MS}ms"])
-    wrapper.lock_timeout_ms = settings.LOCK_TIMEOUT_MS
+        cursor.execute("SELECT set_config('lock_timeout', %s, %s)", [f"{settings.LOCK_TIMEOUT_MS}ms", in_transaction])
+    if not in_transaction:
+        wrapper.lock_timeout_ms = settings.LOCK_TIMEOUT_MS
 
 
 def _bound_new_connections(sender, connection, **kwargs) -> None:
