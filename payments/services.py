@@ -99,11 +99,12 @@ def _start_attempt(
 ) -> _Attempt:
     with transaction.atomic():
         bound_lock_wait()
-        own_booking = user_id in (None, caller.pk)
-        payment = own_booking and _start_first_attempt(
-            caller=caller, booking_id=booking_id, amount=amount, key=idempotency_key
+        payment = (
+            _start_first_attempt(caller=caller, booking_id=booking_id, amount=amount, key=idempotency_key)
+            if user_id in (None, caller.pk)
+            else None
         )
-        if payment:
+        if payment is not None:
             return _Attempt(payment=payment, charge_needed=True)
         # Anything else (not the caller's own, staff paying, expired, paid, in progress, another
         # amount): read it under its lock and say why.
