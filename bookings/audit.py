@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from bookings.models import BookingEvent
-from bookings_project import request_id
+from bookings_project import request_id, statements
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def record_status_change(
 ) -> BookingEvent:
     """Write one event. Call it in the transaction that changes the status."""
     event = _event(booking_id, from_status=from_status, to_status=to_status, reason=reason, actor=actor)
-    event.save(force_insert=True)
+    statements.insert(event)
     _log(event)
     return event
 

@@ -27,6 +27,7 @@ from django.utils import timezone
 from bookings.audit import record_status_change, record_status_changes
 from bookings.flights_gateway import FlightGateway, FlightInfo, HoldToRelease, get_flight_gateway
 from bookings.models import Booking, BookingEvent
+from bookings_project import statements
 from bookings_project.exceptions import (
     DomainError,
     FlightServiceUnavailable,
@@ -139,15 +140,17 @@ def _bookable_flight(gateway: FlightGateway, *, flight_id: int, seats: int) -> F
 
 def _write_booking(*, user: AbstractBaseUser, flight: FlightInfo, seats: int, seats_state: str) -> Booking:
     """A new booking INITIATED at the flight's price, and its creation event, in the caller's transaction."""
-    booking = Booking.objects.create(
-        user=user,
-        flight_id=flight.id,
-        seats=seats,
-        total_cost=(flight.price * seats).quantize(CENT),
-        status=Status.INITIATED,
-        seats_state=seats_state,
-        flight_keeps_holds=flight.keeps_holds,
-        expires_at=timezone.now() + dt.timedelta(minutes=settings.BOOKING_HOLD_MINUTES),
+    booking = statements.insert(
+        Booking(
+            user=user,
+            flight_id=flight.id,
+            seats=seats,
+            total_cost=(flight.price * seats).quantize(CENT),
+            status=Status.INITIATED,
+            seats_state=seats_state,
+            flight_keeps_holds=flight.keeps_holds,
+            expires_at=timezone.now() + dt.timedelta(minutes=settings.BOOKING_HOLD_MINUTES),
+        )
     )
     record_status_change(
         booking_id=booking.pk, from_status="", to_status=Status.INITIATED, reason=BookingEvent.Reason.CREATED

@@ -2,6 +2,7 @@
 
 from django.db.models import QuerySet
 
+from bookings_project import statements
 from bookings_project.exceptions import NotFound
 from flights.models import Flight
 
@@ -11,7 +12,7 @@ def flight_list() -> QuerySet[Flight]:
 
 
 def flight_get(*, flight_id: int) -> Flight:
-    try:
-        return Flight.objects.get(pk=flight_id)
-    except Flight.DoesNotExist:
-        raise NotFound(f"Flight {flight_id} does not exist.") from None
+    flight = statements.get(Flight, flight_id)
+    if flight is None:
+        raise NotFound(f"Flight {flight_id} does not exist.")
+    return flight

@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, F, IntegerField, Value, When
 from django.utils import timezone
 
+from bookings_project import statements
 from bookings_project.db import bound_lock_wait
 from bookings_project.exceptions import CapacityExceeded, InsufficientSeats, NotFound, ReservationConflict
 from flights.models import Flight, SeatHold
@@ -94,8 +95,10 @@ def flight_seats_take(*, flight_id: int, seats: int, price: Decimal) -> bool:
     price changed since it was read.
     """
     bound_lock_wait()
-    taken = Flight.objects.filter(pk=flight_id, available_seats__gte=seats, price=price).update(
-        available_seats=F("available_seats") - seats, updated_at=timezone.now()
+    taken = statements.update(
+        Flight,
+        where={"pk": flight_id, "available_seats__gte": seats, "price": price},
+        values={"available_seats": F("available_seats") - seats, "updated_at": timezone.now()},
     )
     if taken:
         return True
@@ -110,7 +113,7 @@ def flight_seats_take(*, flight_id: int, seats: int, price: Decimal) -> bool:
 def seat_hold_add(*, flight_id: int, seats: int, ref: str) -> None:
     """The ledger's record of seats `flight_seats_take` took in this transaction, under a
     reference that is new (a booking's own): it is released by reference like any other."""
-    SeatHold.objects.create(flight_id=flight_id, ref=ref, seats=seats, state=SeatHold.State.HELD)
+    statements.insert(SeatHold(flight_id=flight_id, ref=ref, seats=seats, state=SeatHold.State.HELD))
 
 
 def _reserve(flight: Flight, hold: SeatHold | None, ref: str, seats: int) -> SeatHold:

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from bookings_project import http_client
+from bookings_project import http_client, statements
 from bookings_project.db import may_conflict
 from bookings_project.exceptions import PaymentGatewayUnavailable
 from payments.models import Payment, SimulatedCharge
@@ -125,14 +125,16 @@ class SimulatedPaymentGateway:
         try:
             # A new key is the usual case: one INSERT; a repeat is told by the unique key.
             with may_conflict():
-                return SimulatedCharge.objects.create(
-                    charge_id=f"sim_ch_{uuid.uuid4().hex[:24]}",
-                    idempotency_key=key,
-                    reference=reference,
-                    amount=amount,
-                    currency=currency,
-                    status=SimulatedCharge.Status.DECLINED if decline else SimulatedCharge.Status.SUCCEEDED,
-                    decline_reason="Declined by the simulated gateway." if decline else "",
+                return statements.insert(
+                    SimulatedCharge(
+                        charge_id=f"sim_ch_{uuid.uuid4().hex[:24]}",
+                        idempotency_key=key,
+                        reference=reference,
+                        amount=amount,
+                        currency=currency,
+                        status=SimulatedCharge.Status.DECLINED if decline else SimulatedCharge.Status.SUCCEEDED,
+                        decline_reason="Declined by the simulated gateway." if decline else "",
+                    )
                 )
         except IntegrityError:
             # A repeat, or the same key racing us: the first charge is the one.

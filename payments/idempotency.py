@@ -28,6 +28,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError
 from django.utils import timezone
 
+from bookings_project import statements
 from bookings_project.db import may_conflict
 from bookings_project.errors import problem_body
 from bookings_project.exceptions import DomainError, IdempotencyKeyInUse, IdempotencyKeyReused
@@ -87,13 +88,15 @@ def _claim(*, user: AbstractBaseUser, key: str, fingerprint: str) -> Idempotency
         now = timezone.now()
         try:
             with may_conflict():
-                return IdempotencyKey.objects.create(
-                    user=user,
-                    key=key,
-                    fingerprint=fingerprint,
-                    lease=uuid.uuid4(),
-                    locked_until=now + payment_attempt_window(),
-                    expires_at=now + dt.timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS),
+                return statements.insert(
+                    IdempotencyKey(
+                        user=user,
+                        key=key,
+                        fingerprint=fingerprint,
+                        lease=uuid.uuid4(),
+                        locked_until=now + payment_attempt_window(),
+                        expires_at=now + dt.timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS),
+                    )
                 )
         except IntegrityError:
             pass  # The key exists: see what it says.
@@ -124,13 +127,17 @@ def _claim(*, user: AbstractBaseUser, key: str, fingerprint: str) -> Idempotency
 
 
 def _complete(claim: IdempotencyKey, status: int, body: dict[str, Any]) -> None:
-    IdempotencyKey.objects.filter(pk=claim.pk, lease=claim.lease).update(
-        state=IdempotencyKey.State.COMPLETED,
-        response_status=status,
-        response_body=body,
-        lease=None,
-        locked_until=None,
-        completed_at=timezone.now(),
+    statements.update(
+        IdempotencyKey,
+        where={"pk": claim.pk, "lease": claim.lease},
+        values={
+            "state": IdempotencyKey.State.COMPLETED,
+            "response_status": status,
+            "response_body": body,
+            "lease": None,
+            "locked_until": None,
+            "completed_at": timezone.now(),
+        },
     )
 
 

@@ -26,6 +26,7 @@ from django.utils import timezone
 from bookings.audit import record_status_change
 from bookings.models import Booking, BookingEvent
 from bookings.services import booking_expire, booking_move, booking_release_seats
+from bookings_project import statements
 from bookings_project.db import bound_lock_wait
 from bookings_project.exceptions import (
     AmountMismatch,
@@ -163,14 +164,18 @@ def _start_first_attempt(*, caller: AbstractBaseUser, booking_id: int, amount: D
     not expired, this amount. It takes the booking's row lock, moves it to PENDING and writes
     the attempt; None (nothing written) when the booking is anything else."""
     now = timezone.now()
-    started = Booking.objects.filter(
-        pk=booking_id,
-        user_id=caller.pk,
-        status=BookingStatus.INITIATED,
-        seats_state=Booking.SeatsState.RESERVED,
-        expires_at__gt=now,
-        total_cost=amount,
-    ).update(status=BookingStatus.PENDING, updated_at=now)
+    started = statements.update(
+        Booking,
+        where={
+            "pk": booking_id,
+            "user_id": caller.pk,
+            "status": BookingStatus.INITIATED,
+            "seats_state": Booking.SeatsState.RESERVED,
+            "expires_at__gt": now,
+            "total_cost": amount,
+        },
+        values={"status": BookingStatus.PENDING, "updated_at": now},
+    )
     if not started:
         return None
     record_status_change(
@@ -179,14 +184,16 @@ def _start_first_attempt(*, caller: AbstractBaseUser, booking_id: int, amount: D
         to_status=BookingStatus.PENDING,
         reason=Reason.PAYMENT_STARTED,
     )
-    return Payment.objects.create(
-        booking_id=booking_id,
-        user_id=caller.pk,
-        created_by=caller,
-        idempotency_key=key,
-        amount=amount,
-        currency=settings.CURRENCY,
-        attempted_at=now,
+    return statements.insert(
+        Payment(
+            booking_id=booking_id,
+            user_id=caller.pk,
+            created_by=caller,
+            idempotency_key=key,
+            amount=amount,
+            currency=settings.CURRENCY,
+            attempted_at=now,
+        )
     )
 
 
@@ -261,11 +268,15 @@ def _record_answer(payment: Payment, charge: Charge) -> bool:
     try:
         with transaction.atomic():
             # Booking, then payment: the order every writer locks them in.
-            if not Booking.objects.filter(pk=payment.booking_id, status=BookingStatus.PENDING).update(
-                status=to, updated_at=now
+            if not statements.update(
+                Booking,
+                where={"pk": payment.booking_id, "status": BookingStatus.PENDING},
+                values={"status": to, "updated_at": now},
             ):
                 return False
-            if not Payment.objects.filter(pk=payment.pk, status=PaymentStatus.PROCESSING).update(**settled):
+            if not statements.update(
+                Payment, where={"pk": payment.pk, "status": PaymentStatus.PROCESSING}, values=settled
+            ):
                 raise _Moved()
             record_status_change(
                 booking_id=payment.booking_id,
