@@ -8,6 +8,8 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
 
+from bookings_project.statements import converted
+
 
 class _TokenLookup:
     """`Token.objects.select_related("user").get(key=…)`, compiled once: the same SQL (every
@@ -39,13 +41,7 @@ class _TokenLookup:
             row = cursor.fetchone()
         if row is None:
             return None
-        if self.converters:
-            row = list(row)
-            for position, (functions, expression) in self.converters:
-                value = row[position]
-                for function in functions:
-                    value = function(value, expression, connection)
-                row[position] = value
+        row = converted(row, self.converters, connection)
         token = Token.from_db(self.alias, self.init_list, row[self.start : self.end])
         for populator in self.populators:
             populator.populate(row, token)

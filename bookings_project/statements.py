@@ -236,11 +236,18 @@ class _CompiledGet:
             row = cursor.fetchone()
         if row is None:
             return None
-        if self.converters:
-            row = list(row)
-            for position, (functions, expression) in self.converters:
-                value = row[position]
-                for function in functions:
-                    value = function(value, expression, connection)
-                row[position] = value
-        return self.model.from_db(connection.alias, self.init_list, row)
+        return self.model.from_db(connection.alias, self.init_list, converted(row, self.converters, connection))
+
+
+def converted(row: tuple, converters: list, connection) -> tuple | list:
+    """A fetched row with the ORM's converters applied (`compiler.get_converters(...).items()`),
+    as its compilers apply them: how a database's values become the fields' Python values."""
+    if not converters:
+        return row
+    row = list(row)
+    for position, (functions, expression) in converters:
+        value = row[position]
+        for function in functions:
+            value = function(value, expression, connection)
+        row[position] = value
+    return row
