@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from django.db import connections, router, transaction
 from django.db.models import Model, signals
 from django.db.models.expressions import CombinedExpression, F, Value
+from django.db.models.query import get_related_populators
 from django.db.models.sql import InsertQuery, UpdateQuery
 
 M = TypeVar("M", bound=Model)
@@ -57,11 +58,10 @@ def insert(instance: M) -> M:
     compiled = _cache(connection).get(("insert", model))
     if compiled is None:
         compiled = _cache(connection)[("insert", model)] = _CompiledInsert.build(connection, model)
-    if compiled is _ORM or instance.pk is not None or _has_save_signals(model):
-        instance.save(force_insert=True, using=connection.alias)
-        return instance
-    instance._prepare_related_fields_for_save(operation_name="save")
-    params = compiled.params(instance)
+    params = None
+    if compiled is not _ORM and instance.pk is None and not _has_save_signals(model):
+        instance._prepare_related_fields_for_save(operation_name="save")
+        params = compiled.params(instance)
     if params is None:
         instance.save(force_insert=True, using=connection.alias)
         return instance
@@ -75,12 +75,14 @@ def insert(instance: M) -> M:
     return instance
 
 
-def get(model: type[M], pk: Any) -> M | None:
-    """`model.objects.filter(pk=pk).first()`, unordered: the row, or None."""
+def get(model: type[M], pk: Any, *, related: tuple[str, ...] = ()) -> M | None:
+    """`model.objects.select_related(*related).filter(pk=pk).first()`, unordered: the row
+    (with its related rows, so nothing is deferred), or None."""
     connection = connections[router.db_for_read(model)]
-    compiled = _cache(connection).get(("get", model))
+    key = ("get", model, related)
+    compiled = _cache(connection).get(key)
     if compiled is None:
-        compiled = _cache(connection)[("get", model)] = _CompiledGet(connection, model)
+        compiled = _cache(connection)[key] = _CompiledGet(connection, model, related)
     return compiled.get(pk)
 
 
@@ -211,22 +213,23 @@ class _CompiledInsert:
 
 
 class _CompiledGet:
-    """`filter(pk=…)` compiled once, with the ORM's converters and model building."""
+    """The look-up by primary key compiled once, with the ORM's converters and model building
+    (`select_related` rows included)."""
 
-    _PLACEHOLDER = 0
-
-    def __init__(self, connection, model) -> None:
-        self.connection, self.model = connection, model
-        query = model._default_manager.filter(pk=self._PLACEHOLDER).query
+    def __init__(self, connection, model, related: tuple[str, ...]) -> None:
+        self.connection, self.model, self.pk_field = connection, model, model._meta.pk
+        query = model._default_manager.select_related(*related).filter(pk=self.pk_field.to_python("1")).query
         query.clear_ordering(force=True)
         compiler = query.get_compiler(connection=connection)
         self.sql, params = compiler.as_sql()
-        if list(params) != [self._PLACEHOLDER]:
+        if len(params) != 1:
             raise AssertionError(f"unexpected parameters for a look-up by primary key: {params!r}")
-        columns = [column for column, _, _ in compiler.select]
-        self.converters = list(compiler.get_converters(columns).items())
-        self.init_list = [column.target.attname for column in columns]
-        self.pk_field = model._meta.pk
+        select, klass_info = compiler.select, compiler.klass_info
+        self.converters = list(compiler.get_converters([column for column, _, _ in select]).items())
+        fields = klass_info["select_fields"]
+        self.start, self.end = fields[0], fields[-1] + 1
+        self.init_list = [column.target.attname for column, _, _ in select[self.start : self.end]]
+        self.populators = get_related_populators(klass_info, select, connection.alias)
 
     def get(self, pk: Any) -> Model | None:
         connection = self.connection
@@ -236,10 +239,14 @@ class _CompiledGet:
             row = cursor.fetchone()
         if row is None:
             return None
-        return self.model.from_db(connection.alias, self.init_list, converted(row, self.converters, connection))
+        row = _converted(row, self.converters, connection)
+        instance = self.model.from_db(connection.alias, self.init_list, row[self.start : self.end])
+        for populator in self.populators:
+            populator.populate(row, instance)
+        return instance
 
 
-def converted(row: tuple, converters: list, connection) -> tuple | list:
+def _converted(row: tuple, converters: list, connection) -> tuple | list:
     """A fetched row with the ORM's converters applied (`compiler.get_converters(...).items()`),
     as its compilers apply them: how a database's values become the fields' Python values."""
     if not converters:

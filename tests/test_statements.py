@@ -23,6 +23,7 @@ from django.db.models.functions import Greatest
 from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
 from bookings.models import Booking, BookingEvent
 from bookings_project import statements
@@ -204,6 +205,16 @@ def test_a_look_up_reads_what_the_orm_reads():
     assert statements.get(Flight, str(flight.pk)).pk == flight.pk
 
 
+def test_a_look_up_with_related_rows_reads_them_in_the_same_statement(user):
+    key = Token.objects.create(user=user).key
+    for _ in range(2):  # Compiled, then sent compiled.
+        with CaptureQueriesContext(connection) as captured:
+            token = statements.get(Token, key, related=("user",))
+            assert (token.key, token.user.pk, token.user.username) == (key, user.pk, user.username)
+        assert len(captured.captured_queries) == 1
+    assert statements.get(Token, "no-such-key", related=("user",)) is None
+
+
 # The hot path --------------------------------------------------------------------------------
 
 
@@ -219,11 +230,12 @@ def test_a_booking_and_its_payment_send_only_compiled_statements(user, user_clie
     assert post_payment(user_client, body["id"], "pay", body["totalCost"]).status_code == 201
 
     compiled = connection.bookings_statements
-    # The flight; its seats; the booking, its hold, three events; the key, the payment, the
+    # The token (each request); the flight; its seats; the booking, its hold, three events; the key, the payment, the
     # charge; booking PENDING, BOOKED; payment SUCCEEDED; the key's answer.
     kinds = sorted((key[0], key[1].__name__) for key in compiled)
     assert kinds == [
         ("get", "Flight"),
+        ("get", "Token"),
         ("insert", "Booking"),
         ("insert", "BookingEvent"),
         ("insert", "IdempotencyKey"),
