@@ -334,7 +334,7 @@ def _set_seats_state(
         changes["seats_released_at"] = now
     if flight_keeps_holds is not None:
         changes["flight_keeps_holds"] = flight_keeps_holds
-    if Booking.objects.filter(pk=booking.pk, seats_state=expect).update(**changes) != 1:
+    if statements.update(Booking, where={"pk": booking.pk, "seats_state": expect}, values=changes) != 1:
         return False
     for name, value in changes.items():
         setattr(booking, name, value)

@@ -24,6 +24,7 @@ from django.db.models import Model, signals
 from django.db.models.expressions import CombinedExpression, F, Value
 from django.db.models.query import get_related_populators
 from django.db.models.sql import InsertQuery, UpdateQuery
+from django.db.transaction import TransactionManagementError
 
 M = TypeVar("M", bound=Model)
 
@@ -75,14 +76,17 @@ def insert(instance: M) -> M:
     return instance
 
 
-def get(model: type[M], pk: Any, *, related: tuple[str, ...] = ()) -> M | None:
+def get(model: type[M], pk: Any, *, related: tuple[str, ...] = (), for_update: bool = False) -> M | None:
     """`model.objects.select_related(*related).filter(pk=pk).first()`, unordered: the row
-    (with its related rows, so nothing is deferred), or None."""
-    connection = connections[router.db_for_read(model)]
-    key = ("get", model, related)
+    (with its related rows, so nothing is deferred), or None. With `for_update`, the row is
+    locked as `select_for_update()` locks it, so only inside a transaction."""
+    connection = connections[router.db_for_write(model) if for_update else router.db_for_read(model)]
+    if for_update and connection.get_autocommit():
+        raise TransactionManagementError("select_for_update cannot be used outside of a transaction.")
+    key = ("get", model, related, for_update)
     compiled = _cache(connection).get(key)
     if compiled is None:
-        compiled = _cache(connection)[key] = _CompiledGet(connection, model, related)
+        compiled = _cache(connection)[key] = _CompiledGet(connection, model, related, for_update)
     return compiled.get(pk)
 
 
@@ -216,9 +220,12 @@ class _CompiledGet:
     """The look-up by primary key compiled once, with the ORM's converters and model building
     (`select_related` rows included)."""
 
-    def __init__(self, connection, model, related: tuple[str, ...]) -> None:
+    def __init__(self, connection, model, related: tuple[str, ...], for_update: bool) -> None:
         self.connection, self.model, self.pk_field = connection, model, model._meta.pk
-        query = model._default_manager.select_related(*related).filter(pk=self.pk_field.to_python("1")).query
+        queryset = model._default_manager.select_related(*related)
+        if for_update:
+            queryset = queryset.select_for_update()
+        query = queryset.filter(pk=self.pk_field.to_python("1")).query
         query.clear_ordering(force=True)
         compiler = query.get_compiler(connection=connection)
         self.sql, params = compiler.as_sql()

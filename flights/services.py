@@ -48,10 +48,10 @@ def flight_create(
 
 def _flight_for_update(flight_id: int) -> Flight:
     """Lock the flight's row for the rest of the transaction. Every seat change goes here."""
-    try:
-        return Flight.objects.select_for_update().get(pk=flight_id)
-    except Flight.DoesNotExist:
-        raise NotFound(f"Flight {flight_id} does not exist.") from None
+    flight = statements.get(Flight, flight_id, for_update=True)
+    if flight is None:
+        raise NotFound(f"Flight {flight_id} does not exist.")
+    return flight
 
 
 def flight_seats_change(
@@ -153,18 +153,25 @@ def _apply(flight: Flight, delta: int) -> None:
             f"giving back {delta} would exceed its capacity."
         )
     flight.available_seats += delta
-    flight.save(update_fields=["available_seats", "updated_at"])
+    flight.updated_at = timezone.now()
+    statements.update(
+        Flight,
+        where={"pk": flight.pk},
+        values={"available_seats": flight.available_seats, "updated_at": flight.updated_at},
+    )
 
 
 def _new_hold(*, flight: Flight, ref: str, seats: int, state: str) -> SeatHold:
     """The last write of a seat change: a reference taken meanwhile by another flight fails
     it with IntegrityError, which `flight_seats_change` answers."""
-    return SeatHold.objects.create(
-        flight=flight,
-        ref=ref,
-        seats=seats,
-        state=state,
-        released_at=timezone.now() if state == SeatHold.State.RELEASED else None,
+    return statements.insert(
+        SeatHold(
+            flight=flight,
+            ref=ref,
+            seats=seats,
+            state=state,
+            released_at=timezone.now() if state == SeatHold.State.RELEASED else None,
+        )
     )
 
 

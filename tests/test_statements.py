@@ -26,9 +26,11 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from bookings.models import Booking, BookingEvent
+from bookings.services import booking_create
 from bookings_project import statements
 from bookings_project.statements import _ORM
 from flights.models import Flight, SeatHold
+from flights.services import flight_seats_change
 from payments.models import IdempotencyKey
 from tests.factories import initiated, make_flight
 from tests.support.api import post_payment
@@ -215,6 +217,19 @@ def test_a_look_up_with_related_rows_reads_them_in_the_same_statement(user):
     assert statements.get(Token, "no-such-key", related=("user",)) is None
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_locked_look_up_sends_select_for_update_and_only_in_a_transaction(flight):
+    with pytest.raises(transaction.TransactionManagementError):
+        statements.get(Flight, flight.pk, for_update=True)
+    with transaction.atomic():
+        sql = _sql_of(lambda: statements.get(Flight, flight.pk, for_update=True))
+        assert statements.get(Flight, flight.pk, for_update=True).available_seats == flight.available_seats
+        orm_sql = _sql_of(lambda: list(Flight.objects.select_for_update().filter(pk=flight.pk).order_by()))
+    # SQLite has no row locks: Django leaves FOR UPDATE out there, and so does the compiled look-up.
+    assert len(sql) == 1 and sql[0].endswith("FOR UPDATE") == connection.features.has_select_for_update
+    assert sql == orm_sql
+
+
 # The hot path --------------------------------------------------------------------------------
 
 
@@ -249,3 +264,38 @@ def test_a_booking_and_its_payment_send_only_compiled_statements(user, user_clie
         ("update", "Payment"),
     ]
     assert [key for key, value in compiled.items() if value is _ORM] == []
+
+
+def test_a_seat_change_of_the_flights_api_sends_its_writes_compiled(flight):
+    """The Flights service's side of the HTTP adapter: the flight locked, moved, the hold written."""
+    _forget_compiled()
+    change = flight_seats_change(flight_id=flight.pk, seats=2, decrease=True, reservation="booking-1")
+    assert (change.flight.available_seats, change.hold.seats) == (flight.available_seats - 2, 2)
+    flight.refresh_from_db()
+    assert flight.available_seats == change.flight.available_seats
+    assert SeatHold.objects.get(ref="booking-1").state == SeatHold.State.HELD
+    kinds = sorted(
+        (key[0], key[1].__name__) for key, value in connection.bookings_statements.items() if value is not _ORM
+    )
+    assert kinds == [("get", "Flight"), ("insert", "SeatHold"), ("update", "Flight")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_saga_sends_its_writes_compiled(saga_in_process, user, flight):
+    """A booking that walks the saga, as over the HTTP adapter: booking and event, the seat
+    change, the booking's seats state RESERVED."""
+    _forget_compiled()
+    booking = booking_create(user=user, flight_id=flight.pk, seats=2)
+    assert Booking.objects.get(pk=booking.pk).seats_state == Booking.SeatsState.RESERVED
+    compiled = connection.bookings_statements
+    assert [key for key, value in compiled.items() if value is _ORM] == []
+    kinds = sorted((key[0], key[1].__name__) for key in compiled)
+    assert kinds == [
+        ("get", "Flight"),
+        ("get", "Flight"),
+        ("insert", "Booking"),
+        ("insert", "BookingEvent"),
+        ("insert", "SeatHold"),
+        ("update", "Booking"),
+        ("update", "Flight"),
+    ]
