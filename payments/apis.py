@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from bookings.services import booking_owner
 from bookings_project.authentication import TokenAuthentication
 from bookings_project.errors import PROBLEM_CONTENT_TYPE
-from bookings_project.exceptions import IdempotencyKeyMissing
+from bookings_project.exceptions import DomainError, IdempotencyKeyMissing
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
 from bookings_project.throttling import PaymentsThrottle
 from payments import idempotency, selectors, services
@@ -177,14 +177,24 @@ class PaymentViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         user_id = data.get("userId")
         booking_owner(caller=request.user, user_id=user_id)  # The userId rule, before the key is claimed.
 
-        def pay() -> tuple[int, dict]:
+        def pay(claim: idempotency.Claim) -> tuple[int, dict]:
+            def store_answer(payment: Payment, refusal: DomainError | None) -> None:
+                # Inside the transaction that records the gateway's answer: the key's answer commits with it.
+                if refusal:
+                    claim.store_refusal(refusal)
+                else:
+                    claim.store(status.HTTP_201_CREATED, dict(PaymentSerializer(payment).data))
+
             payment = services.payment_create(
                 caller=request.user,
                 booking_id=data["bookingId"],
                 amount=data["amount"],
                 idempotency_key=key,
                 user_id=user_id,
+                on_settled=store_answer,
             )
+            if claim.answer:
+                return claim.answer.status, claim.answer.body
             return status.HTTP_201_CREATED, dict(PaymentSerializer(payment).data)
 
         answer = idempotency.run_idempotently(

@@ -2,9 +2,11 @@
 
 A request claims its (user, key) by inserting a row: the unique constraint decides a race,
 never a read-then-write. The claimant runs the operation and stores its final answer on
-the key; a later request with the same key and body gets that answer replayed. Answers
-that invite a retry (409 in progress, 429, 503) and unexpected failures store nothing:
-the key is let go, so that the client's retry runs again.
+the key; a later request with the same key and body gets that answer replayed. The
+operation may store it itself, inside the transaction that makes its outcome final
+(`Claim.store`), so that outcome and answer commit together; otherwise it is stored after.
+Answers that invite a retry (409 in progress, 429, 503) and unexpected failures store
+nothing: the key is let go, so that the client's retry runs again.
 
 A request that dies holding a key keeps it until its lease runs out (the payment attempt
 window); then a retry with the same key and body takes it over. Taking over is safe
@@ -50,6 +52,26 @@ class Answer:
     replayed: bool = False
 
 
+class Claim:
+    """This request's hold on its key, handed to the operation `run_idempotently` runs."""
+
+    def __init__(self, row: IdempotencyKey) -> None:
+        self._row = row
+        # The answer `store` wrote, once the operation has stored it.
+        self.answer: Answer | None = None
+
+    def store(self, status: int, body: dict[str, Any]) -> None:
+        """Store the final answer now, inside the transaction that makes the operation's outcome
+        final: they commit together, and no crash between two commits can leave the outcome
+        written and the key still claimed (a retry would wait for its lease to run out)."""
+        _complete(self._row, status, body)
+        self.answer = Answer(status=status, body=body)
+
+    def store_refusal(self, error: DomainError) -> None:
+        """`store` of a final refusal: its problem body, as the exception handler renders it."""
+        self.store(error.status, _problem_of(error))
+
+
 def request_fingerprint(*, method: str, path: str, body: dict[str, Any]) -> str:
     """SHA-256 of method, path and the normalised JSON body (keys sorted, no spaces)."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -57,30 +79,36 @@ def request_fingerprint(*, method: str, path: str, body: dict[str, Any]) -> str:
 
 
 def run_idempotently(
-    *, user: AbstractBaseUser, key: str, fingerprint: str, operation: Callable[[], tuple[int, dict[str, Any]]]
+    *, user: AbstractBaseUser, key: str, fingerprint: str, operation: Callable[[Claim], tuple[int, dict[str, Any]]]
 ) -> Answer:
     """Run `operation` at most once per (user, key) and answer as the first run did.
 
-    `operation` answers `(status, body)` or raises. A `DomainError` that is final (a decline,
-    an amount mismatch, ...) is stored as its problem body, then re-raised for the handler.
+    `operation(claim)` answers `(status, body)` or raises, and may store its answer itself
+    (`Claim.store`). A `DomainError` that is final (a decline, an amount mismatch, ...) is
+    stored as its problem body, then re-raised for the handler.
     """
-    claim = _claim(user=user, key=key, fingerprint=fingerprint)
-    if isinstance(claim, Answer):
-        return claim
+    row = _claim(user=user, key=key, fingerprint=fingerprint)
+    if isinstance(row, Answer):
+        return row
+    claim = Claim(row)
     try:
-        status, body = operation()
+        status, body = operation(claim)
     except DomainError as error:
         if error.invites_retry:
-            _let_go(claim)
-        else:
-            body = problem_body(status=error.status, code=error.code, title=error.title, detail=error.detail)
-            _complete(claim, error.status, body)
+            _let_go(row)
+        elif claim.answer is None:
+            _complete(row, error.status, _problem_of(error))
         raise
     except BaseException:
-        _let_go(claim)
+        _let_go(row)
         raise
-    _complete(claim, status, body)
+    if claim.answer is None:
+        _complete(row, status, body)
     return Answer(status=status, body=body)
+
+
+def _problem_of(error: DomainError) -> dict[str, Any]:
+    return problem_body(status=error.status, code=error.code, title=error.title, detail=error.detail)
 
 
 def _claim(*, user: AbstractBaseUser, key: str, fingerprint: str) -> IdempotencyKey | Answer:

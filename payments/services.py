@@ -14,6 +14,7 @@ A payment is three short steps, and no transaction or row lock is held across th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 BookingStatus, PaymentStatus = Booking.Status, Payment.Status
 Reason, Actor = BookingEvent.Reason, BookingEvent.Actor
 
+# Called inside the transaction that settles a payment, with the refusal its caller gets (`payment_create`).
+OnSettled = Callable[[Payment, PaymentDeclined | None], None]
+
 
 @dataclass(frozen=True)
 class _Attempt:
@@ -63,12 +67,18 @@ def payment_create(
     idempotency_key: str,
     user_id: int | None = None,
     gateway: PaymentGateway | None = None,
+    on_settled: OnSettled | None = None,
 ) -> Payment:
     """Pay a booking's totalCost. Answers the ChargeStatus.SUCCEEDED payment (the booking is BOOKED).
 
     Raises a definite refusal (`NotFound`, `BookingExpired`, `BookingNotPayable`,
     `PaymentInProgress`, `AmountMismatch`, `UserMismatch`, `PaymentDeclined`) or
     `PaymentGatewayUnavailable`, after which the same key may be sent again.
+
+    `on_settled(payment, refusal)` is called inside the transaction that records the
+    gateway's answer, if this call records it: the payment SUCCEEDED (`refusal` None) or
+    DECLINED (`refusal` the `PaymentDeclined` about to be raised). What it writes commits
+    with that answer or not at all (the request's idempotency key stores its answer there).
     """
     attempt = _start_attempt(
         caller=caller, booking_id=booking_id, amount=amount, idempotency_key=idempotency_key, user_id=user_id
@@ -92,7 +102,12 @@ def payment_create(
         else:
             _record_unknown_outcome(payment, error.detail)
         raise
-    return _record_charge(payment, charge, gateway)
+    return _record_charge(payment, charge, gateway, on_settled)
+
+
+def _refusal_of(payment: Payment) -> PaymentDeclined | None:
+    """What a settled payment's caller is told: a decline, or nothing wrong."""
+    return PaymentDeclined(payment.failure_reason or None) if payment.status == PaymentStatus.DECLINED else None
 
 
 def _start_attempt(
@@ -197,10 +212,12 @@ def _start_first_attempt(*, caller: AbstractBaseUser, booking_id: int, amount: D
     )
 
 
-def _record_charge(payment: Payment, charge: Charge, gateway: PaymentGateway) -> Payment:
-    if _record_answer(payment, charge):
-        if payment.status == PaymentStatus.DECLINED:
-            raise PaymentDeclined(payment.failure_reason or None)
+def _record_charge(
+    payment: Payment, charge: Charge, gateway: PaymentGateway, on_settled: OnSettled | None = None
+) -> Payment:
+    if _record_answer(payment, charge, on_settled):
+        if refusal := _refusal_of(payment):
+            raise refusal
         return payment
     money_arrived_late = False
     with transaction.atomic():
@@ -219,6 +236,8 @@ def _record_charge(payment: Payment, charge: Charge, gateway: PaymentGateway) ->
                 to, reason = BookingStatus.INITIATED, Reason.PAYMENT_DECLINED  # Pay again, with a new key.
             payment.save()
             booking_move(booking, to=to, reason=reason, actor=Actor.GATEWAY)
+            if on_settled:
+                on_settled(payment, _refusal_of(payment))
         elif charge.money_taken and payment.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.REFUNDED):
             # Settled meanwhile as not charged (cleanup found no charge and cancelled the
             # booking), yet the gateway took the money: record it, then give it back.
@@ -236,8 +255,8 @@ def _record_charge(payment: Payment, charge: Charge, gateway: PaymentGateway) ->
         raise BookingExpired(
             f"Booking {payment.booking_id} was cancelled while the payment was in flight; the charge was refunded."
         )
-    if payment.status == PaymentStatus.DECLINED:
-        raise PaymentDeclined(payment.failure_reason or None)
+    if refusal := _refusal_of(payment):
+        raise refusal
     if payment.status != PaymentStatus.SUCCEEDED:
         raise BookingNotPayable(f"Payment {payment.pk} ended {payment.status}.")
     return payment
@@ -247,11 +266,12 @@ class _Moved(Exception):
     """The booking was PENDING but its payment had moved on: undo, and look closer."""
 
 
-def _record_answer(payment: Payment, charge: Charge) -> bool:
+def _record_answer(payment: Payment, charge: Charge, on_settled: OnSettled | None = None) -> bool:
     """The usual case in two conditional UPDATEs: the booking still PENDING and this payment
     still PROCESSING, so the gateway's answer settles both (BOOKED, or INITIATED to pay again
-    after a decline). False, with nothing written, when either had moved on meanwhile
-    (cleanup settled it): the caller then reads both under their locks."""
+    after a decline), and `on_settled` writes with them. False, with nothing written, when
+    either had moved on meanwhile (cleanup settled it): the caller then reads both under
+    their locks."""
     now = timezone.now()
     if charge.money_taken:
         status, failure, to, reason = PaymentStatus.SUCCEEDED, "", BookingStatus.BOOKED, Reason.PAYMENT_SUCCEEDED
@@ -285,10 +305,12 @@ def _record_answer(payment: Payment, charge: Charge) -> bool:
                 reason=reason,
                 actor=Actor.GATEWAY,
             )
+            for field, value in settled.items():
+                setattr(payment, field, value)
+            if on_settled:
+                on_settled(payment, _refusal_of(payment))
     except _Moved:
         return False
-    for field, value in settled.items():
-        setattr(payment, field, value)
     return True
 
 

@@ -1,18 +1,25 @@
 """Payments API (docs/api.md#payments, #idempotency, #errors) through HTTP, on the in-process Flights adapter and the
 default simulated payment gateway: every idempotency rule and every payment error code."""
 
+import contextlib
 import datetime as dt
 import uuid
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from bookings.models import Booking
+from bookings_project.exceptions import PaymentDeclined
+from payments import idempotency
+from payments import services as payment_services
 from payments.idempotency import request_fingerprint
 from payments.models import IdempotencyKey, Payment, SimulatedCharge
+from tests.factories import RequestDied
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem, race
 
 pytestmark = pytest.mark.django_db
@@ -396,6 +403,68 @@ class TestInProgress:
         assert (replay.status_code, replay[REPLAYED]) == (201, "true")
         assert_money_matches_bookings()
         assert_bookings_match_ledger(flight)
+
+
+class TestAnswerCommitsWithTheOutcome:
+    """The key's answer is written in the transaction that records the gateway's answer: a
+    request that dies right after that commit has its answer stored all the same."""
+
+    @pytest.fixture
+    def dies_once_recorded(self, monkeypatch):
+        real = payment_services.payment_create
+
+        def pay_then_die(**kwargs):
+            with contextlib.suppress(PaymentDeclined):
+                real(**kwargs)
+            raise RequestDied()
+
+        monkeypatch.setattr(payment_services, "payment_create", pay_then_die)
+        # A killed process runs nothing after: it lets no key go.
+        monkeypatch.setattr(idempotency, "_let_go", lambda row: None)
+        return monkeypatch
+
+    def test_paid_then_died_replays_the_payment_at_once(self, user_client, booking, flight, dies_once_recorded):
+        with pytest.raises(RequestDied):
+            _pay(user_client, "k", _body(booking))
+        dies_once_recorded.undo()
+
+        replay = _pay(user_client, "k", _body(booking))
+
+        # Not 409 idempotency_key_in_use until the lease runs out: the answer was stored.
+        assert (replay.status_code, replay[REPLAYED]) == (201, "true")
+        payment = Payment.objects.get()
+        assert replay.json()["id"] == payment.pk
+        assert (replay.json()["status"], replay.json()["gatewayReference"]) == ("SUCCEEDED", payment.gateway_reference)
+        assert _parse_time(replay.json()["updatedAt"]) == payment.updated_at
+        assert SimulatedCharge.objects.count() == 1
+        assert _status(booking) == "BOOKED"
+        assert_money_matches_bookings()
+        assert_bookings_match_ledger(flight)
+
+    def test_declined_then_died_replays_the_decline(self, user_client, booking, settings, dies_once_recorded):
+        settings.PAYMENT_SIMULATED_OUTCOME = "decline"
+        with pytest.raises(RequestDied):
+            _pay(user_client, "k", _body(booking))
+        dies_once_recorded.undo()
+        settings.PAYMENT_SIMULATED_OUTCOME = "approve"
+
+        replay = _pay(user_client, "k", _body(booking))
+
+        assert_problem(replay, 402, "payment_declined")
+        assert replay[REPLAYED] == "true"
+        assert replay.json()["detail"] == Payment.objects.get().failure_reason
+        assert _status(booking) == "INITIATED"
+
+    def test_the_answer_is_written_before_the_outcome_commits(self, user_client, booking):
+        with CaptureQueriesContext(connection) as queries:
+            assert _pay(user_client, "k", _body(booking)).status_code == 201
+
+        sql = [query["sql"] for query in queries.captured_queries]
+        settled = next(i for i, s in enumerate(sql) if s.startswith('UPDATE "payments_payment" SET "status"'))
+        answered = next(i for i, s in enumerate(sql) if s.startswith('UPDATE "payments_idempotencykey"'))
+        # The test runs in a transaction, so the settle's own ends with RELEASE SAVEPOINT (COMMIT when it runs alone).
+        ends = [i for i, s in enumerate(sql) if s.startswith(("COMMIT", "RELEASE SAVEPOINT"))]
+        assert settled < answered < min(i for i in ends if i > settled), sql[settled:]
 
 
 class TestTtl:

@@ -175,7 +175,7 @@ def _refund_down(self, *, payment):
 def _key(user, key: str):
     body = {"bookingId": 1, "amount": "1.00"}
     fingerprint = request_fingerprint(method="POST", path="/api/v1/payments", body=body)
-    run_idempotently(user=user, key=key, fingerprint=fingerprint, operation=lambda: (201, {"key": key}))
+    run_idempotently(user=user, key=key, fingerprint=fingerprint, operation=lambda claim: (201, {"key": key}))
 
 
 def build_scenario(user, clock, settings, monkeypatch) -> Scenario:
