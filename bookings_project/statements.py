@@ -76,18 +76,21 @@ def insert(instance: M) -> M:
     return instance
 
 
-def get(model: type[M], pk: Any, *, related: tuple[str, ...] = (), for_update: bool = False) -> M | None:
-    """`model.objects.select_related(*related).filter(pk=pk).first()`, unordered: the row
-    (with its related rows, so nothing is deferred), or None. With `for_update`, the row is
-    locked as `select_for_update()` locks it, so only inside a transaction."""
+def get(
+    model: type[M], value: Any, *, by: str = "pk", related: tuple[str, ...] = (), for_update: bool = False
+) -> M | None:
+    """`model.objects.select_related(*related).filter(<by>=value).first()`, unordered: the row
+    (with its related rows, so nothing is deferred), or None. `by` is the primary key or
+    another unique field. With `for_update`, the row is locked as `select_for_update()`
+    locks it, so only inside a transaction."""
     connection = connections[router.db_for_write(model) if for_update else router.db_for_read(model)]
     if for_update and connection.get_autocommit():
         raise TransactionManagementError("select_for_update cannot be used outside of a transaction.")
-    key = ("get", model, related, for_update)
+    key = ("get", model, by, related, for_update)
     compiled = _cache(connection).get(key)
     if compiled is None:
-        compiled = _cache(connection)[key] = _CompiledGet(connection, model, related, for_update)
-    return compiled.get(pk)
+        compiled = _cache(connection)[key] = _CompiledGet(connection, model, by, related, for_update)
+    return compiled.get(value)
 
 
 def _has_save_signals(model: type[Model]) -> bool:
@@ -217,20 +220,25 @@ class _CompiledInsert:
 
 
 class _CompiledGet:
-    """The look-up by primary key compiled once, with the ORM's converters and model building
-    (`select_related` rows included)."""
+    """The look-up by a unique field compiled once, with the ORM's converters and model
+    building (`select_related` rows included)."""
 
-    def __init__(self, connection, model, related: tuple[str, ...], for_update: bool) -> None:
-        self.connection, self.model, self.pk_field = connection, model, model._meta.pk
-        queryset = model._default_manager.select_related(*related)
+    def __init__(self, connection, model, by: str, related: tuple[str, ...], for_update: bool) -> None:
+        self.connection, self.model = connection, model
+        self.field = model._meta.pk if by == "pk" else model._meta.get_field(by)
+        if not self.field.unique:
+            raise ValueError(f"{model.__name__}.{by} is not unique: a look-up by it may find several rows.")
+        queryset = model._default_manager.all()
+        if related:  # `select_related()` with no names would follow every foreign key.
+            queryset = queryset.select_related(*related)
         if for_update:
             queryset = queryset.select_for_update()
-        query = queryset.filter(pk=self.pk_field.to_python("1")).query
+        query = queryset.filter(**{self.field.name: self.field.to_python("1")}).query
         query.clear_ordering(force=True)
         compiler = query.get_compiler(connection=connection)
         self.sql, params = compiler.as_sql()
         if len(params) != 1:
-            raise AssertionError(f"unexpected parameters for a look-up by primary key: {params!r}")
+            raise AssertionError(f"unexpected parameters for a look-up by {by}: {params!r}")
         select, klass_info = compiler.select, compiler.klass_info
         self.converters = list(compiler.get_converters([column for column, _, _ in select]).items())
         fields = klass_info["select_fields"]
@@ -238,11 +246,11 @@ class _CompiledGet:
         self.init_list = [column.target.attname for column, _, _ in select[self.start : self.end]]
         self.populators = get_related_populators(klass_info, select, connection.alias)
 
-    def get(self, pk: Any) -> Model | None:
+    def get(self, value: Any) -> Model | None:
         connection = self.connection
-        pk = self.pk_field.get_db_prep_value(self.pk_field.get_prep_value(pk), connection, prepared=True)
+        value = self.field.get_db_prep_value(self.field.get_prep_value(value), connection, prepared=True)
         with connection.cursor() as cursor:
-            cursor.execute(self.sql, [pk])
+            cursor.execute(self.sql, [value])
             row = cursor.fetchone()
         if row is None:
             return None

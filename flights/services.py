@@ -69,7 +69,7 @@ def flight_seats_change(
             if reservation is None:
                 _apply(flight, -seats if decrease else seats)
                 return SeatChangeResult(flight=flight, hold=None)
-            hold = SeatHold.objects.select_for_update().filter(ref=reservation).first()
+            hold = statements.get(SeatHold, reservation, by="ref", for_update=True)
             if hold is not None and hold.flight_id != flight.pk:
                 raise ReservationConflict(f"Reservation {reservation!r} belongs to another flight.")
             if decrease:

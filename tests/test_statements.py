@@ -238,6 +238,24 @@ def test_a_locked_look_up_sends_select_for_update_and_only_in_a_transaction(flig
     assert sql == orm_sql
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_look_up_by_another_unique_field_sends_the_orms_sql(flight):
+    hold = SeatHold.objects.create(flight=flight, ref="booking-7", seats=2, state=SeatHold.State.HELD)
+    with transaction.atomic():
+        for _ in range(2):  # Compiled, then sent compiled.
+            sql = _sql_of(lambda: statements.get(SeatHold, "booking-7", by="ref", for_update=True))
+            found = statements.get(SeatHold, "booking-7", by="ref", for_update=True)
+            assert (found.pk, found.flight_id, found.seats, found.state) == (hold.pk, flight.pk, 2, "held")
+        orm_sql = _sql_of(lambda: list(SeatHold.objects.select_for_update().filter(ref="booking-7").order_by()))
+        assert statements.get(SeatHold, "booking-8", by="ref", for_update=True) is None
+    assert sql == orm_sql
+
+
+def test_a_look_up_by_a_field_that_is_not_unique_is_refused(flight):
+    with pytest.raises(ValueError, match="not unique"):
+        statements.get(SeatHold, flight.pk, by="flight")
+
+
 # The hot path --------------------------------------------------------------------------------
 
 
@@ -272,14 +290,15 @@ def test_a_booking_and_its_payment_send_only_compiled_statements(user, user_clie
 
 
 def test_a_seat_change_of_the_flights_api_sends_its_writes_compiled(flight):
-    """The Flights service's side of the HTTP adapter: the flight locked, moved, the hold written."""
+    """The Flights service's side of the HTTP adapter: the flight locked, its hold looked up, the flight moved, the
+    hold written."""
     _forget_compiled()
     change = flight_seats_change(flight_id=flight.pk, seats=2, decrease=True, reservation="booking-1")
     assert (change.flight.available_seats, change.hold.seats) == (flight.available_seats - 2, 2)
     flight.refresh_from_db()
     assert flight.available_seats == change.flight.available_seats
     assert SeatHold.objects.get(ref="booking-1").state == SeatHold.State.HELD
-    assert _compiled_kinds() == [("get", "Flight"), ("insert", "SeatHold"), ("update", "Flight")]
+    assert _compiled_kinds() == [("get", "Flight"), ("get", "SeatHold"), ("insert", "SeatHold"), ("update", "Flight")]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -292,6 +311,7 @@ def test_the_saga_sends_its_writes_compiled(saga_in_process, user, flight):
     assert _compiled_kinds() == [
         ("get", "Flight"),
         ("get", "Flight"),
+        ("get", "SeatHold"),
         ("insert", "Booking"),
         ("insert", "BookingEvent"),
         ("insert", "SeatHold"),
