@@ -2,7 +2,13 @@
 
 from rest_framework import serializers
 
-from bookings_project.fields import MoneyField, SeedBooleanField, StrictIntegerField, StrictRegexField
+from bookings_project.fields import (
+    CachedFieldsSerializer,
+    MoneyField,
+    SeedBooleanField,
+    StrictIntegerField,
+    StrictRegexField,
+)
 from flights.models import MAX_CAPACITY, Flight, SeatHold
 
 IATA_CODE = r"^[A-Za-z]{3}$"
@@ -10,7 +16,7 @@ FLIGHT_NUMBER = r"^[A-Za-z0-9]{2,10}$"
 RESERVATION_REF = r"^[A-Za-z0-9._:-]{1,100}$"
 
 
-class FlightSerializer(serializers.ModelSerializer):
+class FlightSerializer(CachedFieldsSerializer):
     flightNumber = serializers.CharField(source="flight_number")
     departureAirport = serializers.CharField(source="departure_airport")
     arrivalAirport = serializers.CharField(source="arrival_airport")
@@ -83,7 +89,7 @@ class SeatsChangeSerializer(serializers.Serializer):
     )
 
 
-class SeatHoldSerializer(serializers.ModelSerializer):
+class SeatHoldSerializer(CachedFieldsSerializer):
     state = serializers.ChoiceField(choices=SeatHold.State.choices)
 
     class Meta:
