@@ -31,7 +31,8 @@ threads = settings.GUNICORN_THREADS
 # each one to a worker that can answer now. By default a gthread worker accepts up to 1,000
 # and queues them behind its own threads while another worker idles: at 50 users through
 # nginx that made p99 1.1-1.6 s, against 0.35-0.48 s this way (docs/performance.md#worker-model).
-worker_connections = threads
+# gthread keeps a connection alive only past its threads: GUNICORN_KEEPALIVE_CONNECTIONS more.
+worker_connections = threads + settings.GUNICORN_KEEPALIVE_CONNECTIONS
 # A request past this is killed. Our slowest honest request is a payment: the gateway's
 # read timeout, its connect timeout and a Flights call behind it.
 timeout = settings.GUNICORN_TIMEOUT

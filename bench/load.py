@@ -88,6 +88,7 @@ from serving import (  # noqa: E402  (scripts/ is not a package)
     Gunicorn,
     Nginx,
     drop_database,
+    keepalive_connections,
     nginx_binary,
     recreate_database,
     run_to_the_end,
@@ -687,12 +688,18 @@ class AdapterRun:
         self.inventory_role = "flights" if adapter == "http" else "bookings"
 
     def env(self, role: str, flights_url: str = "") -> dict[str, str]:
+        args = self.args
+        # The Flights service keeps every Bookings thread's connection alive (docs/operations.md#the-flights-service).
+        keepalive = keepalive_connections(
+            clients=args.hosts * args.workers * args.threads, workers=args.flights_workers, threads=args.flights_threads
+        )
         return service_env(
             self.urls[role],
             SECRET_KEY=self.secret_key,
             FLIGHT_SERVICE_URL=flights_url,
             FLIGHT_SERVICE_TOKEN=self.service_token,
-            PAYMENT_SIMULATED_DELAY_MS=str(self.args.payment_delay_ms),
+            PAYMENT_SIMULATED_DELAY_MS=str(args.payment_delay_ms),
+            GUNICORN_KEEPALIVE_CONNECTIONS=str(keepalive if role == "flights" else 0),
         )
 
     def execute(self) -> list[ScenarioResult]:

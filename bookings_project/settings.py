@@ -157,8 +157,16 @@ _CORES = os.cpu_count() or 1
 GUNICORN_WORKERS = env.int("GUNICORN_WORKERS", default=2 * _CORES + 1)
 GUNICORN_THREADS = env.int("GUNICORN_THREADS", default=4)
 GUNICORN_TIMEOUT = env.int("GUNICORN_TIMEOUT", default=60)
+# Idle keep-alive connections a worker keeps beyond its threads. 0 behind nginx, which opens a
+# connection per request: a worker then takes only what its threads can serve, and the rest
+# wait in the listen backlog for whichever worker frees up first. Raise it where one pooled
+# client calls gunicorn directly (our Flights service behind the HTTP adapter), so that its
+# connections are reused instead of made for every request.
+GUNICORN_KEEPALIVE_CONNECTIONS = env.int("GUNICORN_KEEPALIVE_CONNECTIONS", default=0)
 if GUNICORN_WORKERS < 1 or GUNICORN_THREADS < 1 or GUNICORN_TIMEOUT < 1:
     raise ImproperlyConfigured("GUNICORN_WORKERS, GUNICORN_THREADS and GUNICORN_TIMEOUT must be at least 1.")
+if GUNICORN_KEEPALIVE_CONNECTIONS < 0:
+    raise ImproperlyConfigured("GUNICORN_KEEPALIVE_CONNECTIONS cannot be negative.")
 
 
 # Cache: where the rate limits are counted. The default counts per process, so with several

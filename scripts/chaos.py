@@ -62,6 +62,7 @@ from serving import (
     Nginx,
     drop_database,
     finish,
+    keepalive_connections,
     last_line_json,
     recreate_database,
     run_to_the_end,
@@ -76,6 +77,7 @@ ROLES = ("bookings", "flights")
 # nginx lets this many requests into the Bookings gunicorn at once: more than the clients,
 # so that nothing is shed here (bench/overload.py shows shedding).
 MAX_CONNS = 64
+BOOKINGS_WORKERS, FLIGHTS_WORKERS, THREADS = 3, 2, 4
 
 HOLD_MINUTES = 10
 PAYMENT_DELAY_MS = 30
@@ -549,15 +551,21 @@ class ChaosRun:
             BOOKING_HOLD_MINUTES=str(HOLD_MINUTES),
             PAYMENT_SIMULATED_DELAY_MS=str(PAYMENT_DELAY_MS),
             NUM_PROXIES="1" if role == "bookings" and self.args.proxy == "nginx" else "0",
+            # Every Bookings thread's connection kept alive (docs/operations.md#the-flights-service).
+            GUNICORN_KEEPALIVE_CONNECTIONS=str(
+                keepalive_connections(clients=BOOKINGS_WORKERS * THREADS, workers=FLIGHTS_WORKERS, threads=THREADS)
+                if role == "flights"
+                else 0
+            ),
         )
 
     def execute(self) -> int:
         args = self.args
         flight_ids, tokens = self.set_up()
         flights_env = self.env("flights")
-        self.flights = self.serve("flights", flights_env, workers=2)
+        self.flights = self.serve("flights", flights_env, workers=FLIGHTS_WORKERS)
         bookings_env = self.env("bookings", flights_url=self.flights.url)
-        self.bookings = self.serve("bookings", bookings_env, workers=3)
+        self.bookings = self.serve("bookings", bookings_env, workers=BOOKINGS_WORKERS)
         # What clients talk to: nginx in front of the Bookings gunicorn, as in production.
         self.front: Gunicorn | Nginx = self.bookings
         if args.proxy == "nginx":
@@ -624,7 +632,7 @@ class ChaosRun:
         return last_line_json(flights, "setting up flights"), last_line_json(users, "setting up bookings")
 
     def serve(self, name: str, env: dict[str, str], *, workers: int) -> Gunicorn:
-        server = Gunicorn(name, env, workers=workers, log_dir=self.log_dir)
+        server = Gunicorn(name, env, workers=workers, threads=THREADS, log_dir=self.log_dir)
         self.servers.append(server)
         server.start()
         return server

@@ -69,6 +69,15 @@ def service_env(database_url: str, **overrides: str) -> dict[str, str]:
     }
 
 
+def keepalive_connections(*, clients: int, workers: int, threads: int) -> int:
+    """GUNICORN_KEEPALIVE_CONNECTIONS for a gunicorn of `workers` x `threads` that `clients`
+    pooled connections call directly (the Flights service: one per thread of the Bookings
+    gunicorns): enough that all of them fit. A gthread worker stops accepting once its
+    threads plus its idle kept-alive connections are all taken, so one connection too many
+    would wait for an idle one to time out."""
+    return max(0, -(-clients // workers) - threads)
+
+
 def set_up_django() -> None:
     """In a script re-invoked as a Django task: the project importable, Django set up on the
     DATABASE_URL of the environment it was started with."""
@@ -167,6 +176,9 @@ class Gunicorn:
             str(self.workers),
             "--threads",
             str(self.threads),
+            # gunicorn.conf.py's sum, for the threads given here.
+            "--worker-connections",
+            str(self.threads + int(self.env.get("GUNICORN_KEEPALIVE_CONNECTIONS", "0"))),
             "--worker-class",
             self.worker_class,
             "--timeout",

@@ -7,6 +7,8 @@ Each case runs gunicorn in a fresh process, since the settings are read once at 
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import signal
@@ -74,6 +76,25 @@ def test_workers_threads_timeout_and_address_come_from_the_environment(tmp_path)
     assert config["bind"] == "['0.0.0.0:9000']"
 
 
+def test_a_worker_takes_as_many_connections_as_threads_plus_those_kept_alive(tmp_path):
+    assert resolved_config(tmp_path, GUNICORN_THREADS="8")["worker_connections"] == "8"
+    config = resolved_config(tmp_path, GUNICORN_THREADS="8", GUNICORN_KEEPALIVE_CONNECTIONS="3")
+    assert config["worker_connections"] == "11"
+
+
+def test_negative_keepalive_connections_refuse_to_start(tmp_path):
+    result = subprocess.run(
+        [GUNICORN, "--config", CONFIG, "--check-config"],
+        cwd=tmp_path,
+        env=clean_env(GUNICORN_KEEPALIVE_CONNECTIONS="-1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "GUNICORN_KEEPALIVE_CONNECTIONS cannot be negative" in result.stderr
+
+
 @pytest.mark.parametrize("key", ["GUNICORN_WORKERS", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"])
 def test_a_size_below_one_refuses_to_start(tmp_path, key):
     result = subprocess.run(
@@ -95,30 +116,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
-    """gunicorn as `make serve` starts it (after collectstatic), one small worker, on a free
-    port; yields its URL, the static root and its log. The database is a scratch SQLite file:
-    nothing here reads it."""
-    tmp_path = tmp_path_factory.mktemp("served")
-    static_root = tmp_path / "static"
-    env = clean_env(
-        DEBUG="false",
-        STATIC_ROOT=str(static_root),
-        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        GUNICORN_WORKERS="1",
-        GUNICORN_THREADS="2",
-        LOG_FORMAT="json",
-    )
-    collect = subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert collect.returncode == 0, collect.stderr
+@contextlib.contextmanager
+def running_gunicorn(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[str, Path]]:
+    """gunicorn with gunicorn.conf.py and `env` on a free port, until it answers /healthz;
+    yields its URL and its log."""
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
     with log_path.open("wb") as log:
@@ -141,7 +142,7 @@ def served(tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
                 pass
             assert time.monotonic() < deadline, f"gunicorn not ready: {log_path.read_text()}"
             time.sleep(0.05)
-        yield url, static_root, log_path
+        yield url, log_path
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -149,6 +150,67 @@ def served(tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def scratch_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    """A small production-like server on a scratch SQLite file (nothing here reads it)."""
+    return clean_env(
+        DEBUG="false",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        GUNICORN_WORKERS="1",
+        GUNICORN_THREADS="2",
+        LOG_FORMAT="json",
+        **env,
+    )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
+    """gunicorn as `make serve` starts it (after collectstatic), one small worker, on a free
+    port; yields its URL, the static root and its log."""
+    tmp_path = tmp_path_factory.mktemp("served")
+    static_root = tmp_path / "static"
+    env = scratch_env(tmp_path, STATIC_ROOT=str(static_root))
+    collect = subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert collect.returncode == 0, collect.stderr
+    with running_gunicorn(tmp_path, env) as (url, log_path):
+        yield url, static_root, log_path
+
+
+def _two_requests_on_one_connection(url: str) -> tuple[bool, bool]:
+    """Whether the first answer kept the connection open, and whether a second request on it was answered."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        connection.request("GET", "/healthz")
+        first = connection.getresponse()
+        first.read()
+        kept, sock = not first.will_close, connection.sock
+        if not kept:
+            return False, False
+        connection.request("GET", "/healthz")
+        second = connection.getresponse()
+        second.read()
+        return True, second.status == 200 and connection.sock is sock
+    finally:
+        connection.close()
+
+
+def test_behind_nginx_a_connection_serves_one_request(served):
+    # Each connection waits in the listen backlog for a worker with a thread free (worker model, docs/performance.md).
+    assert _two_requests_on_one_connection(served[0]) == (False, False)
+
+
+def test_keepalive_connections_let_a_direct_client_reuse_its_connection(tmp_path):
+    with running_gunicorn(tmp_path, scratch_env(tmp_path, GUNICORN_KEEPALIVE_CONNECTIONS="2")) as (url, _):
+        assert _two_requests_on_one_connection(url) == (True, True)
 
 
 def test_gunicorn_serves_static_files_through_whitenoise_with_debug_off(served):
