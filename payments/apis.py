@@ -180,7 +180,7 @@ class PaymentViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         def pay(claim: idempotency.Claim) -> tuple[int, dict]:
             def store_answer(payment: Payment, refusal: DomainError | None) -> None:
                 # Inside the transaction that records the gateway's answer: the key's answer commits with it.
-                if refusal:
+                if refusal is not None:
                     claim.store_refusal(refusal)
                 else:
                     claim.store(status.HTTP_201_CREATED, dict(PaymentSerializer(payment).data))
