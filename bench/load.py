@@ -67,6 +67,7 @@ import platform
 import random
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -255,11 +256,14 @@ class Api:
     ) -> Reply | None:
         """One request, timed from sending to the last byte of the answer. None: no answer."""
         url = (base_url or self.base_url) + path
+        # Another service than this host (the Flights service, in set-up): its kept-alive
+        # connections are the adapter's (docs/operations.md#the-flights-service), so ours close.
+        closing = {"Connection": "close"} if base_url not in (None, self.base_url) else {}
         started = time.perf_counter()
         try:
             authorization = {"Authorization": f"Token {token}"} if token else {}
             async with self.session.request(
-                method, url, json=body, headers={**authorization, **(headers or {})}
+                method, url, json=body, headers={**authorization, **closing, **(headers or {})}
             ) as response:
                 raw = await response.read()
         except (aiohttp.ClientError, TimeoutError) as error:
@@ -1089,6 +1093,37 @@ def cpu_ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
+def flow_cost(result: ScenarioResult) -> float:
+    """The servers' CPU a flow that the performance goal counts: app, Flights (none in process), PostgreSQL."""
+    groups = cpu_groups(result)
+    flights = 0.0 if math.isnan(groups["flights"]) else groups["flights"]
+    return groups["app"] + flights + groups["PostgreSQL"]
+
+
+def http_cost_ratios(rounds: list[dict[str, list[ScenarioResult]]]) -> list[str]:
+    """Lines of what a flow costs over the HTTP adapter against in process (app + Flights +
+    PostgreSQL CPU a flow), by scenario and users: each round's ratio, and their median."""
+    ratios: dict[tuple[str, int], list[float]] = {}
+    for results in rounds:
+        if not {"inprocess", "http"} <= results.keys():
+            return []
+        in_process = {(result.name, result.users): result for result in results["inprocess"]}
+        for result in results["http"]:
+            other = in_process.get((result.name, result.users))
+            if result.unit != "flows" or other is None:
+                continue
+            over_http, in_process_cost = flow_cost(result), flow_cost(other)
+            if not math.isnan(over_http / in_process_cost):
+                ratios.setdefault((result.name, result.users), []).append(over_http / in_process_cost)
+    if not ratios:
+        return []
+    lines = ["\nover HTTP ÷ in process, CPU a flow (app + Flights + PostgreSQL), round by round and median:"]
+    for (name, users), values in ratios.items():
+        each = " / ".join(f"{value:.2f}" for value in values)
+        lines.append(f"  {name}, {users} users: {each}; median {statistics.median(values):.2f}")
+    return lines
+
+
 CPU_COLUMNS = ("app", "flights", "nginx", "PostgreSQL", "bench")
 
 
@@ -1192,37 +1227,51 @@ class Bench:
         info = machine(args)
         print(f"machine: {machine_text(info, args)}", flush=True)
         cpu_before, wall_before = os.times(), time.perf_counter()
-        results: dict[str, list[ScenarioResult]] = {}
+        rounds: list[dict[str, list[ScenarioResult]]] = []
         log_errors: list[str] = []
         timings: dict[str, float] = {}
-        for adapter in args.adapter:
-            started = time.perf_counter()
-            run = AdapterRun(adapter, args, self.log_dir, self.servers)
-            self.runs.append(run)
-            results[adapter] = run.execute()
-            self.stop_servers()
-            log_errors += [line for server in self.servers for line in server.logged_server_errors()]
-            self.servers.clear()
-            self.drop_databases(run)
-            timings[adapter] = time.perf_counter() - started
+        for number in range(args.rounds):
+            # Every other round runs the adapters the other way round (A B B A ...), so that a
+            # machine whose speed drifts favours neither in their ratio.
+            order = args.adapter if number % 2 == 0 else args.adapter[::-1]
+            results: dict[str, list[ScenarioResult]] = {}
+            for adapter in order:
+                if args.rounds > 1:
+                    print(f"\nround {number + 1} of {args.rounds}: {adapter}", flush=True)
+                started = time.perf_counter()
+                run = AdapterRun(adapter, args, self.log_dir, self.servers)
+                self.runs.append(run)
+                results[adapter] = run.execute()
+                self.stop_servers()
+                log_errors += [line for server in self.servers for line in server.logged_server_errors()]
+                self.servers.clear()
+                self.drop_databases(run)
+                timings[adapter] = timings.get(adapter, 0.0) + time.perf_counter() - started
+            rounds.append({adapter: results[adapter] for adapter in args.adapter})
 
         cpu_after = os.times()
         cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
         wall = time.perf_counter() - wall_before
-        rows = summary_rows(results)
-        print(
-            "\nsummary (throughput: flows/s for spread and hot, a flow being a booking and its payment; req/s else; "
-            "CPU ms: per flow, or per request for baseline and read):"
-        )
-        print(table(SUMMARY_HEADERS, rows, indent="  "))
-        if args.markdown:
-            print(f"\nMachine: {machine_text(info, args)}.\n")
-            print(table(SUMMARY_HEADERS, rows, markdown=True))
+        for number, results in enumerate(rounds, start=1):
+            rows = summary_rows(results)
+            print(
+                f"\nsummary{f' of round {number}' if len(rounds) > 1 else ''} (throughput: flows/s for spread and "
+                "hot, a flow being a booking and its payment; req/s else; CPU ms: per flow, or per request for "
+                "baseline and read):"
+            )
+            print(table(SUMMARY_HEADERS, rows, indent="  "))
+            if args.markdown:
+                print(f"\nMachine: {machine_text(info, args)}.\n")
+                print(table(SUMMARY_HEADERS, rows, markdown=True))
+        for line in http_cost_ratios(rounds):
+            print(line)
         print(f"\nbench process CPU: {cpu:.1f} s over {wall:.1f} s ({100 * cpu / wall:.0f}% of one of {CORES} cores)")
+        every = [
+            (adapter, result) for results in rounds for adapter, scenarios in results.items() for result in scenarios
+        ]
         disturbed = [
             f"{adapter} {result.name} ({result.cpu.other:.0f}%)"
-            for adapter, scenarios in results.items()
-            for result in scenarios
+            for adapter, result in every
             if (result.cpu.other or 0) > BUSY_NEIGHBOURS_PERCENT
         ]
         if disturbed:
@@ -1233,11 +1282,10 @@ class Bench:
 
         failures = [
             f"[{adapter}] {result.name}: {item}"
-            for adapter, scenarios in results.items()
-            for result in scenarios
+            for adapter, result in every
             for item in [str(failure) for failure in result.failures] + result.seats.violations
         ] + log_errors
-        oversold = sum(result.seats.oversold for scenarios in results.values() for result in scenarios)
+        oversold = sum(result.seats.oversold for _, result in every)
         self.failed = bool(failures or oversold)
         if log_errors:
             print(f"server log errors: {len(log_errors)}")
@@ -1252,10 +1300,14 @@ class Bench:
                 },
                 "seconds": timings,
                 "bench_cpu_seconds": cpu,
-                "results": {
-                    adapter: [dataclasses.asdict(result) for result in scenarios]
-                    for adapter, scenarios in results.items()
-                },
+                # Round by round (one unless --rounds).
+                "rounds": [
+                    {
+                        adapter: [dataclasses.asdict(result) for result in scenarios]
+                        for adapter, scenarios in results.items()
+                    }
+                    for results in rounds
+                ],
                 "server_log_errors": log_errors,
                 "failed": self.failed,
             }
@@ -1359,6 +1411,12 @@ def parse_args() -> argparse.Namespace:
         "--flights-worker-class", choices=("gthread", "sync"), default="gthread", help="default gthread"
     )
     parser.add_argument("--payment-delay-ms", type=int, default=0, help="the simulated gateway's delay (default 0)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the adapters this many times, in turn A B B A ..., for ratios a drifting machine cannot skew",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the users' choices (default 1)")
     parser.add_argument("--markdown", action="store_true", help="print the summary as a markdown table too")
     parser.add_argument("--json", metavar="PATH", help="write the raw figures there")

@@ -72,10 +72,11 @@ def service_env(database_url: str, **overrides: str) -> dict[str, str]:
 def keepalive_connections(*, clients: int, workers: int, threads: int) -> int:
     """GUNICORN_KEEPALIVE_CONNECTIONS for a gunicorn of `workers` x `threads` that `clients`
     pooled connections call directly (the Flights service: one per thread of the Bookings
-    gunicorns): enough that all of them fit. A gthread worker stops accepting once its
-    threads plus its idle kept-alive connections are all taken, so one connection too many
-    would wait for an idle one to time out."""
-    return max(0, -(-clients // workers) - threads)
+    gunicorns): enough that all of them fit, and one spare a worker for short-lived callers
+    (cleanup from cron, probes). A gthread worker stops accepting once its threads plus its
+    idle kept-alive connections are all taken, so one connection too many would wait for an
+    idle one to time out."""
+    return max(0, -(-clients // workers) - threads) + 1
 
 
 def set_up_django() -> None:
