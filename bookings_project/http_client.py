@@ -6,6 +6,7 @@ arrived, read from the types of the exceptions `requests` and `urllib3` raise.""
 from __future__ import annotations
 
 import http.client
+import os
 import uuid
 from collections.abc import Mapping
 from enum import StrEnum
@@ -117,6 +118,12 @@ class Transport:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeouts(timeout)
         self.session = json_session(token=token, retries=retries)
+        # What requests would read from the environment on every request (proxies, by walking
+        # os.environ twice, and ~/.netrc, whose login would replace our token), read once:
+        # the proxy for this one service (NO_PROXY honoured) and the CA bundle it names.
+        self.session.proxies = requests.utils.get_environ_proxies(self.base_url)
+        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self.session.trust_env = False
 
     def send(
         self,

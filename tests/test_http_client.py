@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import http.server
 import socket
 import struct
 import threading
@@ -417,3 +418,80 @@ def full_backlog() -> Iterator[int]:
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+# The environment, read once ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def recording_server() -> Iterator[tuple[str, list[tuple[str, dict[str, str]]]]]:
+    """A real HTTP server on 127.0.0.1 that answers `{}` to anything and records each request
+    line and its headers."""
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.requestline, dict(self.headers)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_proxy_named_in_the_environment_is_used(monkeypatch):
+    with recording_server() as (proxy, seen):
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        transport = Transport(base_url="http://flights.internal:3000", timeout=2.0)
+        monkeypatch.delenv("HTTP_PROXY")  # Read when the transport was made, not on each request.
+
+        assert transport.send("GET", "/api/v1/flights/1").status_code == 200
+
+    ((line, _),) = seen
+    assert line == "GET http://flights.internal:3000/api/v1/flights/1 HTTP/1.1"
+
+
+def test_a_host_in_no_proxy_is_reached_directly(monkeypatch):
+    with recording_server() as (proxy, seen), recording_server() as (service, direct):
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert Transport(base_url=service, timeout=2.0).send("GET", "/x").status_code == 200
+
+    assert seen == []
+    assert [line for line, _ in direct] == ["GET /x HTTP/1.1"]
+
+
+def test_a_netrc_entry_never_replaces_the_token(monkeypatch, tmp_path):
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password other\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with recording_server() as (service, seen):
+        Transport(base_url=service, token="secret", timeout=2.0).send("GET", "/x")
+
+    ((_, headers),) = seen
+    assert headers["Authorization"] == "Bearer secret"
+
+
+def test_the_ca_bundle_named_in_the_environment_verifies_tls(monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ours.pem")
+    assert Transport(base_url="https://pay.internal", timeout=1.0).session.verify == "/etc/ssl/certs/ours.pem"
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    assert Transport(base_url="https://pay.internal", timeout=1.0).session.verify is True
