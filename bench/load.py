@@ -694,8 +694,14 @@ class AdapterRun:
     def env(self, role: str, flights_url: str = "") -> dict[str, str]:
         args = self.args
         # The Flights service keeps every Bookings thread's connection alive (docs/operations.md#the-flights-service).
-        keepalive = keepalive_connections(
-            clients=args.hosts * args.workers * args.threads, workers=args.flights_workers, threads=args.flights_threads
+        keepalive = (
+            keepalive_connections(
+                clients=args.hosts * args.workers * args.threads,
+                workers=args.flights_workers,
+                threads=args.flights_threads,
+            )
+            if role == "flights"
+            else 0
         )
         return service_env(
             self.urls[role],
@@ -703,7 +709,7 @@ class AdapterRun:
             FLIGHT_SERVICE_URL=flights_url,
             FLIGHT_SERVICE_TOKEN=self.service_token,
             PAYMENT_SIMULATED_DELAY_MS=str(args.payment_delay_ms),
-            GUNICORN_KEEPALIVE_CONNECTIONS=str(keepalive if role == "flights" else 0),
+            GUNICORN_KEEPALIVE_CONNECTIONS=str(keepalive),
         )
 
     def execute(self) -> list[ScenarioResult]:

@@ -167,19 +167,15 @@ class Gunicorn:
     def start(self) -> None:
         # The production configuration (gunicorn.conf.py), on a port of our own, with the
         # size and the patience these scripts want.
+        # The size goes through the settings, as in production, so that gunicorn.conf.py
+        # derives what depends on it (worker_connections) from the size used.
+        env = {**self.env, "GUNICORN_WORKERS": str(self.workers), "GUNICORN_THREADS": str(self.threads)}
         command = [
             GUNICORN,
             "--config",
             str(ROOT / "gunicorn.conf.py"),
             "--bind",
             f"127.0.0.1:{self.port}",
-            "--workers",
-            str(self.workers),
-            "--threads",
-            str(self.threads),
-            # gunicorn.conf.py's sum, for the threads given here.
-            "--worker-connections",
-            str(self.threads + int(self.env.get("GUNICORN_KEEPALIVE_CONNECTIONS", "0"))),
             "--worker-class",
             self.worker_class,
             "--timeout",
@@ -189,7 +185,7 @@ class Gunicorn:
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     @property
