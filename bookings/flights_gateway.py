@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -41,6 +42,9 @@ from bookings_project.exceptions import (
 
 logger = logging.getLogger(__name__)
 
+# Bounds the HTTP adapter's memory of recently answered flights (`recent_flight`).
+MAX_REMEMBERED_FLIGHTS = 10_000
+
 
 @dataclass(frozen=True)
 class FlightInfo:
@@ -57,6 +61,8 @@ class SeatChange:
     # service keeps no holds and so cannot say.
     hold_seats: int | None
     keeps_holds: bool
+    # The flight as the service answered it after the change (its price then), if it did.
+    flight: FlightInfo | None = None
 
 
 class HoldToRelease(NamedTuple):
@@ -73,6 +79,11 @@ class FlightGateway(Protocol):
     joins_transactions: bool
 
     def get_flight(self, flight_id: int) -> FlightInfo: ...
+
+    def recent_flight(self, flight_id: int) -> FlightInfo | None:
+        """The flight as the service last answered it, if that was recent enough to book on
+        without reading it again; None: read it."""
+        ...
 
     def reserve_seats(self, *, flight_id: int, seats: int, ref: str) -> SeatChange: ...
 
@@ -117,7 +128,10 @@ class InProcessFlightGateway:
 
         with _database_errors_as_unavailable(maybe_applied=False):
             flight = selectors.flight_get(flight_id=flight_id)
-        return FlightInfo(id=flight.pk, price=flight.price, available_seats=flight.available_seats, keeps_holds=True)
+        return _flight_info(flight)
+
+    def recent_flight(self, flight_id: int) -> FlightInfo | None:
+        return None  # Reading it is one local SELECT, and it must be fresh for `take_seats`.
 
     def reserve_seats(self, *, flight_id: int, seats: int, ref: str) -> SeatChange:
         return self._change(flight_id=flight_id, seats=seats, ref=ref, decrease=True)
@@ -131,10 +145,16 @@ class InProcessFlightGateway:
         # A database error may strike at COMMIT, after the change was written: unknown outcome.
         with _database_errors_as_unavailable(maybe_applied=True):
             result = services.flight_seats_change(flight_id=flight_id, seats=seats, decrease=decrease, reservation=ref)
-        return SeatChange(hold_seats=result.hold.seats if result.hold else None, keeps_holds=True)
+        return SeatChange(
+            hold_seats=result.hold.seats if result.hold else None, keeps_holds=True, flight=_flight_info(result.flight)
+        )
 
     def is_ready(self) -> bool:
         return True  # It is the database, which /readyz checks already.
+
+
+def _flight_info(flight: Any) -> FlightInfo:
+    return FlightInfo(id=flight.pk, price=flight.price, available_seats=flight.available_seats, keeps_holds=True)
 
 
 @contextlib.contextmanager
@@ -161,10 +181,15 @@ class HttpFlightGateway:
     # Another service, another database: every seat change commits there, and the booking's saga compensates.
     joins_transactions = False
 
-    def __init__(self, *, base_url: str, token: str = "", timeout: float = 5.0, retries: int = 2) -> None:
+    def __init__(
+        self, *, base_url: str, token: str = "", timeout: float = 5.0, retries: int = 2, remember_seconds: float = 0
+    ) -> None:
         # 500 is not retried: the seed answers 500 for an unknown flight, and for real faults.
         self.transport = http_client.Transport(base_url=base_url, token=token, timeout=timeout, retries=retries)
         self.base_url = self.transport.base_url
+        self.remember_seconds = remember_seconds
+        # flight id -> (monotonic time, the flight as last answered); shared by the process's threads.
+        self._recent: dict[int, tuple[float, FlightInfo]] = {}
 
     @property
     def session(self) -> requests.Session:
@@ -177,10 +202,20 @@ class HttpFlightGateway:
         if _is_seed_unknown_flight(response):
             raise NotFound(f"Flight {flight_id} does not exist.")
         self._raise_for_refusal(response, flight_id=flight_id, maybe_applied=False)
-        return _parse_flight(response, flight_id)
+        return self._remember(_parse_flight(response, flight_id))
+
+    def recent_flight(self, flight_id: int) -> FlightInfo | None:
+        seen = self._recent.get(flight_id)
+        if seen is None or time.monotonic() - seen[0] > self.remember_seconds:
+            return None
+        return seen[1]
 
     def reserve_seats(self, *, flight_id: int, seats: int, ref: str) -> SeatChange:
-        change = self._change_seats(flight_id=flight_id, seats=seats, ref=ref, decrease=True)
+        try:
+            change = self._change_seats(flight_id=flight_id, seats=seats, ref=ref, decrease=True)
+        except (NotFound, InsufficientSeats):
+            self._recent.pop(flight_id, None)  # What we remembered let this booking through: read it next time.
+            raise
         if change.keeps_holds:
             return change
         # The seed's service lets seats go below zero and answers with the flight as it was
@@ -192,6 +227,7 @@ class HttpFlightGateway:
                 f"Seats were taken but the flight could not be re-read: {error.detail}", maybe_applied=True
             ) from error
         if flight.available_seats < 0:
+            self._recent.pop(flight_id, None)
             try:
                 self._change_seats(flight_id=flight_id, seats=seats, ref=ref, decrease=False)
             except DomainError as error:
@@ -200,7 +236,7 @@ class HttpFlightGateway:
                     f"Seats were taken past zero and giving them back failed: {error.detail}", maybe_applied=True
                 ) from error
             raise InsufficientSeats(f"Flight {flight_id} has no {seats} seat(s) left; the reservation was given back.")
-        return change
+        return SeatChange(hold_seats=None, keeps_holds=False, flight=flight)
 
     def release_seats(self, *, flight_id: int, seats: int, ref: str) -> SeatChange:
         return self._change_seats(flight_id=flight_id, seats=seats, ref=ref, decrease=False)
@@ -231,9 +267,18 @@ class HttpFlightGateway:
                 raise FlightServiceUnavailable(
                     f"The Flights service answered a seat change with a different hold: {hold!r:.200}"
                 )
-            return SeatChange(hold_seats=hold["seats"], keeps_holds=True)
-        _parse_flight(response, flight_id, maybe_applied=True)  # At least a flight, or it is garbage.
+            flight = self._remember(_parse_flight(response, flight_id, maybe_applied=True))
+            return SeatChange(hold_seats=hold["seats"], keeps_holds=True, flight=flight)
+        # At least a flight, or it is garbage; but the seed's is the flight from before the change.
+        _parse_flight(response, flight_id, maybe_applied=True)
         return SeatChange(hold_seats=None, keeps_holds=False)
+
+    def _remember(self, flight: FlightInfo) -> FlightInfo:
+        if self.remember_seconds > 0:
+            if len(self._recent) >= MAX_REMEMBERED_FLIGHTS:
+                self._recent.clear()  # Rare (that many flights booked within seconds), and only costs reads.
+            self._recent[flight.id] = (time.monotonic(), flight)
+        return flight
 
     def _send(self, method: str, path: str, *, maybe_applied: bool, **kwargs: Any) -> requests.Response:
         try:
@@ -335,14 +380,17 @@ def _parse_flight(response: requests.Response, flight_id: int, *, maybe_applied:
 
 
 @functools.cache
-def _http_gateway(base_url: str, token: str, timeout: float) -> HttpFlightGateway:
-    return HttpFlightGateway(base_url=base_url, token=token, timeout=timeout)
+def _http_gateway(base_url: str, token: str, timeout: float, remember_seconds: float) -> HttpFlightGateway:
+    return HttpFlightGateway(base_url=base_url, token=token, timeout=timeout, remember_seconds=remember_seconds)
 
 
 def get_flight_gateway() -> FlightGateway:
     """The adapter the settings ask for; the HTTP one is shared so its connections are reused."""
     if settings.FLIGHT_SERVICE_URL:
         return _http_gateway(
-            settings.FLIGHT_SERVICE_URL, settings.FLIGHT_SERVICE_TOKEN, settings.FLIGHT_SERVICE_TIMEOUT
+            settings.FLIGHT_SERVICE_URL,
+            settings.FLIGHT_SERVICE_TOKEN,
+            settings.FLIGHT_SERVICE_TIMEOUT,
+            settings.FLIGHT_SERVICE_REMEMBER_SECONDS,
         )
     return InProcessFlightGateway()

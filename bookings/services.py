@@ -83,7 +83,9 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
     gateway = get_flight_gateway()
     if gateway.joins_transactions:
         return _book_in_one_transaction(gateway, user=user, flight_id=flight_id, seats=seats)
-    flight = _bookable_flight(gateway, flight_id=flight_id, seats=seats)
+    flight = gateway.recent_flight(flight_id)
+    if flight is None or flight.available_seats < seats:
+        flight = _bookable_flight(gateway, flight_id=flight_id, seats=seats)
     # Committed before the reserve, so a crash from here on leaves a row that cleanup sees.
     with transaction.atomic():
         booking = _write_booking(user=user, flight=flight, seats=seats, seats_state=SeatsState.UNCONFIRMED)
@@ -98,8 +100,15 @@ def booking_create(*, user: AbstractBaseUser, flight_id: int, seats: int) -> Boo
         _set_seats_state(booking, expect=SeatsState.UNCONFIRMED, to=SeatsState.NONE)
         raise
 
+    # Priced as the seats were taken: the answer says the price then, which may not be the
+    # price the booking was written at (a remembered flight's, or one read before a change).
+    price = change.flight.price if change.flight is not None else flight.price
     reserved = _set_seats_state(
-        booking, expect=SeatsState.UNCONFIRMED, to=SeatsState.RESERVED, flight_keeps_holds=change.keeps_holds
+        booking,
+        expect=SeatsState.UNCONFIRMED,
+        to=SeatsState.RESERVED,
+        flight_keeps_holds=change.keeps_holds,
+        total_cost=_total_cost(price, seats),
     )
     if not reserved:
         # Staff cancelled it while the reserve was in flight: give the seats back now.
@@ -145,7 +154,7 @@ def _write_booking(*, user: AbstractBaseUser, flight: FlightInfo, seats: int, se
             user=user,
             flight_id=flight.id,
             seats=seats,
-            total_cost=(flight.price * seats).quantize(CENT),
+            total_cost=_total_cost(flight.price, seats),
             status=Status.INITIATED,
             seats_state=seats_state,
             flight_keeps_holds=flight.keeps_holds,
@@ -156,6 +165,10 @@ def _write_booking(*, user: AbstractBaseUser, flight: FlightInfo, seats: int, se
         booking_id=booking.pk, from_status="", to_status=Status.INITIATED, reason=BookingEvent.Reason.CREATED
     )
     return booking
+
+
+def _total_cost(price: Decimal, seats: int) -> Decimal:
+    return (price * seats).quantize(CENT)
 
 
 def booking_move(
@@ -322,6 +335,7 @@ def _set_seats_state(
     error: str | None = None,
     released: bool = False,
     flight_keeps_holds: bool | None = None,
+    total_cost: Decimal | None = None,
 ) -> bool:
     """Compare-and-set on `seats_state`: True if this call made the move (and then `booking`
     in memory shows it), False if the booking had moved on meanwhile (another caller did it,
@@ -334,6 +348,8 @@ def _set_seats_state(
         changes["seats_released_at"] = now
     if flight_keeps_holds is not None:
         changes["flight_keeps_holds"] = flight_keeps_holds
+    if total_cost is not None:
+        changes["total_cost"] = total_cost
     if statements.update(Booking, where={"pk": booking.pk, "seats_state": expect}, values=changes) != 1:
         return False
     for name, value in changes.items():

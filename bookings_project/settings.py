@@ -270,6 +270,9 @@ SPECTACULAR_SETTINGS = {
 FLIGHT_SERVICE_URL = env.str("FLIGHT_SERVICE_URL", default="")
 FLIGHT_SERVICE_TOKEN = env.str("FLIGHT_SERVICE_TOKEN", default="")
 FLIGHT_SERVICE_TIMEOUT = env.float("FLIGHT_SERVICE_TIMEOUT", default=5.0)
+# How long the HTTP adapter may book on a flight as the service last answered it instead of
+# reading it first; the booking's price is then set from the seat change's own answer.
+FLIGHT_SERVICE_REMEMBER_SECONDS = env.float("FLIGHT_SERVICE_REMEMBER_SECONDS", default=10.0)
 
 
 # Bookings and payments ---------------------------------------------------------------------

@@ -17,8 +17,11 @@ capacity - available == seats of held ledger rows == seats of bookings in state 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import time
+from decimal import Decimal
 
 import pytest
 import requests
@@ -176,6 +179,88 @@ def test_outbound_calls_outside_a_request_get_a_fresh_request_id(remote, user_cl
     assert call.request.headers["Authorization"] == f"Bearer {SERVICE_TOKEN}"
     assert re.fullmatch(r"[0-9a-f]{32}", call.request.headers["X-Request-ID"])
     assert call.response.headers["X-Request-ID"] == call.request.headers["X-Request-ID"]
+
+
+# 1b. Booking on the flight as last answered ------------------------------------------------
+# Within FLIGHT_SERVICE_REMEMBER_SECONDS a booking goes on the flight as the Flights service
+# last answered it (a read, or a seat change's answer) instead of reading it again; the seat
+# change's own answer then prices the booking. What is remembered never refuses a booking.
+
+
+@contextlib.contextmanager
+def recording_calls(remote: str, plane: Flight):
+    """Every GET of the flight and every seat change reaches the live server, counted."""
+    with flight_faults(remote) as rsps:
+        get = rsps.add(responses.PassthroughResponse(responses.GET, flight_url(remote, plane)))
+        change = rsps.add(responses.PassthroughResponse(responses.PATCH, seats_url(remote, plane)))
+        yield get, change
+
+
+@pytest.mark.parametrize(
+    ("remember_seconds", "pause", "reads"),
+    [(10, 0, 1), (0, 0, 2), (0.2, 0.3, 2)],
+    ids=["within the window", "window off", "window passed"],
+)
+def test_a_second_booking_within_the_window_reads_no_flight(remote, user_client, plane, remember_seconds, pause, reads):
+    with override_settings(FLIGHT_SERVICE_REMEMBER_SECONDS=remember_seconds), recording_calls(remote, plane) as calls:
+        first = post_booking(user_client, plane, SEATS)
+        time.sleep(pause)
+        second = post_booking(user_client, plane, SEATS)
+        close_cached_flight_gateway()  # This window's gateway, before the settings change back.
+
+    get, change = calls
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert (get.call_count, change.call_count) == (reads, 2)
+    assert [first.json()["totalCost"], second.json()["totalCost"]] == ["11000.00", "11000.00"]
+    plane.refresh_from_db()
+    assert plane.available_seats == CAPACITY - 2 * SEATS
+    assert_bookings_match_ledger(plane)
+
+
+def test_the_booking_is_priced_as_its_seats_were_taken(remote, user_client, plane):
+    with recording_calls(remote, plane) as (get, change):
+        first = post_booking(user_client, plane, SEATS)
+        Flight.objects.filter(pk=plane.pk).update(price="6000.00")  # Repriced after the first answer.
+        second = post_booking(user_client, plane, SEATS)
+
+    assert (get.call_count, change.call_count) == (1, 2)  # The second was written at the remembered 5500.00,
+    assert second.status_code == 201, second.content
+    assert (first.json()["totalCost"], second.json()["totalCost"]) == ("11000.00", "12000.00")
+    assert Booking.objects.get(pk=second.json()["id"]).total_cost == Decimal("12000.00")  # and repriced.
+    assert_bookings_match_ledger(plane)
+
+
+def test_too_few_seats_remembered_reads_again_and_writes_nothing(remote, user_client, db):
+    small = make_flight(capacity=3, price="100.00")
+    with recording_calls(remote, small) as (get, change):
+        first = post_booking(user_client, small, 2)  # Remembered: 1 seat left.
+        second = post_booking(user_client, small, 2)
+
+    assert first.status_code == 201
+    assert_problem(second, 409, "insufficient_seats")
+    assert (get.call_count, change.call_count) == (2, 1)  # Read again; refused before any seat change.
+    assert Booking.objects.count() == 1
+
+
+def test_a_remembered_flight_sold_out_since_is_refused_then_read_again(remote, user_client, db):
+    small = make_flight(capacity=4, price="100.00")
+    with recording_calls(remote, small) as (get, change):
+        assert post_booking(user_client, small, 2).status_code == 201  # Remembered: 2 left.
+        # Another Bookings host takes the last two.
+        flight_seats_change(flight_id=small.pk, seats=2, decrease=True, reservation="booking-elsewhere")
+        refused = post_booking(user_client, small, 2)
+        again = post_booking(user_client, small, 2)
+
+    assert_problem(refused, 409, "insufficient_seats")
+    assert_problem(again, 409, "insufficient_seats")
+    # The refused reserve leaves its booking behind, cancelled; the next one reads first.
+    assert (get.call_count, change.call_count) == (2, 2)
+    assert list(Booking.objects.order_by("pk").values_list("status", "cancel_reason")) == [
+        (Booking.Status.INITIATED, ""),
+        (Booking.Status.CANCELLED, Booking.CancelReason.RESERVATION_FAILED),
+    ]
+    small.refresh_from_db()
+    assert small.available_seats == 0
 
 
 # 2. Faults --------------------------------------------------------------------------------

@@ -147,6 +147,19 @@ def test_seats_driven_below_zero_are_given_back_and_the_booking_refused(seed, us
     assert seed.seats[1] == 1
 
 
+def test_a_second_booking_goes_on_the_reread_and_is_priced_by_it(seed, user_client):
+    assert post_booking(user_client, SEED_FLIGHT).status_code == 201
+    seed.price = 5500  # Repriced after our re-read.
+
+    response = post_booking(user_client, SEED_FLIGHT)
+
+    assert response.status_code == 201, response.content
+    # No read before the second reserve (the first one's re-read stands in), and its re-read prices it.
+    assert [r.method for r in seed.requests] == ["GET", "PATCH", "GET", "PATCH", "GET"]
+    assert response.json()["totalCost"] == "11000.00"
+    assert seed.seats[1] == 116
+
+
 def test_too_few_seats_by_the_first_read_sends_no_patch(seed, user_client):
     seed.seats[1] = 1
 

@@ -37,6 +37,8 @@ class SeedFlightsService:
     """The seed's Flights Service, in memory. `seats` is its `totalSeats` per flight id."""
 
     seats: dict[int, int] = field(default_factory=lambda: {1: 120})
+    # Its numeric price, the same for every flight; a test may change it between calls.
+    price: int = 5000
     requests: list[Received] = field(default_factory=list)
     # Runs once, on the next PATCH that arrives, before the seed applies it (then cleared):
     # lets "another customer" act between our GET and our PATCH.
@@ -82,8 +84,7 @@ class SeedFlightsService:
 
     # Seed answers ----------------------------------------------------------------------
 
-    @staticmethod
-    def _flight(flight_id: int, total_seats: int) -> dict:
+    def _flight(self, flight_id: int, total_seats: int) -> dict:
         return {
             "id": flight_id,
             "flightNumber": "UK808",
@@ -92,7 +93,7 @@ class SeedFlightsService:
             "arrivalAirportId": "DEL",
             "departureTime": "2027-01-10T10:00:00.000Z",
             "arrivalTime": "2027-01-10T12:10:00.000Z",
-            "price": 5000,
+            "price": self.price,
             "boardingGate": "12A",
             "totalSeats": total_seats,
             "createdAt": "2026-12-01T08:00:00.000Z",
