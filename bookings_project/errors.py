@@ -11,7 +11,9 @@ import logging
 import math
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import csrf, defaults
@@ -20,7 +22,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
 from bookings_project.db import is_lock_contention
-from bookings_project.exceptions import DomainError, NotFound, ResourceBusy, ServiceUnavailable
+from bookings_project.exceptions import DomainError, NotFound, PayloadTooLarge, ResourceBusy, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,10 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
         exc = NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
+    elif isinstance(exc, SuspiciousOperation):
+        # Django's own refusals of a request (a body too large, too many fields): the
+        # client's fault, answered as Django answers them outside a view, never a 500.
+        exc = _refusal(exc)
     elif isinstance(exc, OperationalError):
         if is_lock_contention(exc):
             logger.warning("lock wait ran out: %s", exc)
@@ -168,10 +174,17 @@ def _wants_problem(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
 
 
+def _refusal(exception: Exception | None) -> DomainError:
+    if isinstance(exception, RequestDataTooBig):
+        return PayloadTooLarge(f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.")
+    return DomainError("The request could not be understood.")
+
+
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if not _wants_problem(request):
         return defaults.bad_request(request, exception)
-    return _json_problem(400, "bad_request", "Bad request", "The request could not be understood.")
+    error = _refusal(exception)
+    return _json_problem(error.status, error.code, error.title, error.detail)
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -31,6 +31,11 @@ class DomainError(Exception):
         return self.retry_after is not None
 
 
+class PayloadTooLarge(DomainError):
+    status, code, title = 413, "payload_too_large", "Request body too large"
+    default_detail = "The request body is larger than this service takes."
+
+
 class NotFound(DomainError):
     status, code, title = 404, "not_found", "Not found"
     default_detail = "No such resource."

@@ -57,6 +57,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "bookings_project.request_id.RequestIdMiddleware",
+    "bookings_project.request_guard.RefuseNulMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -196,6 +197,9 @@ NUM_PROXIES = env.int("NUM_PROXIES", default=0)
 
 
 # Security -----------------------------------------------------------------------------
+# The largest body taken (Django's default, 2.5 MiB); a larger one is 413 payload_too_large.
+# deploy/nginx.conf's client_max_body_size is the same number.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -224,7 +228,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # JSON only: the API documents JSON bodies, so form and multipart bodies are refused
     # (415) instead of being half-understood.
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["bookings_project.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",

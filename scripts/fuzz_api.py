@@ -5,8 +5,9 @@ DATABASE_URL is set), loads the demo data, then runs every operation of /api/sch
 schemathesis, once as a customer and once as staff, with every check (no 5xx, status codes,
 content types, headers and bodies conform to the schema, problem+json errors included,
 invalid input refused) except `positive_data_acceptance`: a valid-looking body for an id
-that does not exist is rightly a 404, not a 2xx. Exits non-zero on any failure, or on a 500
-in the service's log.
+that does not exist is rightly a 404, not a 2xx. Then the attacks of `attacks.py` (nested,
+oversized and NUL-laden requests, a body a byte a second), straight at gunicorn and through
+nginx. Exits non-zero on any failure, or on a 500 in the service's log.
 
     .venv/bin/python scripts/fuzz_api.py [--max-examples N] [--seed S]
 """
@@ -21,7 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serving import ROOT, Gunicorn, recreate_database, service_env
+import attacks
+from serving import ROOT, Gunicorn, Nginx, recreate_database, service_env
 
 BIN = Path(sys.executable).parent
 TOKEN_LINE = re.compile(r"^(customer|staff).*token=(\w+)$", re.MULTILINE)
@@ -72,19 +74,31 @@ def main() -> int:
         manage(env, "migrate", "--noinput", "-v", "0")
         tokens = dict(TOKEN_LINE.findall(manage(env, "load_demo_data")))
         server = Gunicorn("bookings", env, workers=2, log_dir=Path(workdir))
+        proxy = Nginx("bookings", server, max_conns=8, log_dir=Path(workdir))
         server.start()
+        proxy.start()
         try:
             server.wait_ready("/readyz")
+            proxy.wait_ready("/readyz")
             results = {role: fuzz(server.url, tokens[role], role, args) for role in ("customer", "staff")}
+            print("\n=== attacks", flush=True)
+            failed_attacks = [
+                *attacks.run(server.url, tokens["staff"], "gunicorn"),
+                *attacks.run(proxy.url, tokens["staff"], "nginx"),
+            ]
         finally:
+            proxy.stop()
             server.stop()
-        errors = server.logged_server_errors()
+        errors = server.logged_server_errors() + proxy.logged_server_errors()
     verdicts = ", ".join(f"{role} {'passed' if code == 0 else 'FAILED'}" for role, code in results.items())
     print(f"\nschemathesis: {verdicts}")
+    print(f"attacks: {'passed' if not failed_attacks else 'FAILED'}")
+    for line in failed_attacks:
+        print("  " + line)
     print(f"500s in the service's log: {len(errors)}")
     for line in errors[:20]:
         print("  " + line)
-    return 0 if not any(results.values()) and not errors else 1
+    return 0 if not any(results.values()) and not failed_attacks and not errors else 1
 
 
 if __name__ == "__main__":
