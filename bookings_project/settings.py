@@ -173,7 +173,16 @@ if GUNICORN_KEEPALIVE_CONNECTIONS < 0:
 # Cache: where the rate limits are counted. The default counts per process, so with several
 # processes (or hosts) each allows the full rate; share one cache (Redis, Memcached, or a
 # `dbcache://` table made by `manage.py createcachetable`) to count them together.
+# Where rate limits count. The default, memory, is per process: with several workers or
+# hosts each counts apart, so production must name a shared one (`redis://host:6379/0`).
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+SHARED_CACHE_BACKENDS = ("django.core.cache.backends.redis.RedisCache", "django.core.cache.backends.db.DatabaseCache")
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # A cache that is down or unreachable answers within this bound (rate limits then let
+    # requests through: bookings_project/throttling.py), never hangs a request.
+    CACHES["default"].setdefault("OPTIONS", {})
+    CACHES["default"]["OPTIONS"].setdefault("socket_connect_timeout", 0.25)
+    CACHES["default"]["OPTIONS"].setdefault("socket_timeout", 0.25)
 
 # Rate limits (DRF throttles, `bookings_project/throttling.py`): "N/s|min|hour|day", empty =
 # no limit. Past one, a request gets 429 `throttled` with Retry-After.
@@ -190,6 +199,11 @@ for _scope, _rate in THROTTLE_RATES.items():
         raise ImproperlyConfigured(
             f"THROTTLE_RATE_{_scope.upper()} must look like 10/min (or be empty), not {_rate!r}."
         )
+if PRODUCTION and any(THROTTLE_RATES.values()) and CACHES["default"]["BACKEND"] not in SHARED_CACHE_BACKENDS:
+    raise ImproperlyConfigured(
+        "Set CACHE_URL to a shared cache (redis://host:6379/0) when DJANGO_ENV=production: rate limits "
+        "count in it, and a per-process cache lets every worker and host count apart."
+    )
 # How many proxies in front of us append to X-Forwarded-For: the client IP for the token
 # limit is taken that far from its end. 0 (the default) uses the socket's address, so that a
 # client cannot pick its own IP with a forged header.

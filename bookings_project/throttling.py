@@ -3,16 +3,31 @@
 Rates come from the `THROTTLE_RATES` setting (`THROTTLE_RATE_*` in the environment), read
 on every request so that a changed setting applies at once; an empty rate means no limit.
 A throttled request gets 429 problem+json `throttled` with `Retry-After`.
+
+The cache is shared in production (Redis: every worker and host counts together). When it is
+down, a limit lets requests through and logs an error: the service stays up, uncounted, rather
+than refusing every request (docs/operations.md#rate-limits).
 """
+
+import logging
 
 from django.conf import settings
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
+logger = logging.getLogger(__name__)
+
 
 class _SettingsRateThrottle(SimpleRateThrottle):
     def get_rate(self) -> str | None:
         return settings.THROTTLE_RATES.get(self.scope) or None
+
+    def allow_request(self, request: Request, view) -> bool:
+        try:
+            return super().allow_request(request, view)
+        except Exception as error:  # Whatever the cache's client raises when it is unreachable.
+            logger.error("rate limit %s not counted: its cache failed: %s", self.scope, error)
+            return True
 
     def wait(self) -> float | None:
         """Seconds until a request is allowed again. DRF answers None (so no Retry-After) when

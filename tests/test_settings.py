@@ -41,10 +41,50 @@ def test_production_refuses_the_default_or_a_weak_secret(secret):
     assert "Set SECRET_KEY" in result.stderr
 
 
+SHARED_CACHE = "redis://127.0.0.1:6379/0"  # Not connected to by `check`.
+
+
 def test_deploy_checks_are_clean_in_production():
-    result = manage("check", "--deploy", "--fail-level", "WARNING", DJANGO_ENV="production", SECRET_KEY=GOOD_SECRET)
+    result = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        DJANGO_ENV="production",
+        SECRET_KEY=GOOD_SECRET,
+        CACHE_URL=SHARED_CACHE,
+    )
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize("cache_url", ["", "locmemcache://", "dummycache://"])
+def test_production_refuses_a_per_process_cache_for_the_rate_limits(cache_url):
+    env = {"DJANGO_ENV": "production", "SECRET_KEY": GOOD_SECRET} | ({"CACHE_URL": cache_url} if cache_url else {})
+    result = manage("check", **env)
+    assert result.returncode != 0
+    assert "Set CACHE_URL to a shared cache" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("cache_url", "limits"),
+    [
+        (SHARED_CACHE, {}),
+        ("dbcache://rate_limits", {}),
+        # No limit to count: any cache will do.
+        ("locmemcache://", {"THROTTLE_RATE_TOKEN": "", "THROTTLE_RATE_BOOKINGS": "", "THROTTLE_RATE_PAYMENTS": ""}),
+    ],
+)
+def test_production_starts_with_a_shared_cache_or_no_limits(cache_url, limits):
+    result = manage("check", DJANGO_ENV="production", SECRET_KEY=GOOD_SECRET, CACHE_URL=cache_url, **limits)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_redis_cache_answers_within_a_bound():
+    code = "from django.conf import settings; print(sorted(settings.CACHES['default']['OPTIONS'].items()))"
+    result = manage("shell", "--no-imports", "-c", code, CACHE_URL=SHARED_CACHE)
+    assert result.returncode == 0, result.stderr
+    assert "[('socket_connect_timeout', 0.25), ('socket_timeout', 0.25)]" in result.stdout
 
 
 def test_development_runs_with_the_defaults():
