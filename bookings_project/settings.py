@@ -5,6 +5,7 @@ with DEBUG on or without a real SECRET_KEY, and the HTTPS hardening is on by def
 that `manage.py check --deploy` is clean.
 """
 
+import datetime as dt
 import logging
 import os
 import re
@@ -49,6 +50,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_filters",
+    "axes",
     "flights",
     "bookings",
     "payments",
@@ -66,6 +68,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers a locked-out admin login.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "bookings_project.urls"
@@ -129,6 +133,22 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
 # Auth ---------------------------------------------------------------------------------
+# Admin login lockout (django-axes): after ADMIN_LOGIN_FAILURE_LIMIT wrong passwords for one
+# username from one client address, that pair is refused (429, before any password is
+# checked) until ADMIN_LOGIN_COOLOFF_MINUTES after its last failure. Never for good: a lockout
+# ends by itself, and only that address is locked, so nobody can lock a staff member out of
+# their own. The API's token endpoint has its own limit (THROTTLE_RATE_TOKEN), not this one.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_ONLY_ADMIN_SITE = True
+AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=env.int("ADMIN_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The client's address as the rate limits read it (NUM_PROXIES), not the proxy's.
+AXES_CLIENT_IP_CALLABLE = "bookings_project.throttling.client_ip"
+if AXES_FAILURE_LIMIT < 1 or dt.timedelta(0) >= AXES_COOLOFF_TIME:
+    raise ImproperlyConfigured("ADMIN_LOGIN_FAILURE_LIMIT and ADMIN_LOGIN_COOLOFF_MINUTES must be at least 1.")
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -353,5 +373,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # Our own request log (bookings_project.requests) has every request with its id, user and
     # duration; Django's would repeat each 4xx. Its 5xx (with the traceback) stay.
-    "loggers": {"django.server": {"level": "ERROR"}, "django.request": {"level": "ERROR"}},
+    # django-axes says at INFO that it started and each failed login (our request log has those
+    # as 200s of /admin/login/); its lockouts, at WARNING, stay.
+    "loggers": {
+        "django.server": {"level": "ERROR"},
+        "django.request": {"level": "ERROR"},
+        "axes": {"level": "WARNING"},
+    },
 }

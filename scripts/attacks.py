@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -93,6 +94,26 @@ def slow_body(base_url: str, token: str) -> tuple[int, str]:
     return int(status_line.split()[1]), content_type
 
 
+def admin_login_flood(base_url: str, attempts: int = 20) -> list[int]:
+    """Wrong staff passwords as fast as one browser can send them, each a proper form post
+    (its CSRF token fetched first): the statuses of the posts."""
+    browser = requests.Session()
+    statuses = []
+    for n in range(attempts):
+        form = browser.get(f"{base_url}/admin/login/", timeout=30)
+        token = browser.cookies.get("csrftoken", "")
+        if form.status_code != 200 or not token:
+            statuses.append(form.status_code)
+            continue
+        answer = browser.post(
+            f"{base_url}/admin/login/",
+            data={"username": "staff", "password": f"guess-{n}", "csrfmiddlewaretoken": token},
+            timeout=30,
+        )
+        statuses.append(answer.status_code)
+    return statuses
+
+
 def run(base_url: str, token: str, where: str) -> list[str]:
     """Every attack against `base_url`; the failures, as lines to print."""
     failures = []
@@ -105,7 +126,13 @@ def run(base_url: str, token: str, where: str) -> list[str]:
             failures.append(f"{where}: {attack.name}: {response.status_code} {response.text[:200]!r}")
     if slow_status >= 500 or slow_type not in ("application/json", "application/problem+json"):
         failures.append(f"{where}: a body a byte a second: {slow_status} {slow_type}")
+    flood = admin_login_flood(base_url)
+    # The form again (200) for the first wrong passwords, then 429: axes' lockout, and through
+    # nginx its per-address limit too; never a 5xx.
+    if any(status >= 500 for status in flood) or 429 not in flood:
+        failures.append(f"{where}: an admin login flood: {sorted(set(flood))}")
     answered = sorted({(attack.name.split(":")[0], response.status_code) for attack, response in results})
     print(f"attacks {where}: {len(results) + 1} sent, {len(failures)} failed; answers {answered}")
     print(f"attacks {where}: a body a byte a second answered {slow_status}")
+    print(f"attacks {where}: an admin login flood of {len(flood)} answered {dict(sorted(Counter(flood).items()))}")
     return failures

@@ -70,8 +70,10 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="fuzz-") as workdir:
-        env = service_env(fresh_database_url(workdir))
+        # Static files collected, as `make serve` does: the admin's pages (attacked below) use them.
+        env = service_env(fresh_database_url(workdir), STATIC_ROOT=f"{workdir}/static")
         manage(env, "migrate", "--noinput", "-v", "0")
+        manage(env, "collectstatic", "--noinput", "-v", "0")
         tokens = dict(TOKEN_LINE.findall(manage(env, "load_demo_data")))
         server = Gunicorn("bookings", env, workers=2, log_dir=Path(workdir))
         proxy = Nginx("bookings", server, max_conns=8, log_dir=Path(workdir))
