@@ -1,11 +1,40 @@
 """Database helpers shared by every app's services."""
 
 import contextlib
+import datetime as dt
 from collections.abc import Iterator
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.db.backends.signals import connection_created
+from django.utils import timezone
+
+# The database server's clock, in UTC. SQLite runs in this process, but reads the OS clock
+# itself, not Python's.
+_NOW_SQL = {
+    "postgresql": "SELECT statement_timestamp()",
+    "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
+}
+
+
+def database_now() -> dt.datetime:
+    """The database's clock: the one clock every host shares. Cleanup decides what is stale
+    with it, so a host whose own clock runs ahead never expires a hold early."""
+    with connection.cursor() as cursor:
+        cursor.execute(_NOW_SQL[connection.vendor])
+        (value,) = cursor.fetchone()
+    if isinstance(value, str):  # SQLite's text, always UTC.
+        value = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+    return value
+
+
+def host_clock_skew() -> dt.timedelta:
+    """How far this host's clock is ahead of the database's (negative: behind), to within the
+    round trip of one statement."""
+    before = timezone.now()
+    database = database_now()
+    after = timezone.now()
+    return before + (after - before) / 2 - database
 
 
 @contextlib.contextmanager

@@ -1,10 +1,12 @@
 """Liveness and readiness probes for load balancers and orchestrators."""
 
+import datetime as dt
 import logging
 
 from django.conf import settings
-from django.db import connection
 from django.http import HttpRequest, JsonResponse
+
+from bookings_project import db
 
 logger = logging.getLogger(__name__)
 
@@ -15,11 +17,18 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """The database (and a remote Flights service, when configured) answer.
+    """The database answers, this host's clock agrees with it (within `MAX_CLOCK_SKEW_SECONDS`),
+    and a remote Flights service, when configured, answers.
 
-    503 tells the balancer to send traffic elsewhere.
+    503 tells the balancer to send traffic elsewhere: a host with a wrong clock stamps wrong
+    hold expiries and payment times.
     """
-    checks = {"database": _database_ok()}
+    skew = _clock_skew()
+    checks = {"database": skew is not None}
+    if skew is not None:
+        checks["clock"] = abs(skew.total_seconds()) <= settings.MAX_CLOCK_SKEW_SECONDS
+        if not checks["clock"]:
+            logger.error("readiness: this host's clock is %.1f s off the database's", skew.total_seconds())
     if settings.FLIGHT_SERVICE_URL:
         from bookings.flights_gateway import get_flight_gateway
 
@@ -34,11 +43,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
     )
 
 
-def _database_ok() -> bool:
+def _clock_skew() -> dt.timedelta | None:
+    """This host's clock against the database's; None if the database does not answer."""
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            return cursor.fetchone() == (1,)
+        return db.host_clock_skew()
     except Exception:  # Any failure means "not ready"; the reason goes to the log.
         logger.exception("readiness: database check failed")
-        return False
+        return None

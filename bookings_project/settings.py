@@ -315,6 +315,9 @@ FLIGHT_SERVICE_REMEMBER_SECONDS = env.float("FLIGHT_SERVICE_REMEMBER_SECONDS", d
 
 # Bookings and payments ---------------------------------------------------------------------
 BOOKING_HOLD_MINUTES = env.int("BOOKING_HOLD_MINUTES", default=10)
+# How far a host's clock may be off the database's before /readyz fails: hosts stamp hold
+# expiries and payment times with their own clocks (cleanup decides with the database's).
+MAX_CLOCK_SKEW_SECONDS = env.float("MAX_CLOCK_SKEW_SECONDS", default=5.0)
 MAX_SEATS_PER_BOOKING = env.int("MAX_SEATS_PER_BOOKING", default=10)
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 CURRENCY = env.str("CURRENCY", default="INR")

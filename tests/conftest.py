@@ -6,6 +6,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from bookings_project import db
 from tests.factories import make_flight
 
 pytest_plugins = ["tests.fixtures.cleanup", "tests.fixtures.flights", "tests.fixtures.payments"]
@@ -84,4 +85,6 @@ def clock(monkeypatch) -> Clock:
     ORM's auto_now fields included, reads it): expiry is tested without sleeping."""
     fixed = Clock(timezone.now().replace(microsecond=0))
     monkeypatch.setattr(timezone, "now", fixed)
+    # The database's clock too (what cleanup decides with): one clock for the whole test.
+    monkeypatch.setattr(db, "database_now", fixed)
     return fixed

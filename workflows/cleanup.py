@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -50,7 +51,7 @@ from bookings.services import (
     booking_flag_stuck_release,
     booking_release_seats,
 )
-from bookings_project import request_id
+from bookings_project import db, request_id
 from bookings_project.exceptions import DomainError
 from payments import selectors as payment_selectors
 from payments.gateway import ChargeStatus, PaymentGateway, get_payment_gateway
@@ -221,7 +222,12 @@ def cleanup_stale_bookings(
     """Run every duty once and answer the counts. `report` receives one line per booking
     touched (the command prints them at -v 2). A dry run changes nothing: it counts what a
     run would do, asking the payment gateway (read-only) about expired PENDING bookings."""
-    started = timezone.now()
+    # The database's clock decides what is stale, so this host's own cannot expire a hold or
+    # settle a payment early; it is only compared, to say so when it is off.
+    started = db.database_now()
+    skew = (timezone.now() - started).total_seconds()
+    if abs(skew) > settings.MAX_CLOCK_SKEW_SECONDS:
+        logger.warning("cleanup: this host's clock is %.1f s off the database's; deciding with the database's", skew)
     run = _Run(
         cutoffs=Cutoffs.at(started, older_than_minutes=older_than_minutes),
         batch_size=batch_size,
@@ -511,7 +517,7 @@ class BacklogItem:
 def cleanup_backlog(*, now: dt.datetime | None = None) -> list[BacklogItem]:
     """Every work set with a label, counted as a run now would see it, without asking any
     remote service (the admin's cleanup page)."""
-    cutoffs = Cutoffs.at(now or timezone.now())
+    cutoffs = Cutoffs.at(now or db.database_now())
     return [backlog_item(work, cutoffs) for work in WORK_SETS if work.label is not None]
 
 

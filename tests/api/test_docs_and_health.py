@@ -84,7 +84,7 @@ def test_healthz(client):
 def test_readyz_when_the_database_answers(client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok"}}
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "clock": "ok"}}
 
 
 def test_readyz_is_503_when_the_database_does_not_answer(client, monkeypatch):

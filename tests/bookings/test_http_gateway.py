@@ -508,7 +508,7 @@ def test_readyz_checks_the_flights_service(remote, client):
     response = client.get("/readyz")
 
     assert response.status_code == 200, response.content
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "flights": "ok"}}
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "clock": "ok", "flights": "ok"}}
 
 
 def test_readyz_fails_when_flights_refuses_connections(remote, client):
@@ -517,7 +517,10 @@ def test_readyz_fails_when_flights_refuses_connections(remote, client):
         close_cached_flight_gateway()
 
     assert response.status_code == 503
-    assert response.json() == {"status": "unavailable", "checks": {"database": "ok", "flights": "failing"}}
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "clock": "ok", "flights": "failing"},
+    }
 
 
 @pytest.mark.parametrize(
@@ -533,4 +536,4 @@ def test_readyz_fails_when_flights_is_down(remote, client, fault):
         response = client.get("/readyz")
 
     assert response.status_code == 503
-    assert response.json()["checks"] == {"database": "ok", "flights": "failing"}
+    assert response.json()["checks"] == {"database": "ok", "clock": "ok", "flights": "failing"}
