@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -27,15 +28,20 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError
+from django.db import DatabaseError, IntegrityError
 from django.utils import timezone
 
 from bookings_project import statements
 from bookings_project.db import may_conflict
 from bookings_project.errors import problem_body
-from bookings_project.exceptions import DomainError, IdempotencyKeyInUse, IdempotencyKeyReused
+from bookings_project.exceptions import DomainError, IdempotencyKeyInUse, IdempotencyKeyReused, ServiceUnavailable
 from payments.models import IdempotencyKey
-from payments.selectors import expired_idempotency_keys, idempotency_key_of, payment_attempt_window
+from payments.selectors import (
+    expired_idempotency_keys,
+    idempotency_key_of,
+    payment_attempt_window,
+    payment_request_duration,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +101,12 @@ def run_idempotently(
         status, body = operation(claim)
     except DomainError as error:
         if error.invites_retry:
-            _let_go(row)
+            _let_go_or_say_when(row, error)
         elif claim.answer is None:
             _complete(row, error.status, _problem_of(error))
         raise
-    except BaseException:
-        _let_go(row)
+    except BaseException as error:
+        _let_go_or_say_when(row, error)
         raise
     if claim.answer is None:
         _complete(row, status, body)
@@ -140,7 +146,7 @@ def _claim(*, user: AbstractBaseUser, key: str, fingerprint: str) -> Idempotency
         if row.state == IdempotencyKey.State.COMPLETED:
             return Answer(status=row.response_status, body=row.response_body, replayed=True)
         if row.locked_until and row.locked_until > now:
-            raise IdempotencyKeyInUse()
+            raise IdempotencyKeyInUse(retry_after=_in_use_retry_after(row, now))
         # The request that held it died: take the key over, if nobody else just did.
         lease = uuid.uuid4()
         taken = IdempotencyKey.objects.filter(pk=row.pk, state=row.state, lease=row.lease).update(
@@ -148,7 +154,7 @@ def _claim(*, user: AbstractBaseUser, key: str, fingerprint: str) -> Idempotency
         )
         if taken:
             logger.warning("idempotency key %s of user %s taken over from a request that died", row.pk, user.pk)
-            row.lease = lease
+            row.lease, row.locked_until = lease, now + payment_attempt_window()
             return row
         raise IdempotencyKeyInUse()
     raise IdempotencyKeyInUse()
@@ -167,6 +173,37 @@ def _complete(claim: IdempotencyKey, status: int, body: dict[str, Any]) -> None:
             "completed_at": timezone.now(),
         },
     )
+
+
+def _in_use_retry_after(row: IdempotencyKey, now: dt.datetime) -> int:
+    """Seconds until a retry can have the key's answer: 1 while the request holding it may
+    still be running (it answers within seconds); once that request must have ended (it died,
+    or the database failed under it), when its lease runs out and a retry takes the key over."""
+    claimed_at = row.locked_until - payment_attempt_window()
+    if now < claimed_at + payment_request_duration():
+        return 1
+    return _seconds_until(row.locked_until)
+
+
+def _seconds_until(moment: dt.datetime) -> int:
+    return max(1, math.ceil((moment - timezone.now()).total_seconds()))
+
+
+def _let_go_or_say_when(claim: IdempotencyKey, error: BaseException) -> None:
+    """Let the key go for the client's retry; if the database fails that too, the key stays
+    claimed until its lease runs out, and the client is told when that is."""
+    try:
+        _let_go(claim)
+    except DatabaseError as failure:
+        retry_after = _seconds_until(claim.locked_until)
+        logger.error(
+            "idempotency key %s: could not be let go (%s); claimed for %s s more", claim.pk, failure, retry_after
+        )
+        raise ServiceUnavailable(
+            f"The database failed while this request was under way. Retry with the same Idempotency-Key in "
+            f"{retry_after} s: it then takes the request over, and a payment is charged at most once.",
+            retry_after=retry_after,
+        ) from error
 
 
 def _let_go(claim: IdempotencyKey) -> None:

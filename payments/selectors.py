@@ -35,6 +35,18 @@ def payment_attempt_window() -> dt.timedelta:
     return dt.timedelta(seconds=connect + read + settings.PAYMENT_ATTEMPT_MARGIN_SECONDS)
 
 
+# The waits before each new try of recording a charge's answer when the database fails (a
+# restart, a dropped connection): the money is decided, and a blip must not leave it to cleanup.
+RECORD_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
+
+
+def payment_request_duration() -> dt.timedelta:
+    """The longest a live payment request runs: the gateway's timeouts, then the retries of
+    recording its answer. A request that claimed a key longer ago than this has ended."""
+    connect, read = timeouts(settings.PAYMENT_GATEWAY_TIMEOUT)
+    return dt.timedelta(seconds=connect + read + sum(RECORD_RETRY_DELAYS) + 1)
+
+
 def payment_in_flight(*, booking_id: int, lock: bool = False) -> Payment | None:
     """The booking's payment attempt still PROCESSING, if any (there is at most one); with
     `lock`, its row locked for the caller's transaction."""

@@ -14,13 +14,14 @@ A payment is three short steps, and no transaction or row lock is held across th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -28,7 +29,7 @@ from bookings.audit import record_status_change
 from bookings.models import Booking, BookingEvent
 from bookings.services import booking_expire, booking_move, booking_release_seats
 from bookings_project import statements
-from bookings_project.db import bound_lock_wait
+from bookings_project.db import bound_lock_wait, is_lock_contention
 from bookings_project.exceptions import (
     AmountMismatch,
     BookingExpired,
@@ -102,6 +103,31 @@ def payment_create(
         else:
             _record_unknown_outcome(payment, error.detail)
         raise
+    return _record_charge_retrying(payment, charge, gateway, on_settled)
+
+
+def _record_charge_retrying(
+    payment: Payment, charge: Charge, gateway: PaymentGateway, on_settled: OnSettled | None
+) -> Payment:
+    """`_record_charge`, tried again over a few seconds when the database fails: the gateway
+    has answered, so the money is decided, and a short outage should end in the real answer,
+    not in a key claimed until its lease runs out and a booking PENDING for cleanup. Each try
+    is whole (its transaction either committed or not), and a repeat of one that did commit
+    finds the payment settled and answers it."""
+    for delay in payment_selectors.RECORD_RETRY_DELAYS:
+        try:
+            return _record_charge(payment, charge, gateway, on_settled)
+        except OperationalError as error:
+            if is_lock_contention(error) or connection.in_atomic_block:
+                raise  # A lock wait is an answer, not an outage; inside a caller's transaction, theirs to retry.
+            logger.warning(
+                "payment %s: recording the gateway's answer failed (%s); trying again in %.2f s",
+                payment.pk,
+                error,
+                delay,
+            )
+            connection.close()  # The failure may have broken it: the next statement opens a new one.
+            time.sleep(delay)
     return _record_charge(payment, charge, gateway, on_settled)
 
 
