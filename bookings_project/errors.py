@@ -156,6 +156,11 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
 # Django-level handlers, for errors raised outside DRF views (unknown URLs, middleware). -----
 
 
+def problem_json(error: DomainError) -> JsonResponse:
+    """A domain error as problem+json, outside DRF (middleware)."""
+    return _json_problem(error.status, error.code, error.title, error.detail)
+
+
 def _json_problem(status: int, code: str, title: str, detail: str) -> JsonResponse:
     return JsonResponse(
         problem_body(status=status, code=code, title=title, detail=detail),
@@ -183,8 +188,7 @@ def _refusal(exception: Exception | None) -> DomainError:
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if not _wants_problem(request):
         return defaults.bad_request(request, exception)
-    error = _refusal(exception)
-    return _json_problem(error.status, error.code, error.title, error.detail)
+    return problem_json(_refusal(exception))
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

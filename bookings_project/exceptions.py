@@ -36,6 +36,13 @@ class PayloadTooLarge(DomainError):
     default_detail = "The request body is larger than this service takes."
 
 
+class HttpsRequired(DomainError):
+    status, code, title = 403, "https_required", "HTTPS required"
+    default_detail = (
+        "The API answers over HTTPS only. Send this request to the https:// URL, with a new token if it carried one."
+    )
+
+
 class NotFound(DomainError):
     status, code, title = 404, "not_found", "Not found"
     default_detail = "No such resource."

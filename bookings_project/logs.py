@@ -24,6 +24,15 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class SkipAnswered503(logging.Filter):
+    """On `django.request`: drop its line for a 503. Every 503 of ours is an answer the
+    exception handler chose and has logged once already, with its cause (a database or a
+    dependency down); Django's line would log it a second time, at ERROR, without one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "status_code", None) != 503
+
+
 class JsonFormatter(logging.Formatter):
     """`{"time", "level", "logger", "message", "request_id", ...extra, "exc"?}` on one line."""
 

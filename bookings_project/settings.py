@@ -59,7 +59,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "bookings_project.request_id.RequestIdMiddleware",
-    "bookings_project.request_guard.RefuseNulMiddleware",
+    "bookings_project.request_guard.RequestGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -241,8 +241,9 @@ SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=PRODUCTION) else None
 )
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=PRODUCTION)
-# Load balancers probe over plain HTTP.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# Load balancers probe over plain HTTP. The API is not redirected but refused over plain HTTP
+# (bookings_project/request_guard.py).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^api/v\d+/"]
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=PRODUCTION)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=PRODUCTION)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if PRODUCTION else 0)
@@ -365,7 +366,10 @@ if LOG_FORMAT not in ("json", "text"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "bookings_project.logs.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "bookings_project.logs.RequestIdFilter"},
+        "skip_answered_503": {"()": "bookings_project.logs.SkipAnswered503"},
+    },
     "formatters": {
         "json": {"()": "bookings_project.logs.JsonFormatter"},
         "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
@@ -375,12 +379,13 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # Our own request log (bookings_project.requests) has every request with its id, user and
-    # duration; Django's would repeat each 4xx. Its 5xx (with the traceback) stay.
+    # duration; Django's would repeat each 4xx, and each 503 our handler logged. Its 500s
+    # (with the traceback) stay.
     # django-axes says at INFO that it started and each failed login (our request log has those
     # as 200s of /admin/login/); its lockouts, at WARNING, stay.
     "loggers": {
         "django.server": {"level": "ERROR"},
-        "django.request": {"level": "ERROR"},
+        "django.request": {"level": "ERROR", "filters": ["skip_answered_503"]},
         "axes": {"level": "WARNING"},
     },
 }

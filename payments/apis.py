@@ -201,7 +201,7 @@ class PaymentViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
             user=request.user,
             key=key,
             fingerprint=idempotency.request_fingerprint(
-                method=request.method, path=request.path, body=serializer.normalised()
+                method=request.method, path=request.path, body=serializer.normalised(caller_id=request.user.pk)
             ),
             operation=pay,
         )

@@ -57,10 +57,12 @@ class PaymentCreateSerializer(serializers.Serializer):
     def validate(self, attrs: dict) -> dict:
         return resolve_alias(attrs, "amount", "totalCost")
 
-    def normalised(self) -> dict:
-        """The body as the fingerprint sees it: aliases resolved, money as a 2-place string."""
+    def normalised(self, *, caller_id: int) -> dict:
+        """The body as the fingerprint sees it: aliases resolved, money as a 2-place string, and
+        `userId` only when it names someone other than the caller (naming yourself is the same
+        request as naming nobody)."""
         data = self.validated_data
         body = {"bookingId": data["bookingId"], "amount": f"{data['amount']:.2f}"}
-        if "userId" in data:
+        if data.get("userId") not in (None, caller_id):
             body["userId"] = data["userId"]
         return body

@@ -29,6 +29,7 @@ class Attack:
     body: bytes | None = None
     token: str = ""
     key: bool = False  # Send an Idempotency-Key, so that a payment reads its body.
+    big_header: bool = False
 
 
 def attacks(token: str) -> Iterator[Attack]:
@@ -58,8 +59,17 @@ def attacks(token: str) -> Iterator[Attack]:
         yield Attack(f"NUL: GET {path}", "GET", path, token=token)
 
 
+def edge_attacks(token: str) -> Iterator[Attack]:
+    """What the server at the edge refuses before the app sees it: nginx in production answers
+    these as problem+json; gunicorn alone answers its own HTML pages (docs/operations.md)."""
+    yield Attack("a 20 KB URI: GET /api/v1/…", "GET", "/api/v1/bookings/" + "a" * 20_000, token=token)
+    yield Attack("a 20 KB header: GET /api/v1/bookings", "GET", "/api/v1/bookings", token=token, big_header=True)
+
+
 def send(base_url: str, attack: Attack) -> requests.Response:
     headers = {"Content-Type": "application/json"}
+    if attack.big_header:
+        headers["X-Padding"] = "x" * 20_000
     if attack.token:
         headers["Authorization"] = f"Token {attack.token}"
     if attack.key:
@@ -114,10 +124,12 @@ def admin_login_flood(base_url: str, attempts: int = 20) -> list[int]:
     return statuses
 
 
-def run(base_url: str, token: str, where: str) -> list[str]:
-    """Every attack against `base_url`; the failures, as lines to print."""
+def run(base_url: str, token: str, where: str, *, edge: bool) -> list[str]:
+    """Every attack against `base_url` (`edge`: it is the server facing clients, nginx); the
+    failures, as lines to print."""
     failures = []
-    results = [(attack, send(base_url, attack)) for attack in attacks(token)]
+    sent = [*attacks(token), *(edge_attacks(token) if edge else [])]
+    results = [(attack, send(base_url, attack)) for attack in sent]
     slow_status, slow_type = slow_body(base_url, token)
     for attack, response in results:
         problem = response.headers.get("Content-Type", "") == "application/problem+json"

@@ -85,8 +85,8 @@ def main() -> int:
             results = {role: fuzz(server.url, tokens[role], role, args) for role in ("customer", "staff")}
             print("\n=== attacks", flush=True)
             failed_attacks = [
-                *attacks.run(server.url, tokens["staff"], "gunicorn"),
-                *attacks.run(proxy.url, tokens["staff"], "nginx"),
+                *attacks.run(server.url, tokens["staff"], "gunicorn", edge=False),
+                *attacks.run(proxy.url, tokens["staff"], "nginx", edge=True),
             ]
         finally:
             proxy.stop()

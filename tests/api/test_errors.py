@@ -73,3 +73,22 @@ def test_database_errors_invite_a_retry(user_client, monkeypatch, message, statu
     response = user_client.get("/api/v1/flights")
     assert_problem(response, status, code)
     assert response["Retry-After"] == retry_after
+
+
+def test_a_503_is_logged_once_with_its_cause(user_client, monkeypatch, caplog):
+    """Not a second time by django.request, at ERROR and without the cause."""
+    import logging
+
+    from django.db import OperationalError
+
+    from flights import selectors
+
+    def fail():
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(selectors, "flight_list", fail)
+    with caplog.at_level(logging.INFO):
+        assert_problem(user_client.get("/api/v1/flights"), 503, "service_unavailable")
+
+    errors = [(record.name, record.getMessage()) for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == [("bookings_project.errors", "database unavailable: connection refused")]

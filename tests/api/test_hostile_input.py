@@ -162,3 +162,31 @@ def test_a_nul_in_an_admin_url_is_a_400_page(staff_user, client, url, no_error_l
 
     assert response.status_code == 400
     assert "problem" not in response["Content-Type"]
+
+
+# Plain HTTP --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def https_enforced(settings):
+    settings.SECURE_SSL_REDIRECT = True
+
+
+def test_an_api_request_over_plain_http_is_refused_not_redirected(user_client, flight, https_enforced):
+    response = user_client.get(f"/api/v1/flights/{flight.pk}")
+
+    assert_problem(response, 403, "https_required")
+    assert "Location" not in response
+
+
+def test_over_https_the_api_answers(user_client, flight, https_enforced):
+    assert user_client.get(f"/api/v1/flights/{flight.pk}", secure=True).status_code == 200
+
+
+@pytest.mark.parametrize(("path", "status"), [("/admin/", 301), ("/api/docs/", 301), ("/healthz", 200)])
+def test_pages_are_still_redirected_and_probes_answered(client, https_enforced, path, status):
+    response = client.get(path)
+
+    assert response.status_code == status
+    if status == 301:
+        assert response["Location"].startswith("https://")

@@ -246,6 +246,17 @@ class TestReplay:
         assert replay.json() == original.json()
         assert SimulatedCharge.objects.count() == 1
 
+    @pytest.mark.parametrize("first_names_me", [True, False], ids=["userId-then-none", "none-then-userId"])
+    def test_naming_yourself_as_userId_is_the_same_body(self, user_client, user, booking, first_names_me):
+        mine = {"userId": user.pk}
+        original = _pay(user_client, "k", _body(booking, **(mine if first_names_me else {})))
+        assert original.status_code == 201, original.content
+
+        replay = _pay(user_client, "k", _body(booking, **({} if first_names_me else mine)))
+
+        assert (replay.status_code, replay.get(REPLAYED)) == (201, "true"), replay.content
+        assert SimulatedCharge.objects.count() == 1
+
     def test_stored_decline_is_replayed(self, user_client, booking, settings):
         settings.PAYMENT_SIMULATED_OUTCOME = "decline"
         first = _pay(user_client, "k", _body(booking))
@@ -384,7 +395,8 @@ class TestInProgress:
         assert (again.pk, again.state, again.lease) == (row.pk, "in_progress", row.lease)  # Left to its owner.
 
     def test_running_key_with_userId_in_the_body(self, user_client, user, booking):
-        self._running_key(user, booking, locked_for=dt.timedelta(minutes=1), userId=user.pk)
+        # Naming yourself is the same request as naming nobody: the same fingerprint.
+        self._running_key(user, booking, locked_for=dt.timedelta(minutes=1))
         assert_problem(_pay(user_client, "k", _body(booking, userId=user.pk)), 409, "idempotency_key_in_use")
 
     def test_key_whose_lease_ran_out_is_taken_over(self, user_client, user, booking, flight):
