@@ -191,10 +191,8 @@ if GUNICORN_KEEPALIVE_CONNECTIONS < 0:
 
 
 # Cache: where the rate limits are counted. The default counts per process, so with several
-# processes (or hosts) each allows the full rate; share one cache (Redis, Memcached, or a
-# `dbcache://` table made by `manage.py createcachetable`) to count them together.
-# Where rate limits count. The default, memory, is per process: with several workers or
-# hosts each counts apart, so production must name a shared one (`redis://host:6379/0`).
+# processes (or hosts) each allows the full rate; production must share one: Redis, or a
+# `dbcache://` table made by `manage.py createcachetable` (refused otherwise, below).
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 SHARED_CACHE_BACKENDS = ("django.core.cache.backends.redis.RedisCache", "django.core.cache.backends.db.DatabaseCache")
 if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
