@@ -162,19 +162,26 @@ def seed_users(count: int) -> int:
 
 def cleanup_with_clock_moved() -> int:
     """`cleanup_stale_bookings` as cron would run it an hour after every hold ran out (and so
-    every payment attempt and Flights call window): `timezone.now` is moved for all code."""
+    every payment attempt and Flights call window): both clocks are moved for all code, the
+    host's (`timezone.now`) and the database's (`db.database_now`, which decides what is stale)."""
     from django.conf import settings
     from django.core.management import call_command
     from django.core.management.base import CommandError
     from django.utils import timezone
 
-    real_now = timezone.now
+    from bookings_project import db
+
     shift = dt.timedelta(minutes=settings.BOOKING_HOLD_MINUTES + 60)
+    real_host_now, real_database_now = timezone.now, db.database_now
 
-    def later() -> dt.datetime:
-        return real_now() + shift
+    def host_later() -> dt.datetime:
+        return real_host_now() + shift
 
-    timezone.now = later
+    def database_later() -> dt.datetime:
+        return real_database_now() + shift
+
+    timezone.now = host_later
+    db.database_now = database_later
     try:
         call_command("cleanup_stale_bookings")
     except CommandError as error:
