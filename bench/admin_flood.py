@@ -35,8 +35,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-import serving
-from serving import ROOT, Gunicorn, Nginx, drop_database, recreate_database, service_env
+from attacks import wrong_admin_password
+from load import CpuMeter
+from serving import NGINX_TEMPLATE, ROOT, Gunicorn, Nginx, drop_database, recreate_database, service_env
 
 TOKEN_LINE = re.compile(r"^customer.*token=(\w+)$", re.MULTILINE)
 LIMIT_LINES = re.compile(r"^\s*limit_req.*$\n", re.MULTILINE)
@@ -74,14 +75,7 @@ def flood(url: str, clients: int, stop: multiprocessing.synchronize.Event, answe
             if stop.is_set():
                 return
             try:
-                form = browser.get(f"{url}/admin/login/", timeout=30)
-                token = browser.cookies.get("csrftoken", "")
-                if form.status_code != 200 or not token:
-                    status = form.status_code
-                else:
-                    username = f"guess-{threading.get_ident()}-{n}"
-                    data = {"username": username, "password": "x", "csrfmiddlewaretoken": token}
-                    status = browser.post(f"{url}/admin/login/", data=data, timeout=30).status_code
+                status = wrong_admin_password(browser, url, f"guess-{threading.get_ident()}-{n}", "x")
             except requests.RequestException:
                 status = 0
             with lock:
@@ -95,56 +89,40 @@ def flood(url: str, clients: int, stop: multiprocessing.synchronize.Event, answe
     answers.put(dict(statuses))
 
 
-def cpu_seconds(pgid: int) -> float:
-    """CPU seconds so far of a process group (a gunicorn: master and workers, reaped ones included)."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
-                total += sum(int(value) for value in fields[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def phase(server: Gunicorn, url: str, token: str, args: argparse.Namespace) -> tuple[float, float]:
+def phase(meter: CpuMeter, name: str, url: str, token: str, args: argparse.Namespace) -> tuple[float, float]:
     """API reads per second, and the app's CPU in % of one core, over `--seconds`."""
-    cpu_before, wall_before = cpu_seconds(server.process.pid), time.monotonic()
+    before = meter.snapshot()
     reads = reads_per_second(url, token, readers=args.readers, seconds=args.seconds)
-    cpu = (cpu_seconds(server.process.pid) - cpu_before) / (time.monotonic() - wall_before)
-    return reads, 100 * cpu
+    return reads, meter.figures(before, meter.snapshot()).servers[name]
 
 
 def measure(env: dict[str, str], token: str, workdir: Path, *, limited: bool, args: argparse.Namespace) -> None:
-    template = serving.NGINX_TEMPLATE.read_text()
+    template = NGINX_TEMPLATE
     if not limited:
-        unlimited = workdir / "nginx-unlimited.conf"
-        unlimited.write_text(LIMIT_LINES.sub("", template))
-        serving.NGINX_TEMPLATE = unlimited
+        template = workdir / "nginx-unlimited.conf"
+        template.write_text(LIMIT_LINES.sub("", NGINX_TEMPLATE.read_text()))
     name = "limited" if limited else "unlimited"
     server = Gunicorn(name, env, workers=args.workers, threads=4, log_dir=workdir)
-    proxy = Nginx(name, server, max_conns=args.workers * 4, log_dir=workdir)
+    proxy = Nginx(name, server, max_conns=args.workers * 4, log_dir=workdir, template=template)
     server.start()
     proxy.start()
     try:
         server.wait_ready("/readyz")
         proxy.wait_ready("/readyz")
+        meter = CpuMeter({name: server.process.pid}, databases=[])
         reads_per_second(proxy.url, token, readers=args.readers, seconds=2)  # Warm up.
-        quiet, quiet_cpu = phase(server, proxy.url, token, args)
+        quiet, quiet_cpu = phase(meter, name, proxy.url, token, args)
         stop, answers = multiprocessing.Event(), multiprocessing.Queue()
         flooder = multiprocessing.Process(target=flood, args=(proxy.url, args.flooders, stop, answers))
         flooder.start()
         time.sleep(1)
-        flooded, flooded_cpu = phase(server, proxy.url, token, args)
+        flooded, flooded_cpu = phase(meter, name, proxy.url, token, args)
         stop.set()
         statuses = answers.get(timeout=60)
         flooder.join()
     finally:
         proxy.stop()
         server.stop()
-        serving.NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
     print(
         f"nginx login limit {'on ' if limited else 'off'}: API reads/s quiet {quiet:.0f} (app CPU {quiet_cpu:.0f} %), "
         f"with {args.flooders} clients flooding /admin/login/ {flooded:.0f} ({flooded / quiet:.0%}; "
@@ -172,7 +150,9 @@ def main() -> int:
             env = service_env(f"{server_url}/{database}", STATIC_ROOT=f"{workdir}/static")
             for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
                 subprocess.run([*manage, *command, "-v", "0"], cwd=ROOT, env=env, check=True)
-            demo = subprocess.run([*manage, "load_demo_data"], cwd=ROOT, env=env, capture_output=True, text=True)
+            demo = subprocess.run(
+                [*manage, "load_demo_data"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+            )
             token = TOKEN_LINE.search(demo.stdout).group(1)
             for limited in (False, True):
                 measure(env, token, Path(workdir), limited=limited, args=args)

@@ -104,24 +104,21 @@ def slow_body(base_url: str, token: str) -> tuple[int, str]:
     return int(status_line.split()[1]), content_type
 
 
+def wrong_admin_password(browser: requests.Session, base_url: str, username: str, password: str) -> int:
+    """One wrong password posted as a browser does, its CSRF token fetched first with the form:
+    the status of the post (or of the form, when that was refused)."""
+    form = browser.get(f"{base_url}/admin/login/", timeout=30)
+    token = browser.cookies.get("csrftoken", "")
+    if form.status_code != 200 or not token:
+        return form.status_code
+    data = {"username": username, "password": password, "csrfmiddlewaretoken": token}
+    return browser.post(f"{base_url}/admin/login/", data=data, timeout=30).status_code
+
+
 def admin_login_flood(base_url: str, attempts: int = 20) -> list[int]:
-    """Wrong staff passwords as fast as one browser can send them, each a proper form post
-    (its CSRF token fetched first): the statuses of the posts."""
+    """Wrong staff passwords as fast as one browser can send them: the statuses answered."""
     browser = requests.Session()
-    statuses = []
-    for n in range(attempts):
-        form = browser.get(f"{base_url}/admin/login/", timeout=30)
-        token = browser.cookies.get("csrftoken", "")
-        if form.status_code != 200 or not token:
-            statuses.append(form.status_code)
-            continue
-        answer = browser.post(
-            f"{base_url}/admin/login/",
-            data={"username": "staff", "password": f"guess-{n}", "csrfmiddlewaretoken": token},
-            timeout=30,
-        )
-        statuses.append(answer.status_code)
-    return statuses
+    return [wrong_admin_password(browser, base_url, "staff", f"guess-{n}") for n in range(attempts)]
 
 
 def run(base_url: str, token: str, where: str, *, edge: bool) -> list[str]:

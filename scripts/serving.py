@@ -247,9 +247,10 @@ def nginx_binary() -> str:
     return found
 
 
-def render_nginx_conf(values: dict[str, str]) -> str:
-    """deploy/nginx.conf with its placeholders filled; every one outside comments must be."""
-    text = NGINX_TEMPLATE.read_text()
+def render_nginx_conf(values: dict[str, str], template: Path = NGINX_TEMPLATE) -> str:
+    """deploy/nginx.conf (or a variant of it) with its placeholders filled; every one outside
+    comments must be."""
+    text = template.read_text()
     for name, value in values.items():
         text = text.replace(f"@{name}@", value)
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
@@ -263,10 +264,13 @@ class Nginx:
     """nginx with the production config (deploy/nginx.conf) in front of one gunicorn, on a
     loopback port of its own, in its own session (process group), as Gunicorn is."""
 
-    def __init__(self, name: str, upstream: Gunicorn, *, max_conns: int, log_dir: Path) -> None:
+    def __init__(
+        self, name: str, upstream: Gunicorn, *, max_conns: int, log_dir: Path, template: Path = NGINX_TEMPLATE
+    ) -> None:
         self.name = name
         self.upstream = upstream
         self.max_conns = max_conns
+        self.template = template
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.run_dir = log_dir / f"{name}-nginx"
@@ -285,7 +289,8 @@ class Nginx:
                     "LISTEN": f"127.0.0.1:{self.port}",
                     "UPSTREAM": f"127.0.0.1:{self.upstream.port}",
                     "MAX_CONNS": str(self.max_conns),
-                }
+                },
+                self.template,
             )
         )
         with (self.run_dir / "stderr.log").open("ab") as log:
