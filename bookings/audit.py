@@ -1,4 +1,5 @@
-"""The audit trail of booking status changes (`BookingEvent`).
+"""The audit trail of booking status changes (`BookingEvent`), and the outbox events derived
+from it: a change that notifications report gets its `OutboxEvent` in the same transaction.
 
 Every change of `Booking.status` goes through `record_status_change`, inside the transaction
 that makes it. Who made it is found, in order: an explicit `actor` (the payment gateway's
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from bookings import outbox
 from bookings.models import BookingEvent
 from bookings_project import request_id, statements
 
@@ -35,9 +37,12 @@ def acting_as(actor: str) -> Iterator[None]:
 def record_status_change(
     *, booking_id: int, from_status: str, to_status: str, reason: str, actor: str | None = None
 ) -> BookingEvent:
-    """Write one event. Call it in the transaction that changes the status."""
+    """Write one event, and the outbox's if the change is reported (bookings.outbox). Call it
+    in the transaction that changes the status."""
     event = _event(booking_id, from_status=from_status, to_status=to_status, reason=reason, actor=actor)
     statements.insert(event)
+    if reported := outbox.event_for_status_change(from_status=from_status, to_status=to_status):
+        outbox.record_event(type=reported, booking_id=booking_id)
     _log(event)
     return event
 
@@ -49,6 +54,8 @@ def record_status_changes(*, booking_ids: list[int], from_status: str, to_status
         _event(booking_id, from_status=from_status, to_status=to_status, reason=reason) for booking_id in booking_ids
     ]
     BookingEvent.objects.bulk_create(events)
+    if reported := outbox.event_for_status_change(from_status=from_status, to_status=to_status):
+        outbox.record_events(type=reported, booking_ids=booking_ids)
     for event in events:
         _log(event)
 

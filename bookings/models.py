@@ -1,3 +1,5 @@
+import uuid
+
 from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -180,3 +182,49 @@ class BookingEvent(models.Model):
 
     def __str__(self) -> str:
         return f"Booking {self.booking_id}: {self.from_status or '-'} → {self.to_status} ({self.reason})"
+
+
+def new_event_id() -> str:
+    return f"evt_{uuid.uuid4().hex}"
+
+
+class OutboxEvent(models.Model):
+    """A change that notifications report (docs/design.md#notifications): the transactional outbox.
+
+    Written in the transaction that makes the change, so a change that rolls back has none and
+    a committed one always has one. The notifications app delivers it after the commit; this
+    row, not the task queue, is the truth of what is owed. It lives here, below payments, so
+    that every layer that makes such a change can write it.
+    """
+
+    class Type(models.TextChoices):
+        BOOKING_CREATED = "booking.created", "Booking created"
+        BOOKING_CONFIRMED = "booking.confirmed", "Booking confirmed"
+        BOOKING_CANCELLED = "booking.cancelled", "Booking cancelled"
+        PAYMENT_REFUNDED = "payment.refunded", "Payment refunded"
+
+    public_id = models.CharField(max_length=40, unique=True, default=new_event_id, editable=False)
+    type = models.CharField(max_length=24, choices=Type.choices)
+    booking = models.ForeignKey(Booking, on_delete=models.PROTECT, related_name="outbox_events")
+    # The payment it is about (payment.refunded); a plain id, as payments sit above bookings.
+    payment_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Set by the worker when it turns the event into deliveries, with the body every delivery
+    # of it sends (the same bytes on every retry, so that its signature can be checked).
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    body = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["booking", "id"], name="outbox_event_booking_idx"),
+            # Not yet turned into deliveries: few, so partial; cleanup re-queues the old ones.
+            models.Index(
+                fields=["created_at"], name="outbox_event_undispatched_idx", condition=Q(dispatched_at__isnull=True)
+            ),
+            # Retention: delivered events older than NOTIFICATION_RETENTION_DAYS are deleted.
+            models.Index(fields=["created_at"], name="outbox_event_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.type} (booking {self.booking_id})"

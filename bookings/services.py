@@ -392,7 +392,8 @@ def booking_expire_stale_batch(
     flights), cancels them (`expired`, seats released) and writes one event each. All of it
     commits, or none: a death or an error anywhere leaves the batch as it was. A booking whose
     seats are not plainly reserved in the ledger is locked but left as it is (`left`).
-    Nine statements (with BEGIN and COMMIT), whatever `limit` and the number of flights.
+    Ten statements (with BEGIN and COMMIT; the outbox INSERT is the tenth), whatever `limit` and the
+    number of flights; then the worker's task is queued after the commit.
     """
     if not gateway.joins_transactions:
         raise ValueError("booking_expire_stale_batch needs a Flights gateway that joins our transactions")

@@ -54,6 +54,9 @@ INSTALLED_APPS = [
     "flights",
     "bookings",
     "payments",
+    "django_tasks",
+    "django_tasks_db",
+    "notifications",
     "workflows",
 ]
 
@@ -291,6 +294,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "BookingStatusEnum": "bookings.models.Booking.Status",
         "PaymentStatusEnum": "payments.models.Payment.Status",
+        "EventTypeEnum": "bookings.models.OutboxEvent.Type",
+        "DeliveryStateEnum": "notifications.models.Delivery.State",
     },
     # Swagger UI and ReDoc from the sidecar package: the docs work with no internet.
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -346,6 +351,33 @@ if PAYMENT_GATEWAY == "http" and not PAYMENT_GATEWAY_URL:
     raise ImproperlyConfigured("PAYMENT_GATEWAY=http needs PAYMENT_GATEWAY_URL.")
 if PAYMENT_SIMULATED_OUTCOME not in ("approve", "decline", "fail", "lose_answer"):
     raise ImproperlyConfigured("PAYMENT_SIMULATED_OUTCOME must be approve, decline, fail or lose_answer.")
+
+
+# Notifications (docs/design.md#notifications) --------------------------------------------------
+# The task queue: Django's tasks framework with its database backend, so it needs no other
+# server; `python manage.py db_worker` runs it (docs/operations.md#the-worker).
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+# E-mail to the booking's user: console (printed by the worker) unless set, e.g.
+# smtp+tls://user:password@smtp.example.com:587.
+EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
+globals().update(EMAIL_CONFIG)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Flight Bookings <bookings@localhost>")
+# http and non-public addresses allowed as webhook URLs: for development and tests only.
+WEBHOOK_ALLOW_INSECURE = env.bool("WEBHOOK_ALLOW_INSECURE", default=False)
+# An attempt succeeds with a 2xx within this many seconds.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# A worker holds a delivery it attempts this long (longer than an attempt lasts); one killed
+# mid-attempt has its delivery attempted again after it.
+NOTIFICATION_LEASE_SECONDS = env.float("NOTIFICATION_LEASE_SECONDS", default=2 * WEBHOOK_TIMEOUT_SECONDS + 10)
+# Per worker process: threads sending, and how many of them one endpoint (or e-mail) may use.
+NOTIFICATION_SEND_THREADS = env.int("NOTIFICATION_SEND_THREADS", default=8)
+NOTIFICATION_LANE_CONNECTIONS = env.int("NOTIFICATION_LANE_CONNECTIONS", default=2)
+# Cleanup re-queues events and deliveries due this long and still not picked up.
+NOTIFICATION_REQUEUE_AFTER_SECONDS = env.int("NOTIFICATION_REQUEUE_AFTER_SECONDS", default=60)
+# Delivered events older than this are deleted by cleanup.
+NOTIFICATION_RETENTION_DAYS = env.int("NOTIFICATION_RETENTION_DAYS", default=30)
+if NOTIFICATION_LEASE_SECONDS <= WEBHOOK_TIMEOUT_SECONDS:
+    raise ImproperlyConfigured("NOTIFICATION_LEASE_SECONDS must be longer than WEBHOOK_TIMEOUT_SECONDS.")
 
 
 # Logging --------------------------------------------------------------------------------

@@ -26,3 +26,11 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # No rate limits, except in the tests of them: the suite sends many requests as one user.
 THROTTLE_RATES = {"token": "", "bookings": "", "payments": ""}
+
+# Webhook receivers in the tests listen on 127.0.0.1 over http; the URL-safety tests turn
+# this off. Attempts run in the caller, one at a time, unless a test asks for threads.
+WEBHOOK_ALLOW_INSECURE = True
+NOTIFICATION_SEND_THREADS = 0
+# No worker runs in most tests, so cleanup would find every event "forgotten" and count its
+# re-queue: the notification tests set a window of their own (tests/notifications).
+NOTIFICATION_REQUEUE_AFTER_SECONDS = 10 * 365 * 24 * 3600

@@ -8,12 +8,14 @@ from bookings.apis import BookingViewSet
 from bookings_project import errors, health
 from bookings_project.auth import TokenView
 from flights.apis import FlightViewSet
+from notifications.apis import WebhookEndpointViewSet
 from payments.apis import PaymentViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("flights", FlightViewSet, basename="flight")
 router.register("bookings", BookingViewSet, basename="booking")
 router.register("payments", PaymentViewSet, basename="payment")
+router.register("webhooks", WebhookEndpointViewSet, basename="webhook")
 
 api_v1 = [
     path("auth/token", TokenView.as_view(), name="auth-token"),

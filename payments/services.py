@@ -25,6 +25,7 @@ from django.db import OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from bookings import outbox
 from bookings.audit import record_status_change
 from bookings.models import Booking, BookingEvent
 from bookings.services import booking_expire, booking_move, booking_release_seats
@@ -380,10 +381,16 @@ def _refund(payment_id: int, gateway: PaymentGateway | None) -> tuple[Payment, b
         return payment, False
     refund = (gateway or get_payment_gateway()).refund(payment=payment)
     now = timezone.now()
-    # Two callers may both get the gateway's (one, keyed) refund: one of them records it.
-    recorded = Payment.objects.filter(pk=payment.pk, status=PaymentStatus.SUCCEEDED).update(
-        status=PaymentStatus.REFUNDED, refund_reference=refund.refund_reference, refunded_at=now, updated_at=now
-    )
+    # Two callers may both get the gateway's (one, keyed) refund: one of them records it, and
+    # its outbox event with it.
+    with transaction.atomic():
+        recorded = Payment.objects.filter(pk=payment.pk, status=PaymentStatus.SUCCEEDED).update(
+            status=PaymentStatus.REFUNDED, refund_reference=refund.refund_reference, refunded_at=now, updated_at=now
+        )
+        if recorded:
+            outbox.record_event(
+                type=outbox.EventType.PAYMENT_REFUNDED, booking_id=payment.booking_id, payment_id=payment.pk
+            )
     payment.refresh_from_db()
     if recorded:
         logger.info("payment %s: refunded (%s)", payment.pk, refund.refund_reference)
@@ -461,4 +468,8 @@ def payment_settle_from_gateway(*, payment: Payment | None, charge: Charge | Non
         payment.status, payment.gateway_reference = PaymentStatus.DECLINED, charge.gateway_reference
         payment.failure_reason = charge.decline_reason[:255]
     payment.save()
+    if payment.status == PaymentStatus.REFUNDED:
+        outbox.record_event(
+            type=outbox.EventType.PAYMENT_REFUNDED, booking_id=payment.booking_id, payment_id=payment.pk
+        )
     return payment.status == PaymentStatus.SUCCEEDED

@@ -12,7 +12,7 @@ Callers (`ROLES`):
 - other: another ordinary user (someone else's booking or payment is 404, never 403);
 - staff: sees and acts on everything;
 - service: `Authorization: Bearer <FLIGHT_SERVICE_TOKEN>`, the Flights service token: it
-  may read flights and change seats, and is nobody (401) on bookings and payments.
+  may read flights and change seats, and is nobody (401) on bookings, payments and webhooks.
 
 For endpoints with no owned resource (flights, the token) owner and other are simply two
 ordinary users. For `POST bookings` the body names the owner (`userId`), so there the
@@ -42,6 +42,8 @@ from rest_framework.test import APIClient
 
 from bookings.models import Booking, BookingEvent
 from flights.models import Flight, SeatHold
+from notifications.models import WebhookEndpoint
+from notifications.services import endpoint_create
 from payments.models import Payment, SimulatedCharge
 from tests.factories import make_flight
 from tests.helpers import SERVICE_TOKEN, assert_problem
@@ -70,6 +72,13 @@ def _customers(ok: int) -> dict[str, Answer]:
     return row(anonymous=UNAUTHENTICATED, owner=ok, other=NOT_YOURS, staff=ok, service=UNAUTHENTICATED)
 
 
+STAFF_ONLY = "api/v1/webhooks"
+
+
+def _staff_only(ok: int) -> dict[str, Answer]:
+    return row(anonymous=UNAUTHENTICATED, owner=FORBIDDEN, other=FORBIDDEN, staff=ok, service=UNAUTHENTICATED)
+
+
 EXPECTED: dict[tuple[str, str], dict[str, Answer]] = {
     ("api/v1/auth/token", "POST"): row(anonymous=200, owner=200, other=200, staff=200, service=200),
     # Flights: any authenticated caller reads; staff create; staff or the service change seats.
@@ -95,6 +104,13 @@ EXPECTED: dict[tuple[str, str], dict[str, Answer]] = {
     # Payments: paying someone else's booking is as unknown as reading their payment.
     ("api/v1/payments", "POST"): _customers(201),
     ("api/v1/payments/<pk>", "GET"): _customers(200),
+    # Webhook endpoints: staff only; the service token is nobody here.
+    ("api/v1/webhooks", "GET"): _staff_only(200),
+    ("api/v1/webhooks", "POST"): _staff_only(201),
+    ("api/v1/webhooks/<pk>", "GET"): _staff_only(200),
+    ("api/v1/webhooks/<pk>", "PATCH"): _staff_only(200),
+    ("api/v1/webhooks/<pk>", "DELETE"): _staff_only(204),
+    ("api/v1/webhooks/<pk>/deliveries", "GET"): _staff_only(200),
 }
 
 # Everything else the URL conf serves but admin/: GET as any caller, the same answer for all.
@@ -251,9 +267,14 @@ class World:
         assert response.status_code == 201, response.content
         return Payment.objects.get(pk=response.json()["id"])
 
+    @cached_property
+    def webhook(self) -> WebhookEndpoint:
+        """An endpoint staff registered."""
+        return endpoint_create(url="https://hooks.example.com/matrix", events=None, created_by=self.staff)
+
     def resource_id(self, route: str) -> int:
         collection = route.removeprefix(API_PREFIX).split("/")[0]
-        resources = {"flights": "flight", "bookings": "booking", "payments": "payment"}
+        resources = {"flights": "flight", "bookings": "booking", "payments": "payment", "webhooks": "webhook"}
         assert collection in resources, f"which resource's id goes into {route}? Teach World.resource_id()"
         return getattr(self, resources[collection]).pk
 
@@ -304,12 +325,18 @@ BODIES: dict[tuple[str, str], Callable[[World, str], dict]] = {
         "bookingId": world.booking.pk,
         "amount": str(world.booking.total_cost),
     },
+    ("api/v1/webhooks", "POST"): lambda world, role: {"url": "https://hooks.example.com/new"},
+    ("api/v1/webhooks/<pk>", "PATCH"): lambda world, role: {"description": "renamed"},
 }
 HEADERS: dict[tuple[str, str], Callable[[], dict[str, str]]] = {
     ("api/v1/payments", "POST"): lambda: {"HTTP_IDEMPOTENCY_KEY": f"matrix-{uuid.uuid4()}"},
 }
 # Lists must show the resource to those who may see it, and only to them: it exists before the call.
-LISTED = {("api/v1/flights", "GET"): "flight", ("api/v1/bookings", "GET"): "booking"}
+LISTED = {
+    ("api/v1/flights", "GET"): "flight",
+    ("api/v1/bookings", "GET"): "booking",
+    ("api/v1/webhooks", "GET"): "webhook",
+}
 
 
 def build_call(world: World, route: str, method: str, role: str) -> Call:
@@ -344,6 +371,7 @@ def state() -> dict:
         "events": BookingEvent.objects.count(),
         "payments": sorted(Payment.objects.values_list("id", "status")),
         "charges": sorted(SimulatedCharge.objects.values_list("reference", "status")),
+        "webhooks": sorted(WebhookEndpoint.objects.values_list("id", "url", "description")),
     }
 
 
@@ -419,6 +447,34 @@ def _check_payment(world, role, response):
     assert response.json()["id"] == world.payment.pk
 
 
+def _check_webhook_list(world, role, response):
+    assert [endpoint["id"] for endpoint in _results(response)] == [world.webhook.pk]
+
+
+def _check_webhook_create(world, role, response):
+    body = response.json()
+    assert body["secret"].startswith("whsec_")
+    assert WebhookEndpoint.objects.get(pk=body["id"]).url == "https://hooks.example.com/new"
+
+
+def _check_webhook(world, role, response):
+    assert response.json()["id"] == world.webhook.pk
+    assert "secret" not in response.json()
+
+
+def _check_webhook_update(world, role, response):
+    world.webhook.refresh_from_db()
+    assert response.json()["description"] == world.webhook.description == "renamed"
+
+
+def _check_webhook_delete(world, role, response):
+    assert not WebhookEndpoint.objects.filter(pk=world.webhook.pk).exists()
+
+
+def _check_deliveries(world, role, response):
+    assert _results(response) == []
+
+
 CHECKS: dict[tuple[str, str], Callable] = {
     ("api/v1/auth/token", "POST"): _check_token,
     ("api/v1/flights", "GET"): _check_flight_list,
@@ -433,6 +489,12 @@ CHECKS: dict[tuple[str, str], Callable] = {
     ("api/v1/bookings/<pk>/events", "GET"): _check_events,
     ("api/v1/payments", "POST"): _check_payment_create,
     ("api/v1/payments/<pk>", "GET"): _check_payment,
+    ("api/v1/webhooks", "GET"): _check_webhook_list,
+    ("api/v1/webhooks", "POST"): _check_webhook_create,
+    ("api/v1/webhooks/<pk>", "GET"): _check_webhook,
+    ("api/v1/webhooks/<pk>", "PATCH"): _check_webhook_update,
+    ("api/v1/webhooks/<pk>", "DELETE"): _check_webhook_delete,
+    ("api/v1/webhooks/<pk>/deliveries", "GET"): _check_deliveries,
 }
 
 
@@ -488,13 +550,16 @@ def test_every_401_asks_for_a_token(world, route, method, role, expected):
 
 
 def _route_answer(route: str, role: str) -> int:
-    """One status for the role on the whole route: 401 if every method of it says 401."""
+    """One status for the role on the whole route: 401 if every method of it says 401, 403 on
+    a staff-only view (its permission refuses OPTIONS too), else 200."""
     statuses = {
         answers[role][0] if isinstance(answers[role], tuple) else answers[role]
         for (each, _), answers in EXPECTED.items()
         if each == route
     }
-    return 401 if statuses == {401} else 200
+    if statuses == {401}:
+        return 401
+    return 403 if statuses == {403} and route.startswith(STAFF_ONLY) else 200
 
 
 @pytest.mark.parametrize("route", sorted({route for route, _ in EXPECTED}))

@@ -51,8 +51,9 @@ Status, SeatsState, Reason = Booking.Status, Booking.SeatsState, Booking.CancelR
 
 # BEGIN; claim the batch (FOR UPDATE SKIP LOCKED); lock its flights; read their holds;
 # release the holds; give the seats back (one UPDATE for every flight); cancel the bookings;
-# INSERT their events; COMMIT.
-STATEMENTS_PER_BATCH = 9
+# INSERT their audit events; INSERT their outbox events; COMMIT; then queue the worker's task
+# for those events (docs/design.md#notifications).
+STATEMENTS_PER_BATCH = 11
 
 
 def backlog(user, flights: list[Flight], count: int, *, seats: int = 1) -> list[Booking]:
@@ -231,7 +232,7 @@ def test_over_http_and_in_a_dry_run_cleanup_goes_one_booking_at_a_time(user, fli
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(("size", "flight_count"), [(2, 1), (60, 4)])
-def test_a_batch_sends_nine_statements_whatever_its_size_and_flights(user, size, flight_count):
+def test_a_batch_sends_eleven_statements_whatever_its_size_and_flights(user, size, flight_count):
     flights = [make_flight(capacity=100) for _ in range(flight_count)]
     bookings = backlog(user, flights, size)
 
@@ -244,7 +245,7 @@ def test_a_batch_sends_nine_statements_whatever_its_size_and_flights(user, size,
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_run_sends_nine_statements_more_per_batch_not_per_booking(user):
+def test_a_run_sends_eleven_statements_more_per_batch_not_per_booking(user):
     flights = [make_flight(capacity=100) for _ in range(3)]
 
     def statements_of_a_run(count: int) -> int:

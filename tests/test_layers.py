@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("bookings_project", "flights", "bookings", "payments", "workflows")
+PACKAGES = ("bookings_project", "flights", "bookings", "payments", "notifications", "workflows")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -42,6 +42,12 @@ def test_the_tree_keeps_its_layers() -> None:
         ("bookings/services.py", "from workflows import services", "bookings.services -> workflows.services"),
         ("flights/services.py", "from bookings.models import Booking", "flights.services -> bookings.models"),
         ("payments/services.py", "from workflows.cleanup import DUTIES", "payments.services -> workflows.cleanup"),
+        ("bookings/outbox.py", "from notifications import tasks", "bookings.outbox -> notifications.tasks"),
+        (
+            "notifications/services.py",
+            "from workflows.services import booking_cancel",
+            "notifications.services -> workflows.services",
+        ),
     ],
 )
 def test_an_import_against_the_layers_breaks_the_contract(

@@ -48,9 +48,10 @@ def _queries_of(client, url: str) -> tuple[int, dict]:
 def test_create_a_booking(user_client, flight, django_assert_max_num_queries):
     # token auth 1; the flight's price and seats left, unlocked 1; one transaction (the
     #   in-process inventory joins it): BEGIN, INSERT booking, INSERT hold, INSERT event,
-    #   UPDATE flight (seats left, the price read; locked last), COMMIT 6.
+    #   INSERT outbox event, UPDATE flight (seats left, the price read; locked last), COMMIT 7;
+    # after the commit, the worker's task queued 1.
     # It was 16 (17 on PostgreSQL) as a saga of separate commits with re-reads.
-    with django_assert_max_num_queries(_budget(sqlite=8, postgresql=8)):
+    with django_assert_max_num_queries(_budget(sqlite=10, postgresql=10)):
         response = user_client.post(BOOKINGS, {"flightId": flight.pk, "numberOfSeats": 2}, format="json")
 
     assert response.status_code == 201, response.content
@@ -64,10 +65,11 @@ def test_pay(user, user_client, flight, django_assert_max_num_queries):
     #   amount), INSERT event, INSERT payment, COMMIT 5;
     # simulated gateway: INSERT charge (autocommit) 1 (an HTTP call in production);
     # record: BEGIN, UPDATE booking BOOKED (if still PENDING), UPDATE payment (if still
-    #   PROCESSING), INSERT event, COMMIT 5;
-    # store the answer on the key 1.
+    #   PROCESSING), INSERT event, INSERT outbox event (confirmed), store the answer on the
+    #   key, COMMIT 7;
+    # after the commit, the worker's task queued 1.
     # It was 22 (24 on PostgreSQL): the claim in its own transaction, rows locked and re-read.
-    with django_assert_max_num_queries(_budget(sqlite=14, postgresql=14)):
+    with django_assert_max_num_queries(_budget(sqlite=16, postgresql=16)):
         response = post_payment(user_client, booking.pk, "pay-once", booking.total_cost)
 
     assert response.status_code == 201, response.content
@@ -90,11 +92,12 @@ def test_replay_of_a_payment(user, user_client, flight, django_assert_max_num_qu
 def test_cancel_an_unpaid_booking(user, user_client, flight, django_assert_max_num_queries):
     booking = initiated(user, flight)
     # token auth 1; booking, scoped to the caller 1; booking re-read by booking_cancel 1;
-    # cancel: BEGIN, booking FOR UPDATE, UPDATE booking, INSERT event, COMMIT 5;
+    # cancel: BEGIN, booking FOR UPDATE, UPDATE booking, INSERT event, INSERT outbox event,
+    #   COMMIT 6; the worker's task queued 1;
     # release: booking re-read 1; Flights: BEGIN, flight FOR UPDATE, hold FOR UPDATE,
     #   UPDATE flight, UPDATE hold, COMMIT 6;
     # seats_state compare-and-set 1; booking re-read for the answer 1.
-    with django_assert_max_num_queries(_budget(sqlite=17, postgresql=17)):
+    with django_assert_max_num_queries(_budget(sqlite=19, postgresql=19)):
         response = user_client.post(f"{BOOKINGS}/{booking.pk}/cancel")
 
     assert response.status_code == 200, response.content
@@ -106,11 +109,12 @@ def test_cancel_a_paid_booking_refunds_it(user, user_client, flight, django_asse
     # token auth 1; booking, scoped to the caller 1; booking re-read by booking_cancel 1;
     # UPDATE cancel_requested_at 1;
     # refund: SUCCEEDED payments of the booking 1, the payment by id 1, simulated gateway: BEGIN,
-    #   charge FOR UPDATE, UPDATE charge, COMMIT 4; UPDATE payment REFUNDED 1, payment re-read 1;
+    #   charge FOR UPDATE, UPDATE charge, COMMIT 4; BEGIN, UPDATE payment REFUNDED, INSERT
+    #   outbox event (refunded), COMMIT 4; the worker's task queued 1; payment re-read 1;
     # cancel: BEGIN, booking FOR UPDATE, standing charge EXISTS, UPDATE booking, INSERT event,
-    #   COMMIT 6;
+    #   INSERT outbox event, COMMIT 7; the worker's task queued 1;
     # release as for an unpaid booking 9.
-    with django_assert_max_num_queries(_budget(sqlite=27, postgresql=27)):
+    with django_assert_max_num_queries(_budget(sqlite=33, postgresql=33)):
         response = user_client.post(f"{BOOKINGS}/{booking.pk}/cancel")
 
     assert response.status_code == 200, response.content

@@ -270,14 +270,16 @@ def test_a_booking_and_its_payment_send_only_compiled_statements(user, user_clie
     body = response.json()
     assert post_payment(user_client, body["id"], "pay", body["totalCost"]).status_code == 201
 
-    # The token (each request); the flight; its seats; the booking, its hold, three events; the key, the payment, the
-    # charge; booking PENDING, BOOKED; payment SUCCEEDED; the key's answer.
+    # The token (each request); the flight; its seats; the booking, its hold, three events and two outbox events
+    # (created, confirmed); the key, the payment, the charge; booking PENDING, BOOKED; payment SUCCEEDED; the key's
+    # answer.
     assert _compiled_kinds() == [
         ("get", "Flight"),
         ("get", "Token"),
         ("insert", "Booking"),
         ("insert", "BookingEvent"),
         ("insert", "IdempotencyKey"),
+        ("insert", "OutboxEvent"),
         ("insert", "Payment"),
         ("insert", "SeatHold"),
         ("insert", "SimulatedCharge"),
@@ -303,8 +305,8 @@ def test_a_seat_change_of_the_flights_api_sends_its_writes_compiled(flight):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_saga_sends_its_writes_compiled(saga_in_process, user, flight):
-    """A booking that walks the saga, as over the HTTP adapter: booking and event, the seat
-    change, the booking's seats state RESERVED."""
+    """A booking that walks the saga, as over the HTTP adapter: booking, its audit and outbox
+    events, the seat change, the booking's seats state RESERVED."""
     _forget_compiled()
     booking = booking_create(user=user, flight_id=flight.pk, seats=2)
     assert Booking.objects.get(pk=booking.pk).seats_state == Booking.SeatsState.RESERVED
@@ -314,6 +316,7 @@ def test_the_saga_sends_its_writes_compiled(saga_in_process, user, flight):
         ("get", "SeatHold"),
         ("insert", "Booking"),
         ("insert", "BookingEvent"),
+        ("insert", "OutboxEvent"),
         ("insert", "SeatHold"),
         ("update", "Booking"),
         ("update", "Flight"),

@@ -13,7 +13,10 @@ declared once, as `WORK_SETS`; what it does, in order, as `DUTIES`:
    its request recorded it or a look-up finds it after reconciliation found none);
 4. reconcile expired PENDING bookings with the gateway: charged → BOOKED, else expired;
 5. expire INITIATED bookings past their hold, and release their seats;
-6. purge idempotency keys past their TTL.
+6. purge idempotency keys past their TTL;
+7. queue again the notifications the worker was never told of or lost track of (a lost task,
+   a killed worker), delete delivered ones past `NOTIFICATION_RETENTION_DAYS`, and the
+   database queue's rows of finished tasks.
 
 Releases are retried (1) before new ones are made (2, 4, 5), so a release that fails in
 this run waits for the next one instead of being tried twice in a row. The admin's cleanup
@@ -53,6 +56,9 @@ from bookings.services import (
 )
 from bookings_project import db, request_id
 from bookings_project.exceptions import DomainError
+from notifications import selectors as notification_selectors
+from notifications import services as notification_services
+from notifications import tasks as notification_tasks
 from payments import selectors as payment_selectors
 from payments.gateway import ChargeStatus, PaymentGateway, get_payment_gateway
 from payments.idempotency import idempotency_keys_purge
@@ -82,6 +88,8 @@ class CleanupCounts:
     reconciled_booked: int = 0  # PENDING bookings the gateway had charged: now BOOKED
     refunded: int = 0  # stranded money refunded, and cut-short cancels of paid bookings finished
     purged_keys: int = 0  # idempotency keys deleted past their TTL
+    requeued_notifications: int = 0  # events and deliveries queued again for the worker
+    purged_notifications: int = 0  # delivered events deleted past their retention
     failed: int = 0  # steps that did not complete: retried next run, or flagged for a person
 
     def summary(self) -> str:
@@ -99,6 +107,10 @@ class Cutoffs:
     settled_before: dt.datetime
     # Releases sent to the Flights service before this are over (see `flight_call_window`).
     released_before: dt.datetime
+    # Notifications due before this and still not picked up are queued again.
+    requeue_before: dt.datetime
+    # Delivered notifications older than this are deleted.
+    retained_after: dt.datetime
 
     @classmethod
     def at(cls, now: dt.datetime, *, older_than_minutes: int = 0) -> Cutoffs:
@@ -107,6 +119,8 @@ class Cutoffs:
             expired_before=now - dt.timedelta(minutes=older_than_minutes),
             settled_before=now - payment_selectors.payment_attempt_window(),
             released_before=now - selectors.flight_call_window(),
+            requeue_before=now - dt.timedelta(seconds=settings.NOTIFICATION_REQUEUE_AFTER_SECONDS),
+            retained_after=now - dt.timedelta(days=settings.NOTIFICATION_RETENTION_DAYS),
         )
 
 
@@ -184,6 +198,23 @@ KEYS_EXPIRED = WorkSet(
     "expires_at",
     "Idempotency keys past their TTL",
 )
+EVENTS_NOT_DISPATCHED = WorkSet(
+    "events_not_dispatched",
+    lambda cutoffs: notification_selectors.events_not_dispatched(created_before=cutoffs.requeue_before),
+    "created_at",
+    "Notification events the worker has not picked up",
+)
+DELIVERIES_FORGOTTEN = WorkSet(
+    "deliveries_forgotten",
+    lambda cutoffs: notification_selectors.deliveries_forgotten(due_before=cutoffs.requeue_before, now=cutoffs.now),
+    "next_attempt_at",
+    "Notification deliveries due and not being attempted",
+)
+EVENTS_TO_PURGE = WorkSet(
+    "events_to_purge",
+    lambda cutoffs: notification_selectors.events_to_purge(created_before=cutoffs.retained_after),
+    "created_at",
+)
 # No duty acts on these: cleanup leaves them to a person, and the page shows them.
 NEEDS_A_PERSON = WorkSet(
     "bookings_needing_a_person",
@@ -202,8 +233,11 @@ WORK_SETS: tuple[WorkSet, ...] = (
     CANCELS_CUT_SHORT,
     MONEY_STRANDED,
     KEYS_EXPIRED,
+    EVENTS_NOT_DISPATCHED,
+    DELIVERIES_FORGOTTEN,
     NEEDS_A_PERSON,
     LATE_CHARGES_WATCHED,
+    EVENTS_TO_PURGE,
 )
 
 
@@ -459,6 +493,31 @@ def _purge_keys(run: _Run, keys: QuerySet) -> None:
         run.counts.purged_keys = idempotency_keys_purge(now=run.cutoffs.now, batch_size=run.batch_size)
 
 
+def _requeue_events(run: _Run, events: QuerySet) -> None:
+    ids = list(events.order_by("created_at").values_list("pk", flat=True)[: run.batch_size])
+    if ids and not run.dry_run:
+        notification_tasks.requeue(event_ids=ids, deliveries=False)
+    run.counts.requeued_notifications += len(ids)
+
+
+def _requeue_deliveries(run: _Run, deliveries: QuerySet) -> None:
+    # One task attempts them all: a worker that stays down gets one more per run, not one per delivery.
+    forgotten = deliveries.count()
+    if forgotten and not run.dry_run:
+        notification_tasks.requeue(event_ids=[], deliveries=True)
+    run.counts.requeued_notifications += forgotten
+
+
+def _purge_notifications(run: _Run, events: QuerySet) -> None:
+    if run.dry_run:
+        run.counts.purged_notifications = events.count()
+        return
+    run.counts.purged_notifications = notification_services.events_purge(events=events)
+    # The queue's own rows of finished tasks: not work, so not counted in the summary.
+    if tasks := notification_services.task_results_purge(now=run.cutoffs.now):
+        logger.info("cleanup: deleted %s finished task(s) of the database queue", tasks)
+
+
 @dataclass(frozen=True)
 class Duty:
     """One thing a run does to one work set: `step` on each item (`what` names an item in a
@@ -498,6 +557,9 @@ DUTIES: tuple[Duty, ...] = (
     Duty(TO_RECONCILE, "reconciliation of booking", _reconcile),
     Duty(TO_EXPIRE, "expiry of booking", _expire, batch=_expire_in_batches),
     Duty(KEYS_EXPIRED, "purge of idempotency keys", whole=_purge_keys),
+    Duty(EVENTS_NOT_DISPATCHED, "re-queue of notification events", whole=_requeue_events),
+    Duty(DELIVERIES_FORGOTTEN, "re-queue of notification deliveries", whole=_requeue_deliveries),
+    Duty(EVENTS_TO_PURGE, "purge of delivered notifications", whole=_purge_notifications),
 )
 
 

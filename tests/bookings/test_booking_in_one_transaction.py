@@ -41,7 +41,11 @@ def test_seats_booking_hold_and_event_commit_once(user_client, flight):
     statements = [query["sql"] for query in captured.captured_queries]
     assert [sql for sql in statements if sql in ("COMMIT", "ROLLBACK")] == ["COMMIT"]
     # The flight's row is locked last: its UPDATE is the statement before COMMIT.
-    assert statements[-2].startswith('UPDATE "flights_flight"'), statements[-2]
+    commit = statements.index("COMMIT")
+    assert statements[commit - 1].startswith('UPDATE "flights_flight"'), statements[commit - 1]
+    # After it, the worker's task for the booking.created event is queued (docs/design.md#notifications).
+    (queued,) = statements[commit + 1 :]
+    assert queued.startswith('INSERT INTO "django_tasks_database_dbtaskresult"'), queued
     booking = Booking.objects.get(pk=response.json()["id"])
     assert (booking.status, booking.seats_state, booking.flight_keeps_holds) == ("INITIATED", "reserved", True)
     assert booking.total_cost == flight.price * 3

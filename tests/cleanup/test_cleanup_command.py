@@ -71,6 +71,7 @@ from tests.helpers import (
     seats_left,
 )
 from tests.support import http_faults
+from tests.support.cleanup import summary
 from workflows.services import booking_cancel
 
 pytestmark = pytest.mark.django_db
@@ -80,9 +81,8 @@ Status, SeatsState, Reason = Booking.Status, Booking.SeatsState, Booking.CancelR
 
 SUMMARY = re.compile(
     r"^expired=\d+ released_seats=\d+ retried_releases=\d+ reconciled_booked=\d+"
-    r" refunded=\d+ purged_keys=\d+ failed=\d+$"
+    r" refunded=\d+ purged_keys=\d+ requeued_notifications=\d+ purged_notifications=\d+ failed=\d+$"
 )
-COUNTS = ("expired", "released_seats", "retried_releases", "reconciled_booked", "refunded", "purged_keys", "failed")
 CONNECTION_LOST = "server closed the connection unexpectedly"  # In process: FlightServiceUnavailable.
 LOCK_TIMEOUT = "database is locked"  # In process: ResourceBusy (a definite "nothing changed").
 
@@ -877,12 +877,6 @@ def test_each_real_run_is_recorded_with_its_counts_and_host_and_a_dry_run_is_not
 
 
 # Running the command ----------------------------------------------------------------------
-
-
-def summary(**counts: int) -> str:
-    """The summary line with these counts, every other count 0."""
-    assert set(counts) <= set(COUNTS), set(counts) - set(COUNTS)
-    return " ".join(f"{name}={counts.get(name, 0)}" for name in COUNTS)
 
 
 def parse(line: str) -> dict[str, int]:

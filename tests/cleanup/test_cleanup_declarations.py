@@ -15,6 +15,10 @@ def test_a_run_performs_its_duties_in_this_order() -> None:
         "bookings_to_reconcile",
         "bookings_to_expire",
         "expired_idempotency_keys",
+        # Notifications last: what the duties above changed is in the outbox already.
+        "events_not_dispatched",
+        "deliveries_forgotten",
+        "events_to_purge",
     ]
 
 
@@ -26,7 +30,12 @@ def test_every_work_set_but_the_one_left_to_a_person_has_exactly_one_duty() -> N
 
 def test_each_duty_either_steps_through_its_set_or_takes_it_whole() -> None:
     assert all((duty.step is None) != (duty.whole is None) for duty in DUTIES)
-    assert [duty.work.name for duty in DUTIES if duty.whole] == ["expired_idempotency_keys"]
+    assert [duty.work.name for duty in DUTIES if duty.whole] == [
+        "expired_idempotency_keys",
+        "events_not_dispatched",
+        "deliveries_forgotten",
+        "events_to_purge",
+    ]
 
 
 def test_work_set_names_and_admin_filters_are_unique() -> None:

@@ -56,7 +56,7 @@ from tests.factories import (
 from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem
 from tests.support import http_faults
 from tests.support.api import post_payment
-from tests.support.cleanup import command, command_failing, counts
+from tests.support.cleanup import command, command_failing, counts, summary
 from tests.support.payment_gateway import (
     MOCK_BASE,
     TOKEN,
@@ -97,7 +97,7 @@ def test_lost_gateway_answer_is_reconciled_to_booked_and_the_clients_retry_answe
     # A dry run asks the gateway and says what would happen, changing nothing.
     assert (
         command("--dry-run").strip() == "dry run: expired=0 released_seats=0 retried_releases=0 "
-        "reconciled_booked=1 refunded=0 purged_keys=0 failed=0"
+        "reconciled_booked=1 refunded=0 purged_keys=0 requeued_notifications=0 purged_notifications=0 failed=0"
     )
     assert_still_pending(booking, payment, flight)
     assert CleanupRun.objects.count() == 0
@@ -105,10 +105,7 @@ def test_lost_gateway_answer_is_reconciled_to_booked_and_the_clients_retry_answe
     out = command("-v", "2")
 
     assert f"booking {booking.pk}: the gateway had charged it: BOOKED" in out
-    assert (
-        out.strip().splitlines()[-1]
-        == "expired=0 released_seats=0 retried_releases=0 reconciled_booked=1 refunded=0 purged_keys=0 failed=0"
-    )
+    assert out.strip().splitlines()[-1] == summary(reconciled_booked=1)
     assert CleanupRun.objects.get().counts == counts(reconciled_booked=1)
     booking.refresh_from_db()
     payment.refresh_from_db()
@@ -175,10 +172,7 @@ def test_pending_booking_the_gateway_never_charged_expires_and_releases_its_seat
 
     assert f"booking {booking.pk}: not charged: expired" in out
     assert f"booking {booking.pk}: released {SEATS} seat(s)" in out
-    assert (
-        out.strip().splitlines()[-1]
-        == "expired=1 released_seats=2 retried_releases=0 reconciled_booked=0 refunded=0 purged_keys=0 failed=0"
-    )
+    assert out.strip().splitlines()[-1] == summary(expired=1, released_seats=2)
     assert_expired_and_released(booking, clock, flight)
     payment.refresh_from_db()
     assert (payment.status, payment.failure_reason, payment.completed_at, payment.gateway_reference) == (
@@ -283,7 +277,7 @@ def test_an_attempt_younger_than_the_window_is_not_reconciled_nor_looked_up_unti
     clock.now = payment.attempted_at + window - dt.timedelta(seconds=1)  # The attempt's last second.
     assert (
         command("--dry-run").strip() == "dry run: expired=0 released_seats=0 retried_releases=0 "
-        "reconciled_booked=0 refunded=0 purged_keys=0 failed=0"
+        "reconciled_booked=0 refunded=0 purged_keys=0 requeued_notifications=0 purged_notifications=0 failed=0"
     )
     assert asdict(cleanup_stale_bookings()) == counts()
     assert watch.look_ups == []
@@ -386,10 +380,7 @@ def test_simulated_gateway_down_leaves_the_booking_untouched_and_the_next_run_se
     out = command_failing("-v", "2")
 
     assert f"FAILED reconciliation of booking {booking.pk}: The simulated gateway is down (look-up)." in out
-    assert (
-        out.strip().splitlines()[-1]
-        == "expired=0 released_seats=0 retried_releases=0 reconciled_booked=0 refunded=0 purged_keys=0 failed=1"
-    )
+    assert out.strip().splitlines()[-1] == summary(failed=1)
     assert CleanupRun.objects.get().failed == 1
     assert_still_pending(booking, payment, flight)
     assert_invariants(flight)
@@ -397,27 +388,21 @@ def test_simulated_gateway_down_leaves_the_booking_untouched_and_the_next_run_se
     # Still down on a dry run: it says so too.
     assert (
         command_failing("--dry-run").strip() == "dry run: expired=0 released_seats=0 retried_releases=0 "
-        "reconciled_booked=0 refunded=0 purged_keys=0 failed=1"
+        "reconciled_booked=0 refunded=0 purged_keys=0 requeued_notifications=0 purged_notifications=0 failed=1"
     )
 
     watch.look_up_down = False
     out = command()
 
     if charged:
-        assert (
-            out.strip()
-            == "expired=0 released_seats=0 retried_releases=0 reconciled_booked=1 refunded=0 purged_keys=0 failed=0"
-        )
+        assert out.strip() == summary(reconciled_booked=1)
         booking.refresh_from_db()
         payment.refresh_from_db()
         assert (booking.status, payment.status) == (Booking.Status.BOOKED, Payment.Status.SUCCEEDED)
         assert payment.gateway_reference == SimulatedCharge.objects.get().charge_id
         assert seats_left(flight) == CAPACITY - SEATS
     else:
-        assert (
-            out.strip()
-            == "expired=1 released_seats=2 retried_releases=0 reconciled_booked=0 refunded=0 purged_keys=0 failed=0"
-        )
+        assert out.strip() == summary(expired=1, released_seats=2)
         assert_expired_and_released(booking, clock, flight)
         payment.refresh_from_db()
         assert payment.status == Payment.Status.FAILED
@@ -462,10 +447,7 @@ def test_http_gateway_faults_leave_the_booking_untouched_and_the_next_run_settle
         out = command_failing("-v", "2")
 
     assert f"FAILED reconciliation of booking {booking.pk}: " in out
-    assert (
-        out.strip().splitlines()[-1]
-        == "expired=0 released_seats=0 retried_releases=0 reconciled_booked=0 refunded=0 purged_keys=0 failed=1"
-    )
+    assert out.strip().splitlines()[-1] == summary(failed=1)
     assert down.lookup.call_count == look_ups  # Bounded: status retries on 502/503/504 only (under `responses`).
     assert down.charge.call_count == down.refund.call_count == 0
     assert_still_pending(booking, payment, flight)
@@ -476,10 +458,7 @@ def test_http_gateway_faults_leave_the_booking_untouched_and_the_next_run_settle
     with up.rsps:
         out = command()
 
-    assert (
-        out.strip()
-        == "expired=0 released_seats=0 retried_releases=0 reconciled_booked=1 refunded=0 purged_keys=0 failed=0"
-    )
+    assert out.strip() == summary(reconciled_booked=1)
     assert up.lookup.call_count == 1
     assert up.lookup.calls[0].request.url == f"{MOCK_BASE}/charges?reference={payment.reference}"
     assert up.charge.call_count == up.refund.call_count == 0
@@ -534,10 +513,7 @@ def test_a_charge_for_another_amount_is_not_settled_and_fails_every_run(user, fl
         out = command_failing("-v", "2")
         assert f"FAILED reconciliation of booking {booking.pk}: The gateway holds {amount} {currency}" in out
         assert "settle it by hand" in out
-        assert (
-            out.strip().splitlines()[-1]
-            == "expired=0 released_seats=0 retried_releases=0 reconciled_booked=0 refunded=0 purged_keys=0 failed=1"
-        )
+        assert out.strip().splitlines()[-1] == summary(failed=1)
         assert_still_pending(booking, payment, flight)
         payment.refresh_from_db()
         assert payment.gateway_reference == ""
@@ -558,13 +534,10 @@ def test_dry_run_reports_a_charge_for_another_amount_as_a_failure_like_the_real_
 
     assert (
         command_failing("--dry-run").strip() == "dry run: expired=0 released_seats=0 retried_releases=0 "
-        "reconciled_booked=0 refunded=0 purged_keys=0 failed=1"
+        "reconciled_booked=0 refunded=0 purged_keys=0 requeued_notifications=0 purged_notifications=0 failed=1"
     )
     real = command_failing()
-    assert (
-        real.strip()
-        == "expired=0 released_seats=0 retried_releases=0 reconciled_booked=0 refunded=0 purged_keys=0 failed=1"
-    )
+    assert real.strip() == summary(failed=1)
 
 
 # 8. Late money ---------------------------------------------------------------------------------
@@ -677,10 +650,7 @@ def test_stranded_money_waits_for_the_window_fails_while_the_gateway_is_down_the
     clock.now = payment.updated_at + payment_attempt_window()
     out = command_failing("-v", "2")
     assert f"FAILED refund of payment {payment.pk}: The simulated gateway is down (refund)." in out
-    assert (
-        out.strip().splitlines()[-1]
-        == "expired=0 released_seats=0 retried_releases=0 reconciled_booked=0 refunded=0 purged_keys=0 failed=1"
-    )
+    assert out.strip().splitlines()[-1] == summary(failed=1)
     assert watch.refunds == [payment.pk, payment.pk]
     payment.refresh_from_db()
     assert payment.status == Payment.Status.SUCCEEDED
@@ -691,10 +661,7 @@ def test_stranded_money_waits_for_the_window_fails_while_the_gateway_is_down_the
     out = command("-v", "2")
 
     assert f"payment {payment.pk}: refunded (its booking is cancelled)" in out
-    assert (
-        out.strip().splitlines()[-1]
-        == "expired=0 released_seats=0 retried_releases=0 reconciled_booked=0 refunded=1 purged_keys=0 failed=0"
-    )
+    assert out.strip().splitlines()[-1] == summary(refunded=1)
     payment.refresh_from_db()
     charge.refresh_from_db()
     assert (payment.status, payment.refund_reference, payment.refunded_at) == (
@@ -753,10 +720,7 @@ def test_a_cancel_whose_refund_failed_is_finished_by_cleanup_after_the_window_wi
     clock.now = booking.cancel_requested_at + payment_attempt_window()
     out = command_failing("-v", "2")
     assert f"FAILED finishing the cancel of booking {booking.pk}: " in out
-    assert (
-        out.strip().splitlines()[-1]
-        == "expired=0 released_seats=0 retried_releases=0 reconciled_booked=0 refunded=0 purged_keys=0 failed=1"
-    )
+    assert out.strip().splitlines()[-1] == summary(failed=1)
     booking.refresh_from_db()
     payment.refresh_from_db()
     assert (booking.status, booking.seats_state, payment.status) == (
@@ -772,10 +736,7 @@ def test_a_cancel_whose_refund_failed_is_finished_by_cleanup_after_the_window_wi
     out = command("-v", "2")
 
     assert f"booking {booking.pk}: refunded, cancel finished" in out
-    assert (
-        out.strip().splitlines()[-1]
-        == "expired=0 released_seats=2 retried_releases=0 reconciled_booked=0 refunded=1 purged_keys=0 failed=0"
-    )
+    assert out.strip().splitlines()[-1] == summary(released_seats=2, refunded=1)
     booking.refresh_from_db()
     payment.refresh_from_db()
     charge.refresh_from_db()
@@ -901,7 +862,7 @@ def test_a_booked_booking_nobody_asked_to_cancel_is_never_touched(user, flight, 
         clock.advance(**advance)
         assert (
             command("--dry-run").strip() == "dry run: expired=0 released_seats=0 retried_releases=0 "
-            "reconciled_booked=0 refunded=0 purged_keys=0 failed=0"
+            "reconciled_booked=0 refunded=0 purged_keys=0 requeued_notifications=0 purged_notifications=0 failed=0"
         )
         assert asdict(cleanup_stale_bookings()) == counts()
 

@@ -8,13 +8,28 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-COUNTS = ("expired", "released_seats", "retried_releases", "reconciled_booked", "refunded", "purged_keys", "failed")
+COUNTS = (
+    "expired",
+    "released_seats",
+    "retried_releases",
+    "reconciled_booked",
+    "refunded",
+    "purged_keys",
+    "requeued_notifications",
+    "purged_notifications",
+    "failed",
+)
 
 
 def counts(**nonzero: int) -> dict:
     """The full counts of a run: the ones named, every other one 0."""
     assert set(nonzero) <= set(COUNTS), set(nonzero) - set(COUNTS)
     return {name: nonzero.get(name, 0) for name in COUNTS}
+
+
+def summary(**nonzero: int) -> str:
+    """The summary line with these counts, every other count 0."""
+    return " ".join(f"{name}={count}" for name, count in counts(**nonzero).items())
 
 
 def command(*args: str) -> str:

@@ -47,6 +47,9 @@ EVERYTHING = {
     "reconciled_booked": 1,  # b
     "refunded": 5,  # f1, f2 (cancel finished), e1, e2 (stranded), k (late charge)
     "purged_keys": 2,  # g1, g2
+    # No worker runs here, and re-queueing is off in the tests (settings_test).
+    "requeued_notifications": 0,
+    "purged_notifications": 0,
     "failed": 1,  # j, flagged for a person
 }
 
@@ -406,6 +409,8 @@ def work_left(s: Scenario) -> dict[str, int]:
         "reconciled_booked": len(charged),
         "refunded": len(cancels) + stranded + len(charged_late),
         "purged_keys": IdempotencyKey.objects.filter(expires_at__lte=now).count(),
+        "requeued_notifications": 0,
+        "purged_notifications": 0,
         "failed": Booking.objects.filter(status=Status.CANCELLED, seats_state=SeatsState.RELEASING).count(),
     }
 

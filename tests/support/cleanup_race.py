@@ -586,6 +586,8 @@ def start_copy_process(index: int) -> subprocess.Popen:
         "FLIGHT_SERVICE_URL": "",
         "PAYMENT_GATEWAY": "simulated",
         "PAYMENT_SIMULATED_OUTCOME": "approve",
+        # No worker runs here: as in the test settings, nothing counts as forgotten.
+        "NOTIFICATION_REQUEUE_AFTER_SECONDS": str(10 * 365 * 24 * 3600),
     }
     command = [
         sys.executable,
@@ -737,6 +739,8 @@ def check_race(
             "refunded": sum(refunds[b].actor == actor for b in backlog.stranded + backlog.late_unrecorded)
             + sum(cancelled_by[b] == actor for b in backlog.cut_short),
             "purged_keys": key_deleters[actor],
+            "requeued_notifications": 0,
+            "purged_notifications": 0,
             "failed": 0,
         }
 

@@ -62,6 +62,8 @@ class Command(BaseCommand):
             # Reset every run so that the printed password is always the true one.
             user.set_password(password)
             user.is_staff = user.is_superuser = staff
+            # Confirmations and cancellations are e-mailed to it (the console, in development).
+            user.email = user.email or f"{username}@example.com"
             user.save()
             token, _ = Token.objects.get_or_create(user=user)
             created.append((user, password, token.key))

@@ -1,0 +1,204 @@
+"""Attempting deliveries: a webhook POST, signed after Standard Webhooks, or an e-mail.
+
+Deliveries go in lanes, one per endpoint and one for e-mail. A worker process sends at most
+`NOTIFICATION_LANE_CONNECTIONS` at a time in a lane, on a pool of `NOTIFICATION_SEND_THREADS`
+threads, so one endpoint that is slow or down holds a few threads while it times out and never
+delays the others. A thread that finishes an attempt takes its lane's next due delivery, until
+none is left. With no threads (`NOTIFICATION_SEND_THREADS=0`) each attempt runs in the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.db import close_old_connections, connections
+from django.template.loader import render_to_string
+from django.utils import timezone
+from standardwebhooks import Webhook
+
+from notifications import services
+from notifications.models import Delivery
+from notifications.services import Claim, Due, Outcome
+from notifications.urlsafety import webhook_session
+
+logger = logging.getLogger(__name__)
+
+_local = threading.local()
+
+
+def attempt(*, delivery_id: int) -> bool:
+    """Claim the delivery and attempt it once, in this thread. False if it was not ours to attempt."""
+    claim = services.delivery_claim(delivery_id=delivery_id)
+    if claim is None:
+        return False
+    started, clock = timezone.now(), time.monotonic()
+    try:
+        if claim.delivery.channel == Delivery.Channel.EMAIL:
+            outcome = _send_email(claim, started, clock)
+        else:
+            outcome = _post_webhook(claim, started, clock)
+    except Exception as error:
+        logger.exception("delivery %s: attempt failed unexpectedly", delivery_id)
+        outcome = Outcome(started, _ms_since(clock), succeeded=False, error=f"{type(error).__name__}: {error}")
+    retry_at = services.delivery_record(claim=claim, outcome=outcome)
+    if retry_at is not None:
+        from notifications.tasks import enqueue_retry  # The task module imports this one.
+
+        enqueue_retry(delivery_id=delivery_id, at=retry_at, lane=claim.delivery.lane)
+    return True
+
+
+def signed_headers(*, secret: str, event_id: str, body: str) -> dict[str, str]:
+    """The Standard Webhooks headers for one attempt: the event's id (the same on every retry),
+    this attempt's time, and the signature of both with the body."""
+    sent_at = timezone.now().replace(microsecond=0)
+    return {
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(sent_at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(event_id, sent_at, body),
+        "Content-Type": "application/json",
+        "User-Agent": "FlightBookings-Webhooks/1",
+    }
+
+
+def _post_webhook(claim: Claim, started, clock: float) -> Outcome:
+    delivery = claim.delivery
+    event = delivery.event
+    headers = signed_headers(secret=delivery.endpoint.secret, event_id=event.public_id, body=event.body)
+    timeout = settings.WEBHOOK_TIMEOUT_SECONDS
+    try:
+        with _session().post(
+            delivery.endpoint.url,
+            data=event.body.encode(),
+            headers=headers,
+            timeout=(min(timeout, 5.0), timeout),
+            allow_redirects=False,
+            stream=True,
+        ) as response:
+            status = response.status_code
+    except requests.RequestException as error:
+        return Outcome(started, _ms_since(clock), succeeded=False, error=_describe(error))
+    duration = _ms_since(clock)
+    if duration > timeout * 1000:
+        return Outcome(started, duration, succeeded=False, status_code=status, error="Answered after the timeout.")
+    if 200 <= status < 300:
+        return Outcome(started, duration, succeeded=True, status_code=status)
+    error = "Redirects are not followed." if 300 <= status < 400 else f"HTTP {status}"
+    return Outcome(started, duration, succeeded=False, status_code=status, error=error)
+
+
+def _send_email(claim: Claim, started, clock: float) -> Outcome:
+    event = claim.delivery.event
+    body = json.loads(event.body)
+    context = {"event": body, "booking": body["data"]["booking"], "payment": body["data"]["payment"]}
+    name = event.type.replace(".", "_")
+    subject = render_to_string(f"notifications/email/{name}_subject.txt", context).strip()
+    message = EmailMultiAlternatives(
+        subject=subject,
+        body=render_to_string(f"notifications/email/{name}.txt", context),
+        to=[claim.delivery.recipient],
+        headers={"X-Event-Id": event.public_id},
+    )
+    message.attach_alternative(render_to_string(f"notifications/email/{name}.html", context), "text/html")
+    try:
+        message.send()
+    except Exception as error:
+        return Outcome(started, _ms_since(clock), succeeded=False, error=f"{type(error).__name__}: {error}")
+    return Outcome(started, _ms_since(clock), succeeded=True)
+
+
+def _session() -> requests.Session:
+    """One session per thread (requests' sessions are not thread-safe), made anew if the URL
+    safety setting changed since (tests change it)."""
+    insecure = settings.WEBHOOK_ALLOW_INSECURE
+    cached = getattr(_local, "session", None)
+    if cached is None or cached[0] != insecure:
+        cached = _local.session = (insecure, webhook_session())
+    return cached[1]
+
+
+def _describe(error: requests.RequestException) -> str:
+    if isinstance(error, requests.Timeout):
+        return f"No answer within {settings.WEBHOOK_TIMEOUT_SECONDS:g} s."
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def _ms_since(clock: float) -> int:
+    return int((time.monotonic() - clock) * 1000)
+
+
+class Lanes:
+    """The process's sending threads and how many of them each lane is using."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: Counter[str] = Counter()
+        # Lanes that were handed work while they were full: their threads look again before leaving.
+        self._wanted: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, due: Due) -> None:
+        """Attempt the delivery soon, in its lane; a full lane's threads get to it."""
+        if settings.NOTIFICATION_SEND_THREADS == 0:
+            self._drain(due.lane, due.delivery_id)
+            return
+        with self._lock:
+            if self._busy[due.lane] >= settings.NOTIFICATION_LANE_CONNECTIONS:
+                self._wanted.add(due.lane)
+                return
+            self._busy[due.lane] += 1
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(settings.NOTIFICATION_SEND_THREADS, thread_name_prefix="delivery")
+        self._pool.submit(self._run_lane, due.lane, due.delivery_id)
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until no lane has a thread working (tests, and a worker's orderly exit)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not +self._busy:
+                    return
+            time.sleep(0.01)
+        raise TimeoutError(f"deliveries still being sent: {dict(self._busy)}")
+
+    def _run_lane(self, lane: str, delivery_id: int) -> None:
+        try:
+            while True:
+                self._drain(lane, delivery_id)
+                with self._lock:
+                    if lane not in self._wanted:
+                        self._busy[lane] -= 1
+                        return
+                    self._wanted.discard(lane)
+                delivery_id = None
+        except BaseException:
+            with self._lock:
+                self._busy[lane] -= 1
+            raise
+        finally:
+            connections.close_all()  # This thread's own connections.
+
+    def _drain(self, lane: str, delivery_id: int | None) -> None:
+        """Attempt the delivery, then the lane's next due ones, until none is left."""
+        while True:
+            if delivery_id is not None:
+                try:
+                    attempt(delivery_id=delivery_id)
+                except Exception:
+                    logger.exception("delivery %s: could not be attempted; left for a later try", delivery_id)
+                    close_old_connections()
+                    return
+            delivery_id = services.delivery_next_due(lane=lane)
+            if delivery_id is None:
+                return
+
+
+lanes = Lanes()
