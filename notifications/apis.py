@@ -1,6 +1,6 @@
 """Webhook endpoints API (docs/api.md#webhooks): staff only; thin views over notifications.services."""
 
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiCallback, OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
@@ -20,6 +20,7 @@ from notifications.serializers import (
     WebhookEndpointCreateSerializer,
     WebhookEndpointSerializer,
     WebhookEndpointUpdateSerializer,
+    WebhookEventSerializer,
 )
 
 EXAMPLE_REQUEST = {
@@ -80,6 +81,25 @@ class WebhookEndpointViewSet(
         ),
         request=WebhookEndpointCreateSerializer,
         responses={201: WebhookEndpointCreatedSerializer, **problem_responses(400, 401, 403, 415)},
+        callbacks=[
+            OpenApiCallback(
+                "bookingEvent",
+                "{$request.body#/url}",
+                extend_schema(
+                    summary="A booking event, delivered to your endpoint",
+                    description=(
+                        "POSTed with the headers `webhook-id` (the event's `id`), `webhook-timestamp` (Unix seconds "
+                        "of this attempt) and `webhook-signature` (`v1,` and base64 of HMAC-SHA256 over "
+                        '`"{webhook-id}.{webhook-timestamp}.{body}"`, keyed with the base64-decoded secret after '
+                        "`whsec_`): the Standard Webhooks scheme, which its libraries verify. Answer 2xx within 10 s; "
+                        "anything else (a redirect included) is retried after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and "
+                        "10 h. At least once: deduplicate on `webhook-id`."
+                    ),
+                    request=WebhookEventSerializer,
+                    responses={200: OpenApiResponse(description="Received (any 2xx).")},
+                ),
+            )
+        ],
         examples=[
             OpenApiExample("Two event types", value=EXAMPLE_REQUEST, request_only=True),
             OpenApiExample(

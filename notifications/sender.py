@@ -9,6 +9,7 @@ none is left. With no threads (`NOTIFICATION_SEND_THREADS=0`) each attempt runs 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -23,8 +24,9 @@ from django.db import close_old_connections, connections
 from django.template.loader import render_to_string
 from django.utils import timezone
 from standardwebhooks import Webhook
+from urllib3.util import Timeout
 
-from notifications import services
+from notifications import selectors, services
 from notifications.models import Delivery
 from notifications.services import Claim, Due, Outcome
 from notifications.urlsafety import webhook_session
@@ -72,6 +74,8 @@ def signed_headers(*, secret: str, event_id: str, body: str) -> dict[str, str]:
 def _post_webhook(claim: Claim, started, clock: float) -> Outcome:
     delivery = claim.delivery
     event = delivery.event
+    if not delivery.endpoint.is_active:
+        return Outcome(started, 0, succeeded=False, error="The endpoint is deactivated: not sent.")
     headers = signed_headers(secret=delivery.endpoint.secret, event_id=event.public_id, body=event.body)
     timeout = settings.WEBHOOK_TIMEOUT_SECONDS
     try:
@@ -79,7 +83,9 @@ def _post_webhook(claim: Claim, started, clock: float) -> Outcome:
             delivery.endpoint.url,
             data=event.body.encode(),
             headers=headers,
-            timeout=(min(timeout, 5.0), timeout),
+            # `total` bounds the whole attempt (requests' own timeouts bound each read), so
+            # that it cannot outlast its lease however slowly an endpoint answers.
+            timeout=Timeout(connect=min(timeout, 5.0), read=timeout, total=timeout),
             allow_redirects=False,
             stream=True,
         ) as response:
@@ -135,10 +141,16 @@ def _ms_since(clock: float) -> int:
     return int((time.monotonic() - clock) * 1000)
 
 
+# How often a busy worker looks for work another one dropped (killed mid-delivery, or
+# mid-dispatch): at most once in this many seconds, when it runs a task.
+SWEEP_SECONDS = 10.0
+
+
 class Lanes:
     """The process's sending threads and how many of them each lane is using."""
 
     def __init__(self) -> None:
+        self._swept = -SWEEP_SECONDS
         self._lock = threading.Lock()
         self._busy: Counter[str] = Counter()
         # Lanes that were handed work while they were full: their threads look again before leaving.
@@ -158,6 +170,23 @@ class Lanes:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(settings.NOTIFICATION_SEND_THREADS, thread_name_prefix="delivery")
         self._pool.submit(self._run_lane, due.lane, due.delivery_id)
+
+    def sweep(self, *, force: bool = False) -> None:
+        """Take up what a killed worker dropped: events left undispatched and due deliveries
+        whose lease ran out. At most every SWEEP_SECONDS unless forced (cleanup's wake-up,
+        for a queue where no other task runs)."""
+        with self._lock:
+            if not force and time.monotonic() - self._swept < SWEEP_SECONDS:
+                return
+            self._swept = time.monotonic()
+        now = timezone.now()
+        dropped = selectors.events_not_dispatched(created_before=now - dt.timedelta(seconds=SWEEP_SECONDS))
+        for event_id in dropped.order_by("created_at").values_list("pk", flat=True)[:1000]:
+            for due in services.event_dispatch(event_id=event_id):
+                self.submit(due)
+        forgotten = selectors.deliveries_forgotten(due_before=now, now=now).order_by("next_attempt_at")
+        for delivery_id, endpoint_id in forgotten.values_list("pk", "endpoint_id")[:1000]:
+            self.submit(Due.of(delivery_id, endpoint_id))
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Until no lane has a thread working (tests, and a worker's orderly exit)."""

@@ -3,9 +3,11 @@
 from rest_framework import serializers
 
 from bookings.models import OutboxEvent
+from bookings.serializers import BookingSerializer
 from bookings_project.fields import CachedFieldsSerializer
 from notifications.models import Delivery, WebhookEndpoint
 from notifications.urlsafety import UnsafeURL, check_url
+from payments.serializers import PaymentSerializer
 
 EVENT_TYPES = OutboxEvent.Type
 
@@ -100,3 +102,19 @@ class DeliverySerializer(CachedFieldsSerializer):
         data = super().to_representation(instance)
         data["lastError"] = instance.last_error or None
         return data
+
+
+class _EventDataSerializer(serializers.Serializer):
+    booking = BookingSerializer()
+    payment = PaymentSerializer(
+        allow_null=True, help_text="The refunded payment, or the one that took the booking's money; null if none did."
+    )
+
+
+class WebhookEventSerializer(serializers.Serializer):
+    """The body of every delivery (for the schema; the worker renders it in notifications.selectors.event_body)."""
+
+    id = serializers.CharField(help_text="`evt_...`: the same as the `webhook-id` header, on every retry.")
+    type = serializers.ChoiceField(choices=EVENT_TYPES.choices)
+    createdAt = serializers.DateTimeField(help_text="When the change was committed.")
+    data = _EventDataSerializer(help_text="The booking as `GET /bookings/{id}` answers it, and its payment.")

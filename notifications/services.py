@@ -105,8 +105,10 @@ def event_dispatch(*, event_id: int) -> list[Due]:
     deliveries to attempt now (none if another worker dispatched it)."""
     now = timezone.now()
     with transaction.atomic():
+        # The event's row only (`of`): joined, the booking's and the user's would be locked too,
+        # and skipped whenever a payment, a cancel or another event of theirs holds them.
         event = (
-            OutboxEvent.objects.select_for_update(skip_locked=True)
+            OutboxEvent.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(pk=event_id, dispatched_at__isnull=True)
             .select_related("booking__user")
             .first()
@@ -258,18 +260,21 @@ def events_purge(*, events: QuerySet[OutboxEvent]) -> int:
 
 # How long the database queue keeps a finished task's row (its result is never read: the
 # outbox rows say what was delivered), and how long a task may stay RUNNING before it is taken
-# for one whose worker was killed.
+# for one whose worker was killed (ours take seconds; deleting the row of one still running
+# would make its worker fail when it finishes).
 TASK_RESULT_RETENTION = dt.timedelta(hours=1)
+TASK_ABANDONED_AFTER = dt.timedelta(days=1)
 
 
 def task_results_purge(*, now: dt.datetime) -> int:
     """Delete the database queue's rows of tasks finished more than an hour ago, and of tasks
-    a killed worker left RUNNING (their work was re-queued from the outbox). Other queue
-    backends keep their own results. Answers how many."""
+    a killed worker left RUNNING a day ago (their work was taken up again from the outbox).
+    Other queue backends keep their own results. Answers how many."""
     if not isinstance(task_backends[DEFAULT_TASK_BACKEND_ALIAS], DatabaseBackend):
         return 0
-    before = now - TASK_RESULT_RETENTION
-    finished = Q(status__in=[TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED], finished_at__lt=before)
-    abandoned = Q(status=TaskResultStatus.RUNNING, started_at__lt=before)
+    finished = Q(
+        status__in=[TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED], finished_at__lt=now - TASK_RESULT_RETENTION
+    )
+    abandoned = Q(status=TaskResultStatus.RUNNING, started_at__lt=now - TASK_ABANDONED_AFTER)
     deleted, _ = DBTaskResult.objects.filter(finished | abandoned).delete()
     return deleted

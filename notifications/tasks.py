@@ -13,10 +13,9 @@ import datetime as dt
 import logging
 
 from django.db import transaction
-from django.utils import timezone
 from django_tasks import task
 
-from notifications import selectors, sender, services
+from notifications import sender, services
 from notifications.services import Due
 
 logger = logging.getLogger(__name__)
@@ -28,12 +27,14 @@ def dispatch_events(event_ids: list[int]) -> None:
     for event_id in event_ids:
         for due in services.event_dispatch(event_id=event_id):
             sender.lanes.submit(due)
+    sender.lanes.sweep()
 
 
 @task()
 def deliver(delivery_id: int, lane: str) -> None:
     """Attempt a delivery that is due (a retry, or one cleanup re-queued); a no-op if it is not."""
     sender.lanes.submit(Due(delivery_id, lane))
+    sender.lanes.sweep()
 
 
 def enqueue_dispatch(sender: object = None, *, event_ids: list[int], **_) -> None:
@@ -59,10 +60,5 @@ def requeue(*, event_ids: list[int], deliveries: bool) -> None:
 
 @task()
 def deliver_due() -> None:
-    """Attempt every delivery that is due and that nobody holds (their tasks were lost, or
-    their worker was killed)."""
-    now = timezone.now()
-    for delivery_id, endpoint_id in selectors.deliveries_forgotten(due_before=now, now=now).values_list(
-        "pk", "endpoint_id"
-    )[:10_000]:
-        sender.lanes.submit(Due.of(delivery_id, endpoint_id))
+    """Cleanup's wake-up for deliveries that are due and that nobody holds."""
+    sender.lanes.sweep(force=True)

@@ -55,14 +55,27 @@ def public_addresses(host: str, port: int) -> list[tuple[int, tuple]]:
     addresses = []
     for family, _type, _proto, _name, sockaddr in infos:
         address = ipaddress.ip_address(sockaddr[0].split("%")[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
-            raise UnsafeURL(f"The host {host} resolves to {address}, which is not a public address.")
+        for inside in (*_embedded_ipv4(address), address):
+            if not inside.is_global or inside.is_multicast:
+                raise UnsafeURL(f"The host {host} resolves to {inside}, which is not a public address.")
         addresses.append((family, sockaddr))
     if not addresses:
         raise UnsafeURL(f"The host {host} has no address.")
     return addresses
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through a translator (mapped, 6to4, Teredo,
+    NAT64): each must be public too."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    embedded = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+    if address in _NAT64:
+        embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return [inside for inside in embedded if inside is not None]
 
 
 class _CheckedConnect:

@@ -3,13 +3,14 @@ what the worker lost (a task that never ran, a worker killed mid-delivery), dele
 events past their retention, and the database queue's finished tasks."""
 
 import datetime as dt
+import json
 
 import pytest
 from django_tasks_db.models import DBTaskResult
 
 from bookings.models import OutboxEvent
 from bookings.services import booking_create
-from notifications import services
+from notifications import sender, services
 from notifications.models import Delivery, DeliveryAttempt
 from tests.notifications.conftest import register, run_worker
 from tests.support.cleanup import command, summary
@@ -107,3 +108,25 @@ def test_the_queues_finished_tasks_are_deleted_after_an_hour(user, flight, clock
 
     assert not DBTaskResult.objects.filter(pk=finished.pk).exists()
     assert dt.timedelta(hours=1) == services.TASK_RESULT_RETENTION
+
+
+def test_a_busy_worker_takes_up_what_a_killed_one_dropped_without_waiting_for_cleanup(
+    user, flight, receiver, monkeypatch
+):
+    """One event dispatched by a worker that died before attempting it, one whose worker died
+    while dispatching it: the next task any worker runs sweeps both up."""
+    monkeypatch.setattr(sender, "SWEEP_SECONDS", 0.0)  # Sweep on every task (it is every 10 s).
+    register(receiver.url)
+    dropped_delivery = booking_create(user=user, flight_id=flight.pk, seats=1)
+    services.event_dispatch(event_id=OutboxEvent.objects.get(booking=dropped_delivery).pk)
+    dropped_dispatch = booking_create(user=user, flight_id=flight.pk, seats=2)
+    DBTaskResult.objects.all().delete()  # Both workers' tasks are gone with them.
+
+    booking_create(user=user, flight_id=flight.pk, seats=3)  # Any new work wakes a worker.
+    run_worker()
+
+    seats = sorted(json.loads(request.body)["data"]["booking"]["numberOfSeats"] for request in receiver.received)
+    assert seats == [1, 2, 3]
+    assert dropped_dispatch.pk in set(
+        OutboxEvent.objects.filter(dispatched_at__isnull=False).values_list("booking_id", flat=True)
+    )

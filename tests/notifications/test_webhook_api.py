@@ -155,6 +155,8 @@ def test_a_customer_is_refused_every_webhook_operation(user_client, method, path
         ("https://[::ffff:127.0.0.1]/a", "127.0.0.1, which is not a public address"),
         ("https://100.64.0.1/a", "not a public address"),
         ("https://0.0.0.0/a", "not a public address"),
+        ("https://[64:ff9b::a00:1]/a", "10.0.0.1, which is not a public address"),  # NAT64
+        ("https://[2002:a00:1::]/a", "10.0.0.1, which is not a public address"),  # 6to4
         ("https://user:pw@93.184.215.14/a", "user name or password"),
         ("ftp://93.184.215.14/a", "Enter an http(s) URL"),
     ],

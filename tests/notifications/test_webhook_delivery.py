@@ -208,6 +208,26 @@ def test_an_inactive_endpoint_gets_nothing(user, flight, receiver):
     assert not Delivery.objects.exists()
 
 
+def test_an_endpoint_deactivated_after_its_deliveries_were_made_is_sent_nothing(user, flight, receiver, clock):
+    endpoint = register(receiver.url)
+    receiver.answer(500)
+    booking_create(user=user, flight_id=flight.pk, seats=1)
+    run_worker()
+    endpoint.is_active = False
+    endpoint.save()
+
+    clock.advance(seconds=5)
+    run_worker()
+
+    assert len(receiver.received) == 1  # Only the first attempt, before it was deactivated.
+    delivery = Delivery.objects.get()
+    assert (delivery.state, delivery.attempts, delivery.last_error) == (
+        Delivery.State.PENDING,
+        2,
+        "The endpoint is deactivated: not sent.",
+    )
+
+
 def test_a_redirect_is_a_failed_attempt_and_is_not_followed(user, flight, receiver):
     register(receiver.url)
     receiver.answer(307)
@@ -232,3 +252,23 @@ def test_no_answer_within_the_timeout_is_a_failed_attempt(user, flight, receiver
     assert (attempt.succeeded, attempt.status_code) == (False, None)
     assert attempt.error == "No answer within 0.3 s."
     assert 300 <= attempt.duration_ms < 5000
+
+
+def test_the_schema_documents_the_body_the_worker_sends(user, flight, receiver, staff_client):
+    register(receiver.url)
+    booking_create(user=user, flight_id=flight.pk, seats=1)
+    run_worker()
+    (request,) = receiver.received
+    body = json.loads(request.body)
+
+    schema = staff_client.get("/api/schema/?format=json").json()
+    components = schema["components"]["schemas"]
+    callback = schema["paths"]["/api/v1/webhooks"]["post"]["callbacks"]["bookingEvent"]["{$request.body#/url}"]
+    assert callback["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/WebhookEvent"
+    }
+    event = components["WebhookEvent"]
+    assert set(event["properties"]) == set(body) and set(event["required"]) == set(body)
+    data = components[event["properties"]["data"]["allOf"][0]["$ref"].split("/")[-1]]
+    assert set(data["properties"]) == set(body["data"])
+    assert set(components["Booking"]["properties"]) == set(body["data"]["booking"])
