@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv run serve migrate demo test lint format fuzz chaos bench bench-overload bench-cleanup clean
+.PHONY: venv run serve worker migrate demo test lint format fuzz chaos bench bench-overload bench-cleanup clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ run: demo
 	@echo "              http://$(HOST):$(PORT)/api/v1/payments  (POST {\"bookingId\": 1, \"amount\": \"<totalCost>\"} with header Idempotency-Key)"
 	@echo "  Swagger UI: http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Admin:      http://$(HOST):$(PORT)/admin/   (staff / staff-password)"
+	@echo "  Worker:     notifications (webhooks, e-mail printed here) sent by manage.py db_worker"
 	@echo
+	@# The worker beside the server, stopped with it.
+	$(BIN)/python manage.py db_worker --interval 0.5 & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+# The notifications worker alone (production runs it under systemd: docs/operations.md#the-worker).
+worker: migrate
+	$(BIN)/python manage.py db_worker
 
 # Production serving: gunicorn (gunicorn.conf.py; GUNICORN_WORKERS and GUNICORN_THREADS),
 # WhiteNoise for static files, DEBUG off. The database is DATABASE_URL's (SQLite if unset).

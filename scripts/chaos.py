@@ -24,7 +24,12 @@ databases are read directly:
 - what clients were told: a booking paid (201) and not cancelled is BOOKED, one cancelled
   (200) is CANCELLED;
 - no answer 5xx other than 503, and no 500 in either service's log (a 500 of the Flights
-  service reaches clients as a 503).
+  service reaches clients as a 503);
+- notifications (docs/design.md#notifications): two `db_worker` processes deliver webhooks to a
+  receiver in this script (which answers 500 to the first try of one event in five) and
+  e-mail, while chaos SIGKILLs them too; at the end every committed status change that is
+  reported (created, confirmed, cancelled; a payment refunded) has exactly one event, and each
+  event reached the receiver at least once.
 
 Prints the figures and exits 1 if any of these fail (2 if the run itself could not be
 made). Run: `.venv/bin/python scripts/chaos.py [--duration S] [--clients N] [--seed S] [--keep]`.
@@ -51,6 +56,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +64,7 @@ import psycopg
 import requests
 from psycopg.rows import dict_row
 from serving import (
+    ROOT,
     Gunicorn,
     Nginx,
     drop_database,
@@ -102,6 +109,15 @@ RETRY_WAIT_CAP = 1.0
 RETRY_CODES = {"idempotency_key_in_use", "payment_in_progress", "resource_busy"}
 
 OUTAGE_SECONDS = (0.5, 2.0)
+NOTIFIERS = 2  # db_worker processes
+# Short, so that a killed worker's deliveries are taken over within the run.
+NOTIFICATION_ENV = {
+    "WEBHOOK_ALLOW_INSECURE": "true",
+    "WEBHOOK_TIMEOUT_SECONDS": "2",
+    "NOTIFICATION_LEASE_SECONDS": "5",
+    "EMAIL_URL": "memorymail://",
+}
+STALL_SECONDS = 8.0
 HOLD_REF = re.compile(r"booking-(\d+)")
 SUMMARY_LINE = re.compile(r"expired=\d+ .*failed=\d+")
 SHOWN_PER_KIND = 10
@@ -155,7 +171,13 @@ def seed_users(count: int) -> int:
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
-    users = [get_user_model().objects.create_user(username=f"chaos-{index}") for index in range(count)]
+    from notifications.services import endpoint_create
+
+    users = [
+        get_user_model().objects.create_user(username=f"chaos-{index}", email=f"chaos-{index}@example.com")
+        for index in range(count)
+    ]
+    endpoint_create(url=os.environ["CHAOS_WEBHOOK_URL"], events=None, created_by=None)
     print(json.dumps([Token.objects.create(user=user).key for user in users]))
     return 0
 
@@ -350,10 +372,20 @@ class Chaos:
     master replaces."""
 
     def __init__(
-        self, *, flights: Gunicorn, bookings: Gunicorn, seed: int, outages: int, worker_kills: int, window: float
+        self,
+        *,
+        flights: Gunicorn,
+        bookings: Gunicorn,
+        notifiers: Notifiers,
+        seed: int,
+        outages: int,
+        worker_kills: int,
+        window: float,
     ) -> None:
         self.flights = flights
         self.bookings = bookings
+        self.notifiers = notifiers
+        self.notifier_rng = random.Random(f"{seed}:notifiers")
         self.window = window
         self.outage_rng = random.Random(f"{seed}:outages")
         self.worker_rng = random.Random(f"{seed}:workers")
@@ -361,9 +393,11 @@ class Chaos:
         latest = max(window - OUTAGE_SECONDS[1] - 3.0, 1.0)
         outage_moments = sorted(self.outage_rng.uniform(1.0, latest) for _ in range(outages))
         worker_moments = sorted(self.worker_rng.uniform(1.0, window) for _ in range(worker_kills))
+        notifier_moments = sorted(self.notifier_rng.uniform(1.0, window) for _ in range(worker_kills // 2))
         self.threads = [
             threading.Thread(target=self.follow, args=(outage_moments, self.flights_outage), daemon=True),
             threading.Thread(target=self.follow, args=(worker_moments, self.kill_worker), daemon=True),
+            threading.Thread(target=self.follow, args=(notifier_moments, self.kill_notifier), daemon=True),
         ]
         self.kills: list[Kill] = []
         self.errors: list[BaseException] = []
@@ -411,6 +445,176 @@ class Chaos:
             os.kill(pid, signal.SIGKILL)
             self.killed_pids.add(pid)
             self.kills.append(Kill("worker", now, f"pid {pid}"))
+
+    def kill_notifier(self, now: float) -> None:
+        pid = self.notifiers.kill_one(self.notifier_rng)
+        if pid is not None:
+            self.kills.append(Kill("notifier", now, f"pid {pid}"))
+
+
+# Notifications ------------------------------------------------------------------------------------
+
+
+class WebhookReceiver:
+    """The integrator's end: every request it gets, by webhook-id. The first try of one event
+    in five answers 500, so that retries (with the same id) happen within the run."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.received: Counter[str] = Counter()
+        self.types: dict[str, str] = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                webhook_id = self.headers.get("webhook-id", "")
+                with receiver.lock:
+                    receiver.received[webhook_id] += 1
+                    receiver.types[webhook_id] = json.loads(body)["type"]
+                    first_try = receiver.received[webhook_id] == 1
+                refuse = first_try and int(uuid.UUID(webhook_id.removeprefix("evt_")).hex[-2:], 16) % 5 == 0
+                self.send_response(500 if refuse else 204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Notifiers:
+    """The notifications workers (`manage.py db_worker`), killed and replaced during the load."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen] = []
+        self.started = 0
+
+    def start(self, count: int = NOTIFIERS) -> None:
+        for _ in range(count):
+            self.started += 1
+            log = (self.log_dir / f"notifier-{self.started}.log").open("ab")
+            self.processes.append(
+                subprocess.Popen(
+                    [PYTHON, "manage.py", "db_worker", "--interval", "0.1", "--no-startup-delay"],
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+
+    def kill_one(self, rng: random.Random) -> int | None:
+        alive = [process for process in self.processes if process.poll() is None]
+        if not alive:
+            return None
+        victim = rng.choice(alive)
+        victim.kill()
+        victim.wait()
+        self.start(1)  # As systemd's Restart=always would.
+        return victim.pid
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def logged_server_errors(self) -> list[str]:
+        lines = [
+            f"{path.name}: {line[:300]}"
+            for path in sorted(self.log_dir.glob("notifier-*.log"))
+            for line in path.read_text(errors="replace").splitlines()
+            if '"level": "ERROR"' in line or "Traceback" in line
+        ]
+        return lines
+
+
+def notifications_left(bookings_url: str) -> int:
+    """Events not dispatched and deliveries still pending."""
+    [row] = query(
+        bookings_url,
+        "SELECT (SELECT count(*) FROM bookings_outboxevent WHERE dispatched_at IS NULL)"
+        " + (SELECT count(*) FROM notifications_delivery WHERE state = 'pending') AS left",
+    )
+    return row["left"]
+
+
+def wait_for_notifications(bookings_url: str) -> tuple[float, int]:
+    """Until the workers have nothing left, or make no progress for STALL_SECONDS (what is
+    left then was lost with a killed process: the next cleanup run queues it again, as cron's
+    would); answers the seconds it took and what was left."""
+    started = last_change = time.monotonic()
+    left = notifications_left(bookings_url)
+    while left and time.monotonic() - last_change < STALL_SECONDS:
+        time.sleep(0.2)
+        now_left = notifications_left(bookings_url)
+        if now_left != left:
+            left, last_change = now_left, time.monotonic()
+    return time.monotonic() - started, left
+
+
+@dataclass
+class NotificationFindings:
+    events: int = 0
+    received: int = 0  # requests that reached the receiver (retries and duplicates included)
+    violations: list[str] = field(default_factory=list)
+
+
+def check_notifications(bookings_url: str, receiver: WebhookReceiver) -> NotificationFindings:
+    """One event per reported change (from the audit trail and the payments), none else, and
+    each event delivered: recorded so, and seen by the receiver."""
+    found = NotificationFindings()
+    reported = query(
+        bookings_url,
+        "SELECT booking_id, CASE WHEN from_status = '' THEN 'booking.created'"
+        " WHEN to_status = 'BOOKED' THEN 'booking.confirmed' ELSE 'booking.cancelled' END AS type, count(*) AS n"
+        " FROM bookings_bookingevent WHERE from_status = '' OR to_status IN ('BOOKED', 'CANCELLED')"
+        " GROUP BY 1, 2"
+        " UNION ALL SELECT booking_id, 'payment.refunded', count(*) FROM payments_payment WHERE status = 'REFUNDED'"
+        " GROUP BY 1",
+    )
+    events = query(
+        bookings_url,
+        "SELECT e.public_id, e.type, e.booking_id, e.dispatched_at IS NOT NULL AS dispatched,"
+        " d.state AS webhook FROM bookings_outboxevent e"
+        " LEFT JOIN notifications_delivery d ON d.event_id = e.id AND d.channel = 'webhook'",
+    )
+    emails = query(
+        bookings_url,
+        "SELECT d.state, count(*) AS n FROM notifications_delivery d WHERE d.channel = 'email' GROUP BY 1",
+    )
+    found.events = len(events)
+    found.received = sum(receiver.received.values())
+    expected = {(row["booking_id"], row["type"]): row["n"] for row in reported}
+    written = Counter((event["booking_id"], event["type"]) for event in events)
+    for booking_id, kind in sorted(set(expected) | set(written)):
+        changes, written_events = expected.get((booking_id, kind), 0), written.get((booking_id, kind), 0)
+        if changes != written_events:
+            found.violations.append(f"booking {booking_id}: {changes} change(s) {kind}, {written_events} event(s)")
+    for event in events:
+        if event["webhook"] != "delivered" or receiver.received[event["public_id"]] == 0:
+            found.violations.append(f"event not delivered: {event}, received {receiver.received[event['public_id']]}")
+    for row in emails:
+        if row["state"] != "delivered":
+            found.violations.append(f"{row['n']} e-mail deliveries {row['state']}")
+    return found
 
 
 # Checks -----------------------------------------------------------------------------------------
@@ -552,6 +756,8 @@ class ChaosRun:
     def env(self, role: str, flights_url: str = "") -> dict[str, str]:
         return service_env(
             self.urls[role],
+            **NOTIFICATION_ENV,
+            CHAOS_WEBHOOK_URL=self.receiver.url,
             SECRET_KEY=self.secret_key,
             FLIGHT_SERVICE_URL=flights_url,
             FLIGHT_SERVICE_TOKEN=self.service_token,
@@ -568,11 +774,14 @@ class ChaosRun:
 
     def execute(self) -> int:
         args = self.args
+        self.receiver = WebhookReceiver()
         flight_ids, tokens = self.set_up()
         flights_env = self.env("flights")
         self.flights = self.serve("flights", flights_env, workers=FLIGHTS_WORKERS)
         bookings_env = self.env("bookings", flights_url=self.flights.url)
         self.bookings = self.serve("bookings", bookings_env, workers=BOOKINGS_WORKERS)
+        self.notifiers = Notifiers(bookings_env, self.log_dir)
+        self.notifiers.start()
         # What clients talk to: nginx in front of the Bookings gunicorn, as in production.
         self.front: Gunicorn | Nginx = self.bookings
         if args.proxy == "nginx":
@@ -599,6 +808,7 @@ class ChaosRun:
         chaos = Chaos(
             flights=self.flights,
             bookings=self.bookings,
+            notifiers=self.notifiers,
             seed=args.seed,
             outages=args.outages,
             worker_kills=args.worker_kills,
@@ -618,11 +828,18 @@ class ChaosRun:
         self.bookings.stop()  # Nothing is in flight any more: cleanup and the checks see a still picture.
         self.flights.wait_ready("/healthz")
 
+        # The workers finish what the load left, then what each cleanup run writes (its expiries
+        # are reported too) or queues again, so that the second run finds nothing, re-queues included.
+        drained = [wait_for_notifications(self.urls["bookings"])]
         first = finish(start_task("cleanup", bookings_env))
+        drained.append(wait_for_notifications(self.urls["bookings"]))
         second = finish(start_task("cleanup", bookings_env))
+        drained.append(wait_for_notifications(self.urls["bookings"]))
+        self.notifiers.stop()
         found = check(self.urls["bookings"], self.urls["flights"], stats.told)
+        notified = check_notifications(self.urls["bookings"], self.receiver)
         self.lap("cleanup and checks")
-        self.failed = self.report(stats, chaos.kills, first, second, found)
+        self.failed = self.report(stats, chaos.kills, first, second, found, notified, drained)
         return 1 if self.failed else 0
 
     def lap(self, phase: str) -> None:
@@ -651,6 +868,8 @@ class ChaosRun:
         first: subprocess.CompletedProcess,
         second: subprocess.CompletedProcess,
         found: Findings,
+        notified: NotificationFindings,
+        drained: list[tuple[float, int]],
     ) -> bool:
         """Print the figures; True if anything failed."""
         args = self.args
@@ -677,8 +896,16 @@ class ChaosRun:
             print(f"  {endpoint:15} {', '.join(parts)}")
         outages = [kill for kill in kills if kill.kind == "flights"]
         workers = [kill for kill in kills if kill.kind == "worker"]
-        print(f"kills: flights outages {len(outages)}, bookings workers {len(workers)}")
-        for label, group in (("flights outages", outages), ("bookings workers", workers)):
+        notifiers = [kill for kill in kills if kill.kind == "notifier"]
+        print(
+            f"kills: flights outages {len(outages)}, bookings workers {len(workers)}, "
+            f"notifications workers {len(notifiers)}"
+        )
+        for label, group in (
+            ("flights outages", outages),
+            ("bookings workers", workers),
+            ("notifications workers", notifiers),
+        ):
             if group:
                 print(f"  {label}: " + "; ".join(f"{kill.at:.1f} s {kill.detail}" for kill in group))
 
@@ -698,10 +925,18 @@ class ChaosRun:
             f"seats: sold {found.sold} of capacity {found.capacity} on {len(FLIGHTS)} flights; "
             f"oversold {found.oversold}"
         )
+        retried = sum(count - 1 for count in self.receiver.received.values())
+        print(
+            f"notifications: {notified.events} events, {notified.received} requests reached the receiver "
+            f"({retried} retries or repeats); after the load and each cleanup run the workers were done in "
+            + ", ".join(f"{seconds:.1f} s ({left} left for cleanup)" for seconds, left in drained)
+        )
         logged = [line for server in self.servers for line in server.logged_server_errors()]
+        logged += self.notifiers.logged_server_errors()
         server_errors = stats.server_errors + logged
         for title, items in (
             ("invariant violations", found.violations),
+            ("notification violations", notified.violations),
             ("double charges", found.double_charges),
             ("charged-but-cancelled", found.charged_but_cancelled),
             ("5xx other than 503:", server_errors),
@@ -712,7 +947,12 @@ class ChaosRun:
             if len(items) > SHOWN_PER_KIND:
                 print(f"  ... and {len(items) - SHOWN_PER_KIND} more")
         failed = bool(
-            cleanup_failed or found.violations or found.double_charges or found.charged_but_cancelled or server_errors
+            cleanup_failed
+            or found.violations
+            or notified.violations
+            or found.double_charges
+            or found.charged_but_cancelled
+            or server_errors
         )
         if failed:
             print("FAILED")
@@ -724,6 +964,10 @@ class ChaosRun:
         self.torn_down = True
         for server in self.servers:
             server.kill()
+        if getattr(self, "notifiers", None):
+            self.notifiers.stop()
+        if getattr(self, "receiver", None):
+            self.receiver.stop()
         if not self.args.keep:
             for name in self.databases.values():
                 drop_database(self.args.pg_url, name)
