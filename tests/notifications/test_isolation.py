@@ -6,7 +6,7 @@ from django.core.management import call_command
 
 from bookings.services import booking_create
 from notifications import sender
-from notifications.models import Delivery
+from notifications.models import Delivery, DeliveryAttempt
 from tests.notifications.conftest import register, run_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,6 +19,8 @@ def test_an_endpoint_that_hangs_does_not_delay_another_ones_deliveries(
     gets all its deliveries. (With one thread per worker, or no lanes, the fast endpoint's
     second delivery would wait behind the slow one's first: this test would time out.)"""
     settings.NOTIFICATION_SEND_THREADS, settings.NOTIFICATION_LANE_CONNECTIONS = 4, 2
+    # Longer than the test waits: the slow endpoint's attempts cannot time out meanwhile.
+    settings.WEBHOOK_TIMEOUT_SECONDS, settings.NOTIFICATION_LEASE_SECONDS = 60, 130
     slow, fast = receiver, second_receiver
     register(slow.url)
     register(fast.url)
@@ -31,6 +33,7 @@ def test_an_endpoint_that_hangs_does_not_delay_another_ones_deliveries(
     fast.wait_for(3)  # While the slow one still holds its first requests.
     slow.wait_for(2)  # Its lane's two connections, both waiting (and no third).
     assert len(slow.received) == 2
+    assert not DeliveryAttempt.objects.filter(delivery__endpoint__url=slow.url).exists()  # Still in flight.
     slow.release()
     sender.lanes.wait_idle()
     assert len(slow.received) == 3
