@@ -122,6 +122,9 @@ class WebhookEndpointViewSet(
         )
         return Response(WebhookEndpointCreatedSerializer(endpoint).data, status=status.HTTP_201_CREATED)
 
+    def perform_destroy(self, instance: WebhookEndpoint) -> None:
+        services.endpoint_delete(endpoint=instance)
+
     @extend_schema(
         summary="Change a webhook endpoint",
         description="Staff only. Any of `url`, `events`, `description`, `isActive`.",
@@ -129,9 +132,6 @@ class WebhookEndpointViewSet(
         request=WebhookEndpointUpdateSerializer,
         responses={200: WebhookEndpointSerializer, **problem_responses(400, 401, 403, 404, 415)},
     )
-    def perform_destroy(self, instance: WebhookEndpoint) -> None:
-        services.endpoint_delete(endpoint=instance)
-
     def partial_update(self, request: Request, pk: str) -> Response:
         serializer = WebhookEndpointUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -189,3 +189,23 @@ def test_patch_checks_a_new_url_too(staff_client, settings):
     assert_problem(response, 400, "validation_error")
     endpoint.refresh_from_db()
     assert endpoint.url == "https://93.184.215.14/hooks"
+
+
+def test_the_schema_documents_every_answer_of_each_webhook_operation(staff_client):
+    paths = staff_client.get("/api/schema/?format=json").json()["paths"]
+
+    documented = {
+        (path, method): sorted(operation["responses"])
+        for path, item in paths.items()
+        if path.startswith(URL)
+        for method, operation in item.items()
+    }
+
+    assert documented == {
+        (URL, "get"): ["200", "400", "401", "403", "404"],
+        (URL, "post"): ["201", "400", "401", "403", "415"],
+        (f"{URL}/{{id}}", "get"): ["200", "401", "403", "404"],
+        (f"{URL}/{{id}}", "patch"): ["200", "400", "401", "403", "404", "415"],
+        (f"{URL}/{{id}}", "delete"): ["204", "401", "403", "404"],
+        (f"{URL}/{{id}}/deliveries", "get"): ["200", "400", "401", "403", "404"],
+    }
