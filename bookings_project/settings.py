@@ -356,7 +356,7 @@ if PAYMENT_SIMULATED_OUTCOME not in ("approve", "decline", "fail", "lose_answer"
 # Notifications (docs/design.md#notifications) --------------------------------------------------
 # The task queue: Django's tasks framework with its database backend, so it needs no other
 # server; `python manage.py db_worker` runs it (docs/operations.md#the-worker).
-TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+TASKS = {"default": {"BACKEND": "bookings_project.tasks_backend.DatabaseBackend"}}
 # E-mail to the booking's user: console (printed by the worker) unless set, e.g.
 # smtp+tls://user:password@smtp.example.com:587.
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")

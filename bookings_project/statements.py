@@ -52,15 +52,22 @@ def update(model: type[Model], *, where: dict[str, Any], values: dict[str, Any])
         return cursor.rowcount
 
 
-def insert(instance: M) -> M:
-    """`instance.save(force_insert=True)` for a new row whose primary key the database assigns."""
+def insert(instance: M, *, signals_done: bool = False) -> M:
+    """`instance.save(force_insert=True)` for a new row: one whose primary key the database
+    assigns, or one whose model sets it itself (a UUID default). `signals_done`: the caller has
+    done what the model's save signals would, so they need not be sent (else such a model
+    goes through the ORM)."""
     model = type(instance)
     connection = connections[router.db_for_write(model, instance=instance)]
     compiled = _cache(connection).get(("insert", model))
     if compiled is None:
         compiled = _cache(connection)[("insert", model)] = _CompiledInsert.build(connection, model)
     params = None
-    if compiled is not _ORM and instance.pk is None and not _has_save_signals(model):
+    if (
+        compiled is not _ORM
+        and (instance.pk is None) == compiled.database_assigns_pk
+        and (signals_done or not _has_save_signals(model))
+    ):
         instance._prepare_related_fields_for_save(operation_name="save")
         params = compiled.params(instance)
     if params is None:
@@ -68,7 +75,7 @@ def insert(instance: M) -> M:
         return instance
     with transaction.mark_for_rollback_on_error(using=connection.alias), connection.cursor() as cursor:
         cursor.execute(compiled.sql, params)
-        row = cursor.fetchone()
+        row = cursor.fetchone() if compiled.returning else ()
     for field, value in zip(compiled.returning, row, strict=True):
         setattr(instance, field.attname, value)
     instance._state.adding = False
@@ -192,23 +199,26 @@ class _CompiledUpdate:
 class _CompiledInsert:
     def __init__(self, sql: str, compiler, fields: list, returning: list) -> None:
         self.sql, self.compiler, self.fields, self.returning = sql, compiler, fields, returning
+        # Else the model sets its primary key itself, and nothing is read back.
+        self.database_assigns_pk = bool(returning)
 
     @classmethod
     def build(cls, connection, model):
         meta = model._meta
-        if not connection.features.can_return_columns_from_insert or meta.parents or meta.auto_field is None:
+        if not connection.features.can_return_columns_from_insert or meta.parents:
             return _ORM
         fields = [field for field in meta.local_concrete_fields if field is not meta.auto_field and not field.generated]
         if any(hasattr(field, "get_placeholder") for field in fields):
             return _ORM
+        returning = meta.db_returning_fields if meta.auto_field is not None else []
         query = InsertQuery(model)
         query.insert_values(fields, [model()])  # Defaults only: the SQL, not its values, is kept.
         compiler = query.get_compiler(connection=connection)
-        compiler.returning_fields = meta.db_returning_fields
+        compiler.returning_fields = returning or None
         [(sql, _)] = compiler.as_sql()
-        if compiler.get_converters([field.get_col(meta.db_table) for field in meta.db_returning_fields]):
+        if compiler.get_converters([field.get_col(meta.db_table) for field in returning]):
             return _ORM
-        return cls(sql, compiler, fields, meta.db_returning_fields)
+        return cls(sql, compiler, fields, returning)
 
     def params(self, instance: Model) -> list | None:
         # What the ORM's INSERT compiler does for each value (pre_save sets auto_now fields).

@@ -23,14 +23,18 @@ from django.db.models.functions import Greatest
 from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django_tasks_db.backend import DatabaseBackend as TheirBackend
+from django_tasks_db.models import DBTaskResult
 from rest_framework.authtoken.models import Token
 
 from bookings.models import Booking, BookingEvent
 from bookings.services import booking_create
 from bookings_project import statements
 from bookings_project.statements import _ORM
+from bookings_project.tasks_backend import DatabaseBackend as OurBackend
 from flights.models import Flight, SeatHold
 from flights.services import flight_seats_change
+from notifications.tasks import deliver, dispatch_events
 from payments.models import IdempotencyKey
 from tests.factories import initiated, make_flight
 from tests.support.api import post_payment
@@ -271,13 +275,14 @@ def test_a_booking_and_its_payment_send_only_compiled_statements(user, user_clie
     assert post_payment(user_client, body["id"], "pay", body["totalCost"]).status_code == 201
 
     # The token (each request); the flight; its seats; the booking, its hold, three events and two outbox events
-    # (created, confirmed); the key, the payment, the charge; booking PENDING, BOOKED; payment SUCCEEDED; the key's
-    # answer.
+    # (created, confirmed) with the worker's task queued after each; the key, the payment, the charge; booking
+    # PENDING, BOOKED; payment SUCCEEDED; the key's answer.
     assert _compiled_kinds() == [
         ("get", "Flight"),
         ("get", "Token"),
         ("insert", "Booking"),
         ("insert", "BookingEvent"),
+        ("insert", "DBTaskResult"),
         ("insert", "IdempotencyKey"),
         ("insert", "OutboxEvent"),
         ("insert", "Payment"),
@@ -306,7 +311,7 @@ def test_a_seat_change_of_the_flights_api_sends_its_writes_compiled(flight):
 @pytest.mark.django_db(transaction=True)
 def test_the_saga_sends_its_writes_compiled(saga_in_process, user, flight):
     """A booking that walks the saga, as over the HTTP adapter: booking, its audit and outbox
-    events, the seat change, the booking's seats state RESERVED."""
+    events (and the worker's task), the seat change, the booking's seats state RESERVED."""
     _forget_compiled()
     booking = booking_create(user=user, flight_id=flight.pk, seats=2)
     assert Booking.objects.get(pk=booking.pk).seats_state == Booking.SeatsState.RESERVED
@@ -316,8 +321,24 @@ def test_the_saga_sends_its_writes_compiled(saga_in_process, user, flight):
         ("get", "SeatHold"),
         ("insert", "Booking"),
         ("insert", "BookingEvent"),
+        ("insert", "DBTaskResult"),
         ("insert", "OutboxEvent"),
         ("insert", "SeatHold"),
         ("update", "Booking"),
         ("update", "Flight"),
     ]
+
+
+@pytest.mark.django_db
+def test_the_task_queue_writes_the_row_django_tasks_dbs_own_backend_would():
+    """bookings_project.tasks_backend: the queue's INSERT compiled, its model's primary key set
+    by the model, its save signal's work done by the backend: the same row as the ORM's."""
+    _forget_compiled()
+    fields = [f.name for f in DBTaskResult._meta.concrete_fields if f.name not in ("id", "enqueued_at")]
+    for task, args in ((dispatch_events, [[1, 2]]), (deliver.using(run_after=timezone.now()), [7, "email"])):
+        ours = OurBackend("default", {}).enqueue(task, args, {})
+        theirs = TheirBackend("default", {}).enqueue(task, args, {})
+        rows = {row.pk: [getattr(row, name) for name in fields] for row in DBTaskResult.objects.all()}
+        assert rows[uuid.UUID(ours.id)] == rows[uuid.UUID(theirs.id)]
+        DBTaskResult.objects.all().delete()
+    assert ("insert", "DBTaskResult") in _compiled_kinds()
