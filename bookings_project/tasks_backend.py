@@ -12,16 +12,34 @@ from __future__ import annotations
 from typing import Any
 
 from django_tasks_db.backend import DatabaseBackend as BaseDatabaseBackend
-from django_tasks_db.compat import Task, normalize_json, task_enqueued
+from django_tasks_db.backend import TaskResult
+from django_tasks_db.compat import Task, TaskResultStatus, normalize_json, task_enqueued
 
 from bookings_project import statements
 
 
 class DatabaseBackend(BaseDatabaseBackend):
-    def enqueue(self, task: Task, args: Any, kwargs: Any):
-        # As the base class does, with the task's result built once instead of twice.
+    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+        # As the base class does, with the task's result built once instead of twice, and from
+        # the task in hand (the row's `task_result` imports it again by its path).
         self.validate_task(task)
-        result = self._task_to_db_task(task, args, kwargs).task_result
+        row = self._task_to_db_task(task, args, kwargs)
+        result = TaskResult(
+            db_result=row,
+            task=task,
+            id=str(row.id),
+            status=TaskResultStatus.READY,
+            enqueued_at=row.enqueued_at,
+            started_at=None,
+            last_attempted_at=None,
+            finished_at=None,
+            args=row.args_kwargs["args"],
+            kwargs=row.args_kwargs["kwargs"],
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+        )
+        object.__setattr__(result, "_return_value", None)
         task_enqueued.send(type(self), task_result=result)
         return result
 

@@ -342,3 +342,12 @@ def test_the_task_queue_writes_the_row_django_tasks_dbs_own_backend_would():
         assert rows[uuid.UUID(ours.id)] == rows[uuid.UUID(theirs.id)]
         DBTaskResult.objects.all().delete()
     assert ("insert", "DBTaskResult") in _compiled_kinds()
+
+
+@pytest.mark.django_db
+def test_the_task_queue_answers_the_result_django_tasks_dbs_own_backend_would():
+    ours = OurBackend("default", {}).enqueue(dispatch_events, [[3]], {})
+    read_back = DBTaskResult.objects.get(pk=ours.id).task_result
+
+    assert ours == read_back  # Every field, the task included (its backend, queue, priority, run_after).
+    assert (ours.status, ours.args, ours.task.name) == ("READY", [[3]], "dispatch_events")
