@@ -31,6 +31,8 @@ THROTTLE_RATES = {"token": "", "bookings": "", "payments": ""}
 # this off. Attempts run in the caller, one at a time, unless a test asks for threads.
 WEBHOOK_ALLOW_INSECURE = True
 NOTIFICATION_SEND_THREADS = 0
+# Each commit's events queued at once, on its own thread: the statements the tests count.
+NOTIFICATION_ENQUEUE_BATCH_SECONDS = 0
 # No worker runs in most tests, so cleanup would find every event "forgotten" and count its
 # re-queue: the notification tests set a window of their own (tests/notifications).
 NOTIFICATION_REQUEUE_AFTER_SECONDS = 10 * 365 * 24 * 3600

@@ -4,6 +4,7 @@ events past their retention, and the database queue's finished tasks."""
 
 import datetime as dt
 import json
+import time
 
 import pytest
 from django_tasks_db.models import DBTaskResult
@@ -130,3 +131,22 @@ def test_a_busy_worker_takes_up_what_a_killed_one_dropped_without_waiting_for_cl
     assert dropped_dispatch.pk in set(
         OutboxEvent.objects.filter(dispatched_at__isnull=False).values_list("booking_id", flat=True)
     )
+
+
+def test_a_web_process_queues_the_events_it_commits_in_a_window_in_one_task(user, flight, receiver, settings):
+    """With NOTIFICATION_ENQUEUE_BATCH_SECONDS (production's 0.05), three bookings committed
+    at once are queued in one task, by the process's own thread, after their commits."""
+    settings.NOTIFICATION_ENQUEUE_BATCH_SECONDS = 0.3
+    register(receiver.url)
+    bookings = [booking_create(user=user, flight_id=flight.pk, seats=seats) for seats in (1, 2, 3)]
+    assert not DBTaskResult.objects.exists()  # Nothing on the requests' own path.
+
+    deadline = time.monotonic() + 10
+    while not DBTaskResult.objects.exists():
+        assert time.monotonic() < deadline, "the batch was never queued"
+        time.sleep(0.02)
+    (queued,) = DBTaskResult.objects.all()
+    events = OutboxEvent.objects.filter(booking__in=bookings).order_by("id")
+    assert queued.args_kwargs == {"args": [[event.pk for event in events]], "kwargs": {}}
+    run_worker()
+    assert len(receiver.received) == 3
