@@ -47,9 +47,24 @@ docs/performance.md too) and the machine. `--json PATH` writes the raw figures. 
 an answer was 5xx (or anything but 2xx and 409), a request got no answer, or a server logged
 a 500; 2 if the run could not be made.
 
+`--code-dir PATH` serves another checkout of the project (a `git worktree` of another commit)
+with this bench: its gunicorn.conf.py, so its code, and its migrations for the databases; the
+same virtualenv. So two commits are compared by the same driver and the same measures.
+
+Notifications (docs/design.md#notifications): with the code of a commit that has them, every
+booking and every payment queues a task for the worker after its commit (the outbox INSERT in
+the transaction, the task's INSERT after it). With no worker (the default) the tasks stay in
+the queue: the request path's cost alone. `--worker` runs one `manage.py db_worker` beside each
+Bookings database, with one webhook endpoint registered at a receiver on loopback
+(bench/receiver.py, answering 204; WEBHOOK_ALLOW_INSECURE=true for the worker), so that every
+event is delivered while the load runs; the worker is a CPU group of its own (its backends are
+among PostgreSQL's). `--no-enqueue` serves the Bookings app with the receiver that queues the
+task disconnected (bench/wsgi_without_enqueue.py; no application code changes): the outbox
+INSERT without the task's. Each scenario prints the queue and the deliveries at its end.
+
 Run: `.venv/bin/python bench/load.py [--scenarios baseline,read,spread,hot] [--adapter inprocess,http]
 [--duration 10] [--warmup 2] [--concurrency 10,50] [--proxy nginx|none] [--worker-class gthread|sync]
-[--markdown] [--json PATH]`.
+[--code-dir PATH] [--worker | --no-enqueue] [--markdown] [--json PATH]`.
 CI smoke: `--duration 2 --warmup 0.5 --concurrency 4`.
 """
 
@@ -65,6 +80,7 @@ import math
 import os
 import platform
 import random
+import re
 import secrets
 import shutil
 import statistics
@@ -85,16 +101,18 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+from receiver import Receiver  # noqa: E402
 from serving import (  # noqa: E402  (scripts/ is not a package)
+    GUNICORN,
     Gunicorn,
     Nginx,
+    ProcessGroup,
     drop_database,
     keepalive_connections,
     nginx_binary,
     recreate_database,
     run_to_the_end,
     service_env,
-    set_up_django,
     start_django_task,
     task_output,
 )
@@ -150,9 +168,16 @@ def customer_name(index: int) -> str:
 
 
 def run_django_task(users: int) -> int:
-    """This script re-invoked with `--django-task`: migrate DATABASE_URL's database, then make
-    staff and `users` customers, all with the password in BENCH_PASSWORD."""
-    set_up_django()
+    """This script re-invoked with `--django-task`: migrate DATABASE_URL's database with the
+    code of the checkout in BENCH_CODE_DIR, then make staff and `users` customers, all with the
+    password in BENCH_PASSWORD, and a webhook endpoint at BENCH_WEBHOOK_URL if it is set."""
+    # That checkout's project, not this one's (scripts/serving.py's set_up_django puts this
+    # one first).
+    sys.path.insert(0, os.environ["BENCH_CODE_DIR"])
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookings_project.settings")
+    import django
+
+    django.setup()
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import make_password
     from django.core.management import call_command
@@ -164,7 +189,97 @@ def run_django_task(users: int) -> int:
     people = [user_model(username=STAFF, password=password, is_staff=True)]
     people += [user_model(username=customer_name(index), password=password) for index in range(users)]
     user_model.objects.bulk_create(people)
+    if os.environ.get("BENCH_WEBHOOK_URL"):
+        from notifications.models import WebhookEndpoint
+
+        WebhookEndpoint.objects.create(url=os.environ["BENCH_WEBHOOK_URL"], description="bench/load.py --worker")
     return 0
+
+
+# Another checkout's servers, and the notifications worker ------------------------------------
+
+
+class CheckoutGunicorn(Gunicorn):
+    """A Gunicorn serving the checkout at `code_dir` (`--code-dir`): started as
+    scripts/serving.py starts one, but with that checkout's gunicorn.conf.py, which puts its
+    own directory first on the path, so that the app is that checkout's code; `app`, a
+    module:callable of bench/, serves that WSGI application instead of the config's
+    (`--no-enqueue`: bench/wsgi_without_enqueue.py)."""
+
+    def __init__(self, *args: Any, code_dir: Path, app: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.code_dir = code_dir
+        self.app = app
+
+    def start(self) -> None:
+        env = {**self.env, "GUNICORN_WORKERS": str(self.workers), "GUNICORN_THREADS": str(self.threads)}
+        command = [
+            GUNICORN,
+            "--config",
+            str(self.code_dir / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--worker-class",
+            self.worker_class,
+            "--timeout",
+            "30",
+            "--graceful-timeout",
+            "5",
+            *(["--pythonpath", str(ROOT / "bench"), self.app] if self.app else []),
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=env, cwd=self.code_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+
+# What the worker logs when something went wrong (the JSON log format, or a bare traceback).
+WORKER_ERROR_LOG = re.compile(r'"level": ?"(ERROR|CRITICAL)"|^Traceback')
+
+
+class Worker(ProcessGroup):
+    """`manage.py db_worker` of the checkout served, on one Bookings database, polling every
+    50 ms as in the suite's worker tests; in its own session (process group), as the servers
+    are, so that its CPU is a group of its own."""
+
+    error_log = WORKER_ERROR_LOG
+
+    def __init__(self, name: str, env: dict[str, str], *, code_dir: Path, log_dir: Path) -> None:
+        self.name = name
+        self.env = env
+        self.code_dir = code_dir
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = [PYTHON, "manage.py", "db_worker", "--interval", "0.05", "--no-startup-delay"]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=self.env, cwd=self.code_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+
+def notification_figures(bookings_url: str) -> dict[str, int]:
+    """The queue's tasks and the deliveries by state, and the outbox events not yet dispatched;
+    nothing for code without notifications."""
+    with psycopg.connect(bookings_url) as connection:
+        if connection.execute("SELECT to_regclass('bookings_outboxevent')").fetchone()[0] is None:
+            return {}
+        events, undispatched = connection.execute(
+            "SELECT count(*), count(*) FILTER (WHERE dispatched_at IS NULL) FROM bookings_outboxevent"
+        ).fetchone()
+        tasks = dict(
+            connection.execute(
+                "SELECT status, count(*) FROM django_tasks_database_dbtaskresult GROUP BY status"
+            ).fetchall()
+        )
+        deliveries = dict(connection.execute("SELECT state, count(*) FROM notifications_delivery GROUP BY state"))
+    return {
+        "events": events,
+        "events_undispatched": undispatched,
+        **{f"tasks_{status.lower()}": count for status, count in sorted(tasks.items())},
+        **{f"deliveries_{state}": count for state, count in sorted(deliveries.items())},
+    }
 
 
 # Answers and what is recorded of them --------------------------------------------------------
@@ -497,6 +612,9 @@ class ScenarioResult:
     hot_flights: int = 0  # hot: flights in the chain ...
     hot_sold_out: int = 0  # ... sold out in the window.
     failures: list[Failure] = field(default_factory=list)
+    # At the end of the window: the queue's tasks by status, deliveries by state, outbox events
+    # (notification_figures); empty for code without notifications.
+    notifications: dict[str, int] = field(default_factory=dict)
 
     @property
     def per(self) -> str:
@@ -675,12 +793,20 @@ class Fixtures:
 class AdapterRun:
     """Databases, servers and load for one Flights adapter."""
 
-    def __init__(self, adapter: str, args: argparse.Namespace, log_dir: Path, servers: list[Gunicorn | Nginx]) -> None:
+    def __init__(
+        self,
+        adapter: str,
+        args: argparse.Namespace,
+        log_dir: Path,
+        servers: list[Gunicorn | Nginx | Worker],
+        receiver: Receiver | None = None,
+    ) -> None:
         self.adapter = adapter
         self.args = args
         self.log_dir = log_dir
         self.servers = servers  # Shared with the teardown.
-        self.running: dict[str, Gunicorn | Nginx] = {}  # By role: bookings, flights, nginx.
+        self.running: dict[str, Gunicorn | Nginx | Worker] = {}  # By role: bookings, flights, nginx, worker.
+        self.receiver = receiver  # With --worker: where the webhook endpoint the setup registers points.
         self.flight_numbers = 0
         self.password = secrets.token_urlsafe(16)
         self.secret_key = secrets.token_urlsafe(50)
@@ -716,10 +842,15 @@ class AdapterRun:
         args = self.args
         for name in self.databases.values():
             recreate_database(args.pg_url, name)
+        setup = {"BENCH_PASSWORD": self.password, "BENCH_CODE_DIR": str(args.code_dir)}
+        webhook = {
+            "bookings": {"BENCH_WEBHOOK_URL": receiver.url} if (receiver := self.receiver) else {},
+            "flights": {},
+        }
         tasks = [
             (
                 role,
-                start_django_task(__file__, {**self.env(role), "BENCH_PASSWORD": self.password}, "--users", str(users)),
+                start_django_task(__file__, {**self.env(role), **setup, **webhook[role]}, "--users", str(users)),
             )
             for role, users in (("bookings", max(args.concurrency)), ("flights", 0))
             if role in self.databases
@@ -761,16 +892,36 @@ class AdapterRun:
         self.inventory_url = flights_url or self.bookings.url
         for host in self.hosts:
             host.wait_ready("/healthz", "/readyz")
+        if args.worker:
+            # One worker for the hosts' one database, as `make run` starts one beside the server.
+            env = {**self.env("bookings", flights_url=flights_url), "WEBHOOK_ALLOW_INSECURE": "true"}
+            worker = Worker(f"{self.adapter}-worker", env, code_dir=args.code_dir, log_dir=self.log_dir)
+            self.servers.append(worker)
+            self.running["worker"] = worker
+            worker.start()
+            self.running["receiver"] = self.receiver  # Measured too: else its CPU would be "other".
         return asyncio.run(self.drive())
 
+    async def notifications_at(self, when: float) -> dict[str, int]:
+        await asyncio.sleep(max(0.0, when - time.perf_counter()))
+        return await asyncio.to_thread(notification_figures, self.urls["bookings"])
+
     def serve(self, role: str, env: dict[str, str], workers: int, threads: int, worker_class: str) -> Gunicorn:
-        server = Gunicorn(
+        # This checkout's as scripts/serving.py serves it, or another's (--code-dir), or
+        # without the enqueue of committed outbox events (--no-enqueue, the Bookings app only).
+        other: dict[str, Any] = {}
+        if self.args.no_enqueue and role.startswith("bookings"):
+            other = {"code_dir": self.args.code_dir, "app": "wsgi_without_enqueue:application"}
+        elif self.args.code_dir != ROOT:
+            other = {"code_dir": self.args.code_dir}
+        server = (CheckoutGunicorn if other else Gunicorn)(
             f"{self.adapter}-{role}",
             env,
             workers=workers,
             threads=threads,
             worker_class=worker_class,
             log_dir=self.log_dir,
+            **other,
         )
         self.servers.append(server)
         self.running[role] = server
@@ -893,6 +1044,7 @@ class AdapterRun:
         server_pgids = {role: server.process.pid for role, server in self.running.items()}
         meter = CpuMeter(server_pgids, list(self.databases.values()))
         cpu_before = asyncio.create_task(meter.snapshot_at(measure_from))
+        notifications_before = asyncio.create_task(self.notifications_at(measure_from))
 
         async def virtual_user(index: int, user: User) -> float:
             rng = random.Random(f"{args.seed}:{self.adapter}:{scenario.name}:{len(users)}:{index}")
@@ -905,6 +1057,12 @@ class AdapterRun:
         stop_sampling.set()
         postgres = await sampler
         cpu = meter.figures(await cpu_before, meter.snapshot())
+        notifications = notification_figures(self.urls["bookings"])
+        before = await notifications_before
+        # Delivered in the window, for the worker's CPU a delivery.
+        if notifications and args.worker:
+            delivered = notifications.get("deliveries_delivered", 0) - before.get("deliveries_delivered", 0)
+            notifications["delivered_in_window"] = delivered
 
         seconds = max(stopped) - measure_from
         requests = sum(sum(answers.values()) for answers in recorder.answers.values())
@@ -927,6 +1085,7 @@ class AdapterRun:
             proxy=args.proxy,
             postgres=postgres,
             seats=seat_figures(inventory, bookings),
+            notifications=notifications,
             failures=list(recorder.failures.values()),
         )
         if isinstance(scenario, Hot):
@@ -989,7 +1148,8 @@ def cpu_text(cpu: CpuFigures) -> str:
 
 def cpu_groups(result: ScenarioResult) -> dict[str, float]:
     """CPU ms per flow or request by group: the app (the Bookings gunicorns together), the
-    Flights gunicorn (http adapter), nginx, PostgreSQL's backends, the bench; NaN if unknown."""
+    Flights gunicorn (http adapter), nginx, PostgreSQL's backends, the bench, the notifications
+    worker (--worker); NaN if unknown."""
     ms_of = result.cpu_ms
     groups = {
         "app": sum(value for name, value in ms_of.items() if name.startswith("bookings")) if ms_of else math.nan,
@@ -999,6 +1159,7 @@ def cpu_groups(result: ScenarioResult) -> dict[str, float]:
         else math.nan,
         "PostgreSQL": ms_of.get("PostgreSQL", math.nan),
         "bench": ms_of.get("bench", math.nan),
+        "worker": ms_of.get("worker", math.nan),
     }
     if "PostgreSQL" not in ms_of:  # No /proc: the bench's own alone.
         groups["app"] = math.nan
@@ -1048,6 +1209,12 @@ def print_scenario(adapter: str, result: ScenarioResult, args: argparse.Namespac
         f"waiting on a lock {pg.lock_waiting_mean:.1f} (max {pg.lock_waiting_max})"
     )
     print(f"  seats, all {result.seats.flights} flights: {seats_text(result.seats)}")
+    if result.notifications:
+        figures = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in result.notifications.items())
+        print(f"  notifications, at the end: {figures}")
+        delivered, worker = result.notifications.get("delivered_in_window", 0), result.cpu.seconds.get("worker")
+        if delivered and worker is not None:
+            print(f"  worker CPU ms per delivery in the window: {1000 * worker / delivered:.2f}")
     if result.hot_flight is not None:
         pace = f", one every {result.seconds / result.hot_sold_out:.1f} s" if result.hot_sold_out else ""
         ran_out = "; the chain RAN OUT: the window ended early" if result.hot_sold_out == result.hot_flights else ""
@@ -1064,7 +1231,7 @@ def print_scenario(adapter: str, result: ScenarioResult, args: argparse.Namespac
     sys.stdout.flush()
 
 
-def summary_rows(results: dict[str, list[ScenarioResult]]) -> list[list[str]]:
+def summary_rows(results: dict[str, list[ScenarioResult]], columns: tuple[str, ...]) -> list[list[str]]:
     """Per adapter, scenario and endpoint: throughput and p50 as ratios of the same run's baseline."""
     rows = []
     for adapter, scenarios in results.items():
@@ -1077,7 +1244,7 @@ def summary_rows(results: dict[str, list[ScenarioResult]]) -> list[list[str]]:
             groups = cpu_groups(result)
             for position, (endpoint, figures) in enumerate(result.endpoints.items()):
                 first = position == 0
-                cpu = [cpu_ms(groups[name]) if first else "" for name in CPU_COLUMNS]
+                cpu = [cpu_ms(groups[name]) if first else "" for name in columns]
                 rows.append(
                     [
                         adapter if first else "",
@@ -1133,22 +1300,27 @@ def http_cost_ratios(rounds: list[dict[str, list[ScenarioResult]]]) -> list[str]
 CPU_COLUMNS = ("app", "flights", "nginx", "PostgreSQL", "bench")
 
 
+def cpu_columns(args: argparse.Namespace) -> tuple[str, ...]:
+    return (*CPU_COLUMNS, "worker") if args.worker else CPU_COLUMNS
+
+
 def ratio(value: float, base: float) -> str:
     return "-" if math.isnan(value) or math.isnan(base) or base == 0 else f"{value / base:.2f}"
 
 
-SUMMARY_HEADERS = [
-    "adapter",
-    "scenario",
-    "users",
-    "throughput",
-    "÷ baseline",
-    *(f"{name} CPU ms" for name in CPU_COLUMNS),
-    "endpoint",
-    "p50 ms",
-    "÷ baseline p50",
-    "p99 ms",
-]
+def summary_headers(columns: tuple[str, ...]) -> list[str]:
+    return [
+        "adapter",
+        "scenario",
+        "users",
+        "throughput",
+        "÷ baseline",
+        *(f"{name} CPU ms" for name in columns),
+        "endpoint",
+        "p50 ms",
+        "÷ baseline p50",
+        "p99 ms",
+    ]
 
 
 def machine(args: argparse.Namespace) -> dict[str, Any]:
@@ -1170,7 +1342,25 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
         if args.proxy == "nginx"
         else "none",
         "load_average_at_start": round(os.getloadavg()[0], 2),
+        "code": code_text(args.code_dir),
+        "notifications_worker": "one db_worker, one webhook endpoint at a local receiver" if args.worker else "none",
+        "enqueue": "off (bench/wsgi_without_enqueue.py)" if args.no_enqueue else "as the code does",
     }
+
+
+def code_text(code_dir: Path) -> str:
+    """The checkout served and its commit, and whether its working tree had changes."""
+
+    def git(*command: str) -> str:
+        try:
+            found = subprocess.run(["git", "-C", str(code_dir), *command], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return found.stdout.strip() if found.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    changed = " with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return f"{code_dir} at {commit}{changed}"
 
 
 def size_text(workers: int, threads: int, worker_class: str) -> str:
@@ -1191,7 +1381,8 @@ def machine_text(info: dict[str, Any], args: argparse.Namespace) -> str:
     return (
         f"{info['cores']} cores, {info['ram_gib']} GiB RAM, {info['platform']}, Python {info['python']}, "
         f"PostgreSQL {info['postgresql']}; Bookings gunicorn {info['bookings_gunicorn']}{flights}; "
-        f"proxy {info['proxy']}; "
+        f"proxy {info['proxy']}; code {info['code']}; notifications worker {info['notifications_worker']}, "
+        f"task enqueue {info['enqueue']}; "
         f"{users} users, {args.duration:g} s per scenario after {args.warmup:g} s warm-up, "
         f"payment delay {args.payment_delay_ms} ms; the bench runs on the same cores; "
         f"load average {info['load_average_at_start']} at the start"
@@ -1223,8 +1414,9 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.log_dir = Path(tempfile.mkdtemp(prefix="bench-load-"))
-        self.servers: list[Gunicorn | Nginx] = []
+        self.servers: list[Gunicorn | Nginx | Worker] = []
         self.runs: list[AdapterRun] = []
+        self.receiver: Receiver | None = None  # --worker: where the webhook endpoint points.
         self.failed = True  # Until the checks pass: keep the logs.
         self.torn_down = False
 
@@ -1232,6 +1424,9 @@ class Bench:
         args = self.args
         info = machine(args)
         print(f"machine: {machine_text(info, args)}", flush=True)
+        if args.worker:
+            self.receiver = Receiver(self.log_dir / "receiver.log")
+            self.receiver.start()
         cpu_before, wall_before = os.times(), time.perf_counter()
         rounds: list[dict[str, list[ScenarioResult]]] = []
         log_errors: list[str] = []
@@ -1245,7 +1440,7 @@ class Bench:
                 if args.rounds > 1:
                     print(f"\nround {number + 1} of {args.rounds}: {adapter}", flush=True)
                 started = time.perf_counter()
-                run = AdapterRun(adapter, args, self.log_dir, self.servers)
+                run = AdapterRun(adapter, args, self.log_dir, self.servers, self.receiver)
                 self.runs.append(run)
                 results[adapter] = run.execute()
                 self.stop_servers()
@@ -1259,16 +1454,17 @@ class Bench:
         cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
         wall = time.perf_counter() - wall_before
         for number, results in enumerate(rounds, start=1):
-            rows = summary_rows(results)
+            columns = cpu_columns(args)
+            rows = summary_rows(results, columns)
             print(
                 f"\nsummary{f' of round {number}' if len(rounds) > 1 else ''} (throughput: flows/s for spread and "
                 "hot, a flow being a booking and its payment; req/s else; CPU ms: per flow, or per request for "
                 "baseline and read):"
             )
-            print(table(SUMMARY_HEADERS, rows, indent="  "))
+            print(table(summary_headers(columns), rows, indent="  "))
             if args.markdown:
                 print(f"\nMachine: {machine_text(info, args)}.\n")
-                print(table(SUMMARY_HEADERS, rows, markdown=True))
+                print(table(summary_headers(columns), rows, markdown=True))
         for line in http_cost_ratios(rounds):
             print(line)
         print(f"\nbench process CPU: {cpu:.1f} s over {wall:.1f} s ({100 * cpu / wall:.0f}% of one of {CORES} cores)")
@@ -1303,6 +1499,7 @@ class Bench:
                 "options": {
                     **{key: value for key, value in vars(args).items() if key not in ("django_task", "users")},
                     "pg_url": without_password(args.pg_url),
+                    "code_dir": str(args.code_dir),
                 },
                 "seconds": timings,
                 "bench_cpu_seconds": cpu,
@@ -1336,6 +1533,8 @@ class Bench:
         self.torn_down = True
         for server in self.servers:
             server.kill()
+        if self.receiver is not None:
+            self.receiver.kill()
         for run in self.runs:
             self.drop_databases(run)
         if self.args.keep:
@@ -1424,6 +1623,23 @@ def parse_args() -> argparse.Namespace:
         help="run the adapters this many times, in turn A B B A ..., for ratios a drifting machine cannot skew",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the users' choices (default 1)")
+    parser.add_argument(
+        "--code-dir",
+        type=Path,
+        default=ROOT,
+        help="serve this checkout of the project instead (e.g. a git worktree of another commit; default this one)",
+    )
+    parser.add_argument(
+        "--no-enqueue",
+        action="store_true",
+        help="the Bookings app writes its outbox events but queues no task after the commit "
+        "(bench/wsgi_without_enqueue.py): the outbox INSERT's cost without the task INSERT's",
+    )
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="run one notifications worker (manage.py db_worker) during the load, delivering to a local receiver",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the summary as a markdown table too")
     parser.add_argument("--json", metavar="PATH", help="write the raw figures there")
     parser.add_argument("--keep", action="store_true", help="keep the databases and the server logs")
@@ -1444,6 +1660,13 @@ def parse_args() -> argparse.Namespace:
         parser.error("--concurrency and --max-conns must be at least 1, --duration more than 0, --warmup at least 0")
     if not 1 <= args.hosts <= min(args.concurrency):
         parser.error("--hosts must be from 1 to the lowest --concurrency")
+    args.code_dir = args.code_dir.resolve()
+    if not (args.code_dir / "gunicorn.conf.py").is_file() or not (args.code_dir / "manage.py").is_file():
+        parser.error(f"--code-dir {args.code_dir}: not a checkout of the project (no gunicorn.conf.py, manage.py)")
+    if (args.worker or args.no_enqueue) and not (args.code_dir / "notifications").is_dir():
+        parser.error(f"--worker, --no-enqueue: the code in {args.code_dir} has no notifications")
+    if args.worker and args.no_enqueue:
+        parser.error("--worker and --no-enqueue: the worker would have nothing queued")
     return args
 
 

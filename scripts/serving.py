@@ -139,9 +139,45 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in SERVING_PORTS={span}")
 
 
-class Gunicorn:
+class ProcessGroup:
+    """A process these scripts started in its own session, and so its own process group: it
+    and its children are stopped or killed at once, and nothing else is. Subclasses set
+    `name`, `log_path`, `process` and the log pattern of `logged_server_errors`."""
+
+    name: str
+    log_path: Path
+    process: subprocess.Popen | None
+    error_log: re.Pattern = re.compile(r"$^")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group."""
+        if self.running:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait()
+
+    def stop(self) -> None:
+        """Graceful shutdown (what is in flight finishes), then SIGKILL whatever is left."""
+        if self.running:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+        self.kill()
+
+    def logged_server_errors(self) -> list[str]:
+        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+        return [f"{self.name} log: {line[:300]}" for line in lines if self.error_log.search(line)]
+
+
+class Gunicorn(ProcessGroup):
     """One gunicorn serving the project on a loopback port, in its own session and so its own
     process group: the master and its workers can be killed at once, and nothing else is."""
+
+    error_log = SERVER_ERROR_LOG
 
     def __init__(
         self,
@@ -188,10 +224,6 @@ class Gunicorn:
                 command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def wait_ready(self, *paths: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         for path in paths:
@@ -206,25 +238,6 @@ class Gunicorn:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.name} {path} not ready after {START_TIMEOUT:.0f} s; see {self.log_path}")
                 time.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL the master and every worker (the process group this script started)."""
-        if self.running:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if self.process is not None:
-            self.process.wait()
-
-    def stop(self) -> None:
-        """Graceful shutdown (in-flight requests finish), then SIGKILL whatever is left."""
-        if self.running:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=10)
-        self.kill()
-
-    def logged_server_errors(self) -> list[str]:
-        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
-        return [f"{self.name} log: {line[:300]}" for line in lines if SERVER_ERROR_LOG.search(line)]
 
     def worker_pids(self) -> list[int]:
         if not self.running:
