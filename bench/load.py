@@ -103,7 +103,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from receiver import Receiver  # noqa: E402
 from serving import (  # noqa: E402  (scripts/ is not a package)
-    GUNICORN,
     Gunicorn,
     Nginx,
     ProcessGroup,
@@ -197,40 +196,6 @@ def run_django_task(users: int) -> int:
 
 
 # Another checkout's servers, and the notifications worker ------------------------------------
-
-
-class CheckoutGunicorn(Gunicorn):
-    """A Gunicorn serving the checkout at `code_dir` (`--code-dir`): started as
-    scripts/serving.py starts one, but with that checkout's gunicorn.conf.py, which puts its
-    own directory first on the path, so that the app is that checkout's code; `app`, a
-    module:callable of bench/, serves that WSGI application instead of the config's
-    (`--no-enqueue`: bench/wsgi_without_enqueue.py)."""
-
-    def __init__(self, *args: Any, code_dir: Path, app: str = "", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.code_dir = code_dir
-        self.app = app
-
-    def start(self) -> None:
-        env = {**self.env, "GUNICORN_WORKERS": str(self.workers), "GUNICORN_THREADS": str(self.threads)}
-        command = [
-            GUNICORN,
-            "--config",
-            str(self.code_dir / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--worker-class",
-            self.worker_class,
-            "--timeout",
-            "30",
-            "--graceful-timeout",
-            "5",
-            *(["--pythonpath", str(ROOT / "bench"), self.app] if self.app else []),
-        ]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, env=env, cwd=self.code_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
 
 
 # What the worker logs when something went wrong (the JSON log format, or a bare traceback).
@@ -909,19 +874,16 @@ class AdapterRun:
     def serve(self, role: str, env: dict[str, str], workers: int, threads: int, worker_class: str) -> Gunicorn:
         # This checkout's as scripts/serving.py serves it, or another's (--code-dir), or
         # without the enqueue of committed outbox events (--no-enqueue, the Bookings app only).
-        other: dict[str, Any] = {}
-        if self.args.no_enqueue and role.startswith("bookings"):
-            other = {"code_dir": self.args.code_dir, "app": "wsgi_without_enqueue:application"}
-        elif self.args.code_dir != ROOT:
-            other = {"code_dir": self.args.code_dir}
-        server = (CheckoutGunicorn if other else Gunicorn)(
+        without_enqueue = self.args.no_enqueue and role.startswith("bookings")
+        server = Gunicorn(
             f"{self.adapter}-{role}",
             env,
             workers=workers,
             threads=threads,
             worker_class=worker_class,
             log_dir=self.log_dir,
-            **other,
+            code_dir=self.args.code_dir,
+            app=["--pythonpath", str(ROOT / "bench"), "wsgi_without_enqueue:application"] if without_enqueue else None,
         )
         self.servers.append(server)
         self.running[role] = server

@@ -9,7 +9,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Exists, OuterRef, QuerySet
 from rest_framework import serializers
 
-from bookings.models import Booking, OutboxEvent
+from bookings.models import OutboxEvent
 from bookings.serializers import BookingSerializer
 from notifications.models import Delivery, WebhookEndpoint
 from payments.models import Payment
@@ -22,7 +22,7 @@ def event_body(*, event: OutboxEvent) -> str:
     """The JSON every delivery of the event sends: `{"id", "type", "createdAt", "data":
     {"booking", "payment"}}`, the booking and payment as GET answers them now (the worker
     renders it once, when it first picks the event up, and keeps it)."""
-    booking = Booking.objects.get(pk=event.booking_id)
+    booking = event.booking  # Read with the event, under its lock (services.event_dispatch).
     payment = _payment_of(event)
     body = {
         "id": event.public_id,

@@ -17,7 +17,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import close_old_connections, connections, transaction
+from django.db import close_old_connections, connections
 from django_tasks import task
 
 from notifications import sender, services
@@ -109,16 +109,8 @@ committed = CommittedEvents()
 
 
 def enqueue_retry(*, delivery_id: int, at: dt.datetime, lane: str) -> None:
-    transaction.on_commit(lambda: deliver.using(run_after=at).enqueue(delivery_id, lane))
-
-
-def requeue(*, event_ids: list[int], deliveries: bool) -> None:
-    """Cleanup: queue again the events nobody dispatched, and (one task for all of them) the
-    deliveries that are due and that nobody is attempting."""
-    if event_ids:
-        dispatch_events.enqueue(event_ids)
-    if deliveries:
-        deliver_due.enqueue()
+    """The next attempt's task, to run at its time (its delivery's row is committed already)."""
+    deliver.using(run_after=at).enqueue(delivery_id, lane)
 
 
 @task()

@@ -148,6 +148,8 @@ class ProcessGroup:
     log_path: Path
     process: subprocess.Popen | None
     error_log: re.Pattern = re.compile(r"$^")
+    # The signal of its graceful stop.
+    stop_signal: int = signal.SIGTERM
 
     @property
     def running(self) -> bool:
@@ -163,7 +165,7 @@ class ProcessGroup:
     def stop(self) -> None:
         """Graceful shutdown (what is in flight finishes), then SIGKILL whatever is left."""
         if self.running:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(self.stop_signal)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=10)
         self.kill()
@@ -188,9 +190,15 @@ class Gunicorn(ProcessGroup):
         log_dir: Path,
         threads: int = 4,
         worker_class: str = "gthread",
+        code_dir: Path = ROOT,
+        app: list[str] | None = None,
     ) -> None:
         self.name = name
         self.env = env
+        # The checkout served (its gunicorn.conf.py puts it first on the path), and gunicorn's
+        # arguments naming another WSGI application than the config's, if any.
+        self.code_dir = code_dir
+        self.app = app or []
         self.workers = workers
         # gunicorn makes a sync worker with threads > 1 a gthread one: sync has one thread.
         self.threads = 1 if worker_class == "sync" else threads
@@ -209,7 +217,7 @@ class Gunicorn(ProcessGroup):
         command = [
             GUNICORN,
             "--config",
-            str(ROOT / "gunicorn.conf.py"),
+            str(self.code_dir / "gunicorn.conf.py"),
             "--bind",
             f"127.0.0.1:{self.port}",
             "--worker-class",
@@ -218,10 +226,11 @@ class Gunicorn(ProcessGroup):
             "30",
             "--graceful-timeout",
             "5",
+            *self.app,
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command, env=env, cwd=self.code_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     def wait_ready(self, *paths: str) -> None:
@@ -273,9 +282,11 @@ def render_nginx_conf(values: dict[str, str], template: Path = NGINX_TEMPLATE) -
     return text
 
 
-class Nginx:
+class Nginx(ProcessGroup):
     """nginx with the production config (deploy/nginx.conf) in front of one gunicorn, on a
     loopback port of its own, in its own session (process group), as Gunicorn is."""
+
+    stop_signal = signal.SIGQUIT  # nginx's graceful stop: answers in flight finish.
 
     def __init__(
         self, name: str, upstream: Gunicorn, *, max_conns: int, log_dir: Path, template: Path = NGINX_TEMPLATE
@@ -315,10 +326,6 @@ class Nginx:
                 start_new_session=True,
             )
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def wait_ready(self, *paths: str) -> None:
         """Through nginx to gunicorn: the upstream must be ready as well."""
         deadline = time.monotonic() + START_TIMEOUT
@@ -335,20 +342,6 @@ class Nginx:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.name} nginx {path} not ready after {START_TIMEOUT:.0f} s")
                 time.sleep(0.1)
-
-    def kill(self) -> None:
-        if self.running:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if self.process is not None:
-            self.process.wait()
-
-    def stop(self) -> None:
-        """nginx's graceful stop (SIGQUIT: answers in flight finish), then SIGKILL what is left."""
-        if self.running:
-            self.process.send_signal(signal.SIGQUIT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=10)
-        self.kill()
 
     def logged_server_errors(self) -> list[str]:
         """nginx's own 500s (a bug of the config, never the app's) from its access log."""

@@ -496,7 +496,7 @@ def _purge_keys(run: _Run, keys: QuerySet) -> None:
 def _requeue_events(run: _Run, events: QuerySet) -> None:
     ids = list(events.order_by("created_at").values_list("pk", flat=True)[: run.batch_size])
     if ids and not run.dry_run:
-        notification_tasks.requeue(event_ids=ids, deliveries=False)
+        notification_tasks.dispatch_events.enqueue(ids)
     run.counts.requeued_notifications += len(ids)
 
 
@@ -504,7 +504,7 @@ def _requeue_deliveries(run: _Run, deliveries: QuerySet) -> None:
     # One task attempts them all: a worker that stays down gets one more per run, not one per delivery.
     forgotten = deliveries.count()
     if forgotten and not run.dry_run:
-        notification_tasks.requeue(event_ids=[], deliveries=True)
+        notification_tasks.deliver_due.enqueue()
     run.counts.requeued_notifications += forgotten
 
 
