@@ -40,9 +40,10 @@ def record_status_change(
     """Write one event, and the outbox's if the change is reported (bookings.outbox). Call it
     in the transaction that changes the status."""
     event = _event(booking_id, from_status=from_status, to_status=to_status, reason=reason, actor=actor)
-    statements.insert(event)
     if reported := outbox.event_for_status_change(from_status=from_status, to_status=to_status):
-        outbox.record_event(type=reported, booking_id=booking_id)
+        outbox.record_event(type=reported, booking_id=booking_id, written_with=(event,))
+    else:
+        statements.insert(event)
     _log(event)
     return event
 

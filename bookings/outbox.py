@@ -9,6 +9,7 @@ the truth, and cleanup re-queues events nobody has picked up.
 from __future__ import annotations
 
 from django.db import transaction
+from django.db.models import Model
 from django.dispatch import Signal
 
 from bookings.models import Booking, OutboxEvent
@@ -34,9 +35,13 @@ def event_for_status_change(*, from_status: str, to_status: str) -> EventType | 
     return STATUS_EVENTS.get(to_status)
 
 
-def record_event(*, type: str, booking_id: int, payment_id: int | None = None) -> OutboxEvent:
-    """Write one event. Call it in the transaction that makes the change."""
-    event = statements.insert(OutboxEvent(type=type, booking_id=booking_id, payment_id=payment_id))
+def record_event(
+    *, type: str, booking_id: int, payment_id: int | None = None, written_with: tuple[Model, ...] = ()
+) -> OutboxEvent:
+    """Write one event. Call it in the transaction that makes the change; `written_with`, rows
+    of the same change (its audit event), are written in the same statement."""
+    event = OutboxEvent(type=type, booking_id=booking_id, payment_id=payment_id)
+    statements.insert_together(*written_with, event)
     _announce_on_commit([event.pk])
     return event
 

@@ -57,30 +57,79 @@ def insert(instance: M, *, signals_done: bool = False) -> M:
     assigns, or one whose model sets it itself (a UUID default). `signals_done`: the caller has
     done what the model's save signals would, so they need not be sent (else such a model
     goes through the ORM)."""
-    model = type(instance)
-    connection = connections[router.db_for_write(model, instance=instance)]
-    compiled = _cache(connection).get(("insert", model))
-    if compiled is None:
-        compiled = _cache(connection)[("insert", model)] = _CompiledInsert.build(connection, model)
-    params = None
-    if (
-        compiled is not _ORM
-        and (instance.pk is None) == compiled.database_assigns_pk
-        and (signals_done or not _has_save_signals(model))
-    ):
-        instance._prepare_related_fields_for_save(operation_name="save")
-        params = compiled.params(instance)
+    connection = connections[router.db_for_write(type(instance), instance=instance)]
+    compiled, params = _insert_params(connection, instance, signals_done=signals_done)
     if params is None:
         instance.save(force_insert=True, using=connection.alias)
         return instance
     with transaction.mark_for_rollback_on_error(using=connection.alias), connection.cursor() as cursor:
         cursor.execute(compiled.sql, params)
         row = cursor.fetchone() if compiled.returning else ()
-    for field, value in zip(compiled.returning, row, strict=True):
+    _inserted(instance, compiled.returning, row, connection)
+    return instance
+
+
+def insert_together(*instances: Model) -> None:
+    """`insert` each of `instances` (of different models, without save signals), in one
+    statement where the database can (PostgreSQL's data-modifying WITH), else one each: a
+    change and the rows written beside it in one round trip."""
+    connection = connections[router.db_for_write(type(instances[0]), instance=instances[0])]
+    prepared = [_insert_params(connection, instance) for instance in instances]
+    if len(instances) == 1 or connection.vendor != "postgresql" or any(params is None for _, params in prepared):
+        for instance in instances:
+            insert(instance)
+        return
+    key = ("insert_together", *(type(instance) for instance in instances))
+    sql = _cache(connection).get(key)
+    if sql is None:
+        sql = _cache(connection)[key] = _insert_together_sql(connection, [compiled for compiled, _ in prepared])
+    returns = any(compiled.returning for compiled, _ in prepared)
+    with transaction.mark_for_rollback_on_error(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute(sql, [value for _, params in prepared for value in params])
+        row = cursor.fetchone() if returns else ()
+    # The last row's columns come first (see _insert_together_sql).
+    for instance, (compiled, _) in zip([instances[-1], *instances[:-1]], [prepared[-1], *prepared[:-1]], strict=True):
+        count = len(compiled.returning)
+        _inserted(instance, compiled.returning, row[:count], connection)
+        row = row[count:]
+
+
+def _insert_params(connection, instance: Model, *, signals_done: bool = False) -> tuple[Any, list | None]:
+    """The compiled INSERT for the instance's model and its parameters, or None for the
+    parameters where the ORM must save it."""
+    model = type(instance)
+    compiled = _cache(connection).get(("insert", model))
+    if compiled is None:
+        compiled = _cache(connection)[("insert", model)] = _CompiledInsert.build(connection, model)
+    if (
+        compiled is _ORM
+        or (instance.pk is None) != compiled.database_assigns_pk
+        or not (signals_done or not _has_save_signals(model))
+    ):
+        return compiled, None
+    instance._prepare_related_fields_for_save(operation_name="save")
+    return compiled, compiled.params(instance)
+
+
+def _insert_together_sql(connection, compiled: list) -> str:
+    """`WITH r0 AS (INSERT ... RETURNING ...), ... INSERT ... RETURNING ...`: the last row's
+    returned columns, then each earlier row's, read back through a sub-select."""
+    quote = connection.ops.quote_name
+    *earlier, last = compiled
+    sql = "WITH " + ", ".join(f"r{n} AS ({each.sql})" for n, each in enumerate(earlier)) + " " + last.sql
+    read_back = [
+        f"(SELECT {quote(field.column)} FROM r{n})" for n, each in enumerate(earlier) for field in each.returning
+    ]
+    if not read_back:
+        return sql
+    return sql + (", " if last.returning else " RETURNING ") + ", ".join(read_back)
+
+
+def _inserted(instance: Model, returning: list, row: tuple, connection) -> None:
+    for field, value in zip(returning, row, strict=True):
         setattr(instance, field.attname, value)
     instance._state.adding = False
     instance._state.db = connection.alias
-    return instance
 
 
 def get(

@@ -27,7 +27,7 @@ from django_tasks_db.backend import DatabaseBackend as TheirBackend
 from django_tasks_db.models import DBTaskResult
 from rest_framework.authtoken.models import Token
 
-from bookings.models import Booking, BookingEvent
+from bookings.models import Booking, BookingEvent, OutboxEvent
 from bookings.services import booking_create
 from bookings_project import statements
 from bookings_project.statements import _ORM
@@ -58,6 +58,10 @@ def _compiled_kinds() -> list[tuple[str, str]]:
     compiled = connection.bookings_statements
     assert [key for key, value in compiled.items() if value is _ORM] == []
     return sorted((key[0], key[1].__name__) for key in compiled)
+
+
+# An audit event and its outbox event, written in one statement where the database can.
+_AUDIT_WITH_OUTBOX = [("insert_together", "BookingEvent")] if connection.vendor == "postgresql" else []
 
 
 # UPDATE ------------------------------------------------------------------------------------
@@ -203,6 +207,34 @@ def test_a_model_with_save_signals_is_saved_by_the_orm(user, flight):
     assert heard == [("PENDING", True)]
 
 
+def test_rows_inserted_together_are_one_statement_on_postgresql_and_read_back_their_keys(user, flight):
+    booking = initiated(user, flight)
+    _forget_compiled()
+    for _ in range(2):  # Compiled, then sent compiled.
+        audit = BookingEvent(
+            booking_id=booking.pk, from_status="INITIATED", to_status="BOOKED", reason="paid", actor="user"
+        )
+        event = OutboxEvent(type=OutboxEvent.Type.BOOKING_CONFIRMED, booking_id=booking.pk)
+        sql = _sql_of(lambda audit=audit, event=event: statements.insert_together(audit, event))
+        assert len(sql) == (1 if connection.vendor == "postgresql" else 2)
+        if connection.vendor == "postgresql":
+            assert sql[0].startswith('WITH r0 AS (INSERT INTO "bookings_bookingevent"')
+        for row in (audit, event):
+            assert row.pk is not None and not row._state.adding and row._state.db == "default"
+        stored_audit, stored_event = BookingEvent.objects.get(pk=audit.pk), OutboxEvent.objects.get(pk=event.pk)
+        assert (stored_audit.to_status, stored_audit.reason, stored_audit.created_at) == (
+            "BOOKED",
+            "paid",
+            audit.created_at,
+        )
+        assert (stored_event.public_id, stored_event.type, stored_event.created_at) == (
+            event.public_id,
+            "booking.confirmed",
+            event.created_at,
+        )
+    assert OutboxEvent.objects.filter(booking=booking, type="booking.confirmed").count() == 2
+
+
 # Look-up -----------------------------------------------------------------------------------
 
 
@@ -288,6 +320,7 @@ def test_a_booking_and_its_payment_send_only_compiled_statements(user, user_clie
         ("insert", "Payment"),
         ("insert", "SeatHold"),
         ("insert", "SimulatedCharge"),
+        *_AUDIT_WITH_OUTBOX,
         ("update", "Booking"),
         ("update", "Booking"),
         ("update", "Flight"),
@@ -324,6 +357,7 @@ def test_the_saga_sends_its_writes_compiled(saga_in_process, user, flight):
         ("insert", "DBTaskResult"),
         ("insert", "OutboxEvent"),
         ("insert", "SeatHold"),
+        *_AUDIT_WITH_OUTBOX,
         ("update", "Booking"),
         ("update", "Flight"),
     ]

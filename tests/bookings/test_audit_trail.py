@@ -1100,9 +1100,9 @@ def event_insert_fails(reason: str | None = None) -> Iterator[list]:
     refused: list = []
 
     def refuse(execute, sql, params, many, context):
-        if sql.lstrip().upper().startswith('INSERT INTO "BOOKINGS_BOOKINGEVENT"') and (
-            reason is None or reason in (params or ())
-        ):
+        # Alone, or with its outbox event in one statement (PostgreSQL).
+        audit_insert = ('INSERT INTO "BOOKINGS_BOOKINGEVENT"', 'WITH R0 AS (INSERT INTO "BOOKINGS_BOOKINGEVENT"')
+        if sql.lstrip().upper().startswith(audit_insert) and (reason is None or reason in (params or ())):
             refused.append(params)
             raise OperationalError("could not extend file: No space left on device")
         return execute(sql, params, many, context)
