@@ -374,7 +374,7 @@ NOTIFICATION_SEND_THREADS = env.int("NOTIFICATION_SEND_THREADS", default=8)
 NOTIFICATION_LANE_CONNECTIONS = env.int("NOTIFICATION_LANE_CONNECTIONS", default=2)
 # The events a web process commits within this many seconds are queued in one task, by a
 # thread of its own (0: each commit's at once, on its request).
-NOTIFICATION_ENQUEUE_BATCH_SECONDS = env.float("NOTIFICATION_ENQUEUE_BATCH_SECONDS", default=0.05)
+NOTIFICATION_ENQUEUE_BATCH_SECONDS = env.float("NOTIFICATION_ENQUEUE_BATCH_SECONDS", default=0.25)
 # Cleanup re-queues events and deliveries due this long and still not picked up.
 NOTIFICATION_REQUEUE_AFTER_SECONDS = env.int("NOTIFICATION_REQUEUE_AFTER_SECONDS", default=60)
 # Delivered events older than this are deleted by cleanup.

@@ -134,7 +134,7 @@ def test_a_busy_worker_takes_up_what_a_killed_one_dropped_without_waiting_for_cl
 
 
 def test_a_web_process_queues_the_events_it_commits_in_a_window_in_one_task(user, flight, receiver, settings):
-    """With NOTIFICATION_ENQUEUE_BATCH_SECONDS (production's 0.05), three bookings committed
+    """With NOTIFICATION_ENQUEUE_BATCH_SECONDS (production's 0.25), three bookings committed
     at once are queued in one task, by the process's own thread, after their commits."""
     settings.NOTIFICATION_ENQUEUE_BATCH_SECONDS = 0.3
     register(receiver.url)
