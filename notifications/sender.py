@@ -12,10 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import queue
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import requests
 from django.conf import settings
@@ -146,8 +146,16 @@ def _ms_since(clock: float) -> int:
 SWEEP_SECONDS = 10.0
 
 
+# A sending thread that has had nothing to send for this long closes its database connection.
+IDLE_SECONDS = 5.0
+
+
 class Lanes:
-    """The process's sending threads and how many of them each lane is using."""
+    """The process's sending threads and how many of them each lane is using.
+
+    A thread keeps its database connection from one delivery to the next (a connection a
+    delivery cost the worker more CPU than the delivery itself) and closes it after
+    IDLE_SECONDS with nothing to send."""
 
     def __init__(self) -> None:
         self._swept = -SWEEP_SECONDS
@@ -155,7 +163,8 @@ class Lanes:
         self._busy: Counter[str] = Counter()
         # Lanes that were handed work while they were full: their threads look again before leaving.
         self._wanted: set[str] = set()
-        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
 
     def submit(self, due: Due) -> None:
         """Attempt the delivery soon, in its lane; a full lane's threads get to it."""
@@ -167,9 +176,21 @@ class Lanes:
                 self._wanted.add(due.lane)
                 return
             self._busy[due.lane] += 1
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(settings.NOTIFICATION_SEND_THREADS, thread_name_prefix="delivery")
-        self._pool.submit(self._run_lane, due.lane, due.delivery_id)
+            # As many threads as there are lanes at work, up to NOTIFICATION_SEND_THREADS.
+            if len(self._threads) < min(sum(self._busy.values()), settings.NOTIFICATION_SEND_THREADS):
+                thread = threading.Thread(target=self._serve, name=f"delivery-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        self._jobs.put((due.lane, due.delivery_id))
+
+    def stop(self) -> None:
+        """End the sending threads once they are done, their connections closed (tests)."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._jobs.put(None)
+        for thread in threads:
+            thread.join()
 
     def sweep(self, *, force: bool = False) -> None:
         """Take up what a killed worker dropped: events left undispatched and due deliveries
@@ -198,6 +219,24 @@ class Lanes:
             time.sleep(0.01)
         raise TimeoutError(f"deliveries still being sent: {dict(self._busy)}")
 
+    def _serve(self) -> None:
+        """A sending thread: the lanes it is handed, one after another."""
+        while True:
+            try:
+                job = self._jobs.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                connections.close_all()  # Idle: this thread's connections go back.
+                continue
+            if job is None:
+                connections.close_all()
+                return
+            try:
+                self._run_lane(*job)
+            except Exception:
+                logger.exception("lane %s: stopped; its due deliveries are left for a later try", job[0])
+            finally:
+                close_old_connections()  # A broken one, or one past CONN_MAX_AGE.
+
     def _run_lane(self, lane: str, delivery_id: int) -> None:
         try:
             while True:
@@ -212,8 +251,6 @@ class Lanes:
             with self._lock:
                 self._busy[lane] -= 1
             raise
-        finally:
-            connections.close_all()  # This thread's own connections.
 
     def _drain(self, lane: str, delivery_id: int | None) -> None:
         """Attempt the delivery, then the lane's next due ones, until none is left."""

@@ -1,8 +1,14 @@
 """One endpoint that is slow or down never delays the others (docs/design.md#notifications):
 the worker sends in lanes, one per endpoint, on a pool of threads."""
 
+import threading
+import time
+from collections.abc import Iterator
+
 import pytest
 from django.core.management import call_command
+from django.db import connections
+from django.db.backends.signals import connection_created
 
 from bookings.services import booking_create
 from notifications import sender
@@ -10,6 +16,12 @@ from notifications.models import Delivery, DeliveryAttempt
 from tests.notifications.conftest import register, run_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _sending_threads_stopped() -> Iterator[None]:
+    yield
+    sender.lanes.stop()  # Their connections closed before the test database goes.
 
 
 def test_an_endpoint_that_hangs_does_not_delay_another_ones_deliveries(
@@ -52,3 +64,32 @@ def test_a_full_lane_picks_up_what_was_handed_to_it_meanwhile(user, flight, rece
     assert len(receiver.received) == 5
     assert receiver.overlaps == []
     assert Delivery.objects.filter(state=Delivery.State.DELIVERED).count() == 5
+
+
+def test_a_sending_thread_keeps_its_database_connection_until_it_is_idle(user, flight, receiver, settings, monkeypatch):
+    """A connection per delivery cost the worker more CPU than the delivery (a thread closed
+    it whenever its lane ran dry): now one lasts while there is work, and goes when the
+    thread has been idle for IDLE_SECONDS."""
+    settings.NOTIFICATION_SEND_THREADS, settings.NOTIFICATION_LANE_CONNECTIONS = 1, 1
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 60)  # As in production.
+    monkeypatch.setattr(sender, "IDLE_SECONDS", 0.5)
+    opened = []
+
+    def count(sender, connection, **kwargs):
+        if threading.current_thread().name.startswith("delivery"):
+            opened.append(time.monotonic())
+
+    connection_created.connect(count)
+    try:
+        register(receiver.url)
+        for _ in range(3):  # Each delivered, and the lane dry, before the next.
+            booking_create(user=user, flight_id=flight.pk, seats=1)
+            run_worker()
+        assert (len(receiver.received), len(opened)) == (3, 1)
+
+        time.sleep(1.5)  # Idle: the connection goes, and the next delivery opens another.
+        booking_create(user=user, flight_id=flight.pk, seats=1)
+        run_worker()
+        assert (len(receiver.received), len(opened)) == (4, 2)
+    finally:
+        connection_created.disconnect(count)
