@@ -146,16 +146,17 @@ def _ms_since(clock: float) -> int:
 SWEEP_SECONDS = 10.0
 
 
-# A sending thread that has had nothing to send for this long closes its database connection.
+# A thread of ours (a sending thread, a web process's batching thread) that has had nothing
+# to do for this long closes its database connection.
 IDLE_SECONDS = 5.0
 
 
 class Lanes:
     """The process's sending threads and how many of them each lane is using.
 
-    A thread keeps its database connection from one delivery to the next (a connection a
-    delivery cost the worker more CPU than the delivery itself) and closes it after
-    IDLE_SECONDS with nothing to send."""
+    A thread keeps its database connection from one delivery to the next and closes it after
+    IDLE_SECONDS with nothing to send (closing it whenever its lane ran dry opened a
+    connection for about every other delivery)."""
 
     def __init__(self) -> None:
         self._swept = -SWEEP_SECONDS

@@ -55,10 +55,6 @@ def _enqueue(event_ids: list[int]) -> None:
         logger.exception("events %s: could not be queued; a worker's sweep or cleanup will take them", event_ids)
 
 
-# A batching thread that has queued nothing for this long closes its database connection.
-IDLE_SECONDS = 5.0
-
-
 class CommittedEvents:
     """The events this process committed, queued together: one task for those committed within
     `NOTIFICATION_ENQUEUE_BATCH_SECONDS` of the first, by a thread of the process's own.
@@ -99,7 +95,7 @@ class CommittedEvents:
         while True:
             with self._ready:
                 while not self._ids:
-                    if not self._ready.wait(timeout=IDLE_SECONDS):
+                    if not self._ready.wait(timeout=sender.IDLE_SECONDS):
                         connections.close_all()  # Idle: this thread's connection goes back.
             time.sleep(window)
             self.flush()

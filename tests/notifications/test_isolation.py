@@ -67,9 +67,9 @@ def test_a_full_lane_picks_up_what_was_handed_to_it_meanwhile(user, flight, rece
 
 
 def test_a_sending_thread_keeps_its_database_connection_until_it_is_idle(user, flight, receiver, settings, monkeypatch):
-    """A connection per delivery cost the worker more CPU than the delivery (a thread closed
-    it whenever its lane ran dry): now one lasts while there is work, and goes when the
-    thread has been idle for IDLE_SECONDS."""
+    """A thread that closed its connection whenever its lane ran dry opened one for about
+    every other delivery: now one lasts while there is work, and goes when the thread has
+    been idle for IDLE_SECONDS."""
     settings.NOTIFICATION_SEND_THREADS, settings.NOTIFICATION_LANE_CONNECTIONS = 1, 1
     monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 60)  # As in production.
     monkeypatch.setattr(sender, "IDLE_SECONDS", 0.5)
