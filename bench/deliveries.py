@@ -291,7 +291,7 @@ class Bench:
             postgres_queue = backends.sample()
             problems = check(connection, deliveries, self.receiver.count() - received_before)
             attempt_ms = attempt_durations(connection)
-            by_task, by_sweep = dispatchers(connection) if args.events_per_task == 1 else (math.nan, math.nan)
+            by_task, by_sweep = dispatchers(connection)
         self.stop(worker)
         cpu = meter.figures(before, after)
         main_thread = threads_after[worker.pid] - threads_before.get(worker.pid, 0.0)
@@ -491,7 +491,8 @@ def dispatchers(connection: psycopg.Connection) -> tuple[int, int]:
         f"""SELECT count(*) FILTER (WHERE e.dispatched_at >= t.started_at),
                    count(*) FILTER (WHERE e.dispatched_at < t.started_at)
             FROM {TASKS_TABLE} AS t
-            JOIN bookings_outboxevent AS e ON e.id = (t.args_kwargs -> 'args' -> 0 ->> 0)::bigint"""
+            CROSS JOIN LATERAL jsonb_array_elements_text(t.args_kwargs -> 'args' -> 0) AS queued(event_id)
+            JOIN bookings_outboxevent AS e ON e.id = queued.event_id::bigint"""
     ).fetchone()
 
 
