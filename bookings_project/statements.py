@@ -74,10 +74,14 @@ def insert_together(*instances: Model) -> None:
     statement where the database can (PostgreSQL's data-modifying WITH), else one each: a
     change and the rows written beside it in one round trip."""
     connection = connections[router.db_for_write(type(instances[0]), instance=instances[0])]
-    prepared = [_insert_params(connection, instance) for instance in instances]
-    if len(instances) == 1 or connection.vendor != "postgresql" or any(params is None for _, params in prepared):
+    if len(instances) == 1 or connection.vendor != "postgresql":
         for instance in instances:
             insert(instance)
+        return
+    prepared = [_insert_params(connection, instance) for instance in instances]
+    if any(params is None for _, params in prepared):
+        for instance in instances:
+            instance.save(force_insert=True, using=connection.alias)  # As `insert` would.
         return
     key = ("insert_together", *(type(instance) for instance in instances))
     sql = _cache(connection).get(key)
@@ -104,7 +108,7 @@ def _insert_params(connection, instance: Model, *, signals_done: bool = False) -
     if (
         compiled is _ORM
         or (instance.pk is None) != compiled.database_assigns_pk
-        or not (signals_done or not _has_save_signals(model))
+        or (not signals_done and _has_save_signals(model))
     ):
         return compiled, None
     instance._prepare_related_fields_for_save(operation_name="save")

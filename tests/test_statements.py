@@ -235,6 +235,24 @@ def test_rows_inserted_together_are_one_statement_on_postgresql_and_read_back_th
     assert OutboxEvent.objects.filter(booking=booking, type="booking.confirmed").count() == 2
 
 
+def test_rows_inserted_together_with_save_signals_are_saved_by_the_orm(user, flight):
+    booking = initiated(user, flight)
+    heard = []
+
+    def receiver(sender, instance, created, **kwargs):
+        heard.append((instance.to_status, created))
+
+    audit = BookingEvent(booking_id=booking.pk, to_status="BOOKED", reason="paid", actor="user")
+    event = OutboxEvent(type=OutboxEvent.Type.BOOKING_CONFIRMED, booking_id=booking.pk)
+    post_save.connect(receiver, sender=BookingEvent)
+    try:
+        statements.insert_together(audit, event)
+    finally:
+        post_save.disconnect(receiver, sender=BookingEvent)
+    assert heard == [("BOOKED", True)]
+    assert BookingEvent.objects.filter(pk=audit.pk).exists() and OutboxEvent.objects.filter(pk=event.pk).exists()
+
+
 # Look-up -----------------------------------------------------------------------------------
 
 
