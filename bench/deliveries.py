@@ -11,8 +11,9 @@ task after the commit is disconnected in that process, so nothing is queued yet.
 
 Then one worker starts (`db_worker --interval 0.05 --no-startup-delay`, the production
 settings, LOG_LEVEL `--log-level`), and once it polls the queue, every event's task is queued
-at once, in one transaction: one `dispatch_events` task per event, as the app queues them
-after each commit (`--events-per-task N`: N events per task, as cleanup's re-queue does).
+at once, in one transaction: one `dispatch_events` task per event, as a web process queues
+them when its batch window is 0 (`--events-per-task N`: N events per task, as a busy web
+process's batch and cleanup's re-queue carry them).
 Timed from that commit until every delivery is `delivered` (the receiver's count, then the
 deliveries' state), and on until the queue is empty too: a task runs a sweep at most every 10 s
 (notifications/sender.py, SWEEP_SECONDS) that dispatches events undispatched for longer, as a
@@ -59,6 +60,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from load import CpuMeter  # noqa: E402
 from receiver import Receiver  # noqa: E402
 from serving import (  # noqa: E402  (scripts/ is not a package)
+    Backends,
     drop_database,
     recreate_database,
     run_to_the_end,
@@ -408,51 +410,6 @@ class Bench:
             print(f"logs kept in {self.log_dir}")
         else:
             shutil.rmtree(self.log_dir, ignore_errors=True)
-
-
-class Backends:
-    """CPU seconds of the PostgreSQL backends of one database since the first sample. The
-    worker's sending threads close their connection whenever their lane runs dry, so its
-    backends come and go, and CpuMeter leaves out one that ended in the window: sampled every
-    POLL_SECONDS, one that ended is counted up to its last sample. `leave_out`: backends of
-    other clients (the queueing process, this script's polls)."""
-
-    def __init__(self, pg_url: str, database: str, *, leave_out: set[int]) -> None:
-        self.connection = psycopg.connect(f"{pg_url}/postgres", autocommit=True)
-        self.database = database
-        self.leave_out = leave_out
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.first: dict[int, float] | None = None
-        self.last: dict[int, float] = {}
-
-    def sample(self) -> float:
-        """Sample, and answer the seconds so far."""
-        pids = [
-            pid
-            for (pid,) in self.connection.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s", [self.database]
-            ).fetchall()
-        ]
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # It ended meanwhile: counted up to its last sample.
-            self.last[pid] = (int(fields[11]) + int(fields[12])) / self.tick
-        if self.first is None:
-            self.first = dict(self.last)
-        return sum(
-            seconds - self.first.get(pid, 0.0) for pid, seconds in self.last.items() if pid not in self.leave_out
-        )
-
-    def sessions(self) -> int:
-        """Connections ever made to the database (PostgreSQL 14+)."""
-        return self.connection.execute(
-            "SELECT sessions FROM pg_stat_database WHERE datname = %s", [self.database]
-        ).fetchone()[0]
-
-    def close(self) -> None:
-        self.connection.close()
 
 
 def thread_cpu(pid: int) -> dict[int, float]:

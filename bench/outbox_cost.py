@@ -10,7 +10,7 @@ reports nothing: no event row, no signal, no task; the request path of the commi
 notifications), the order turning every round (on off, off on, ...). A block's CPU is the
 process's (`time.process_time`, every thread, the batching thread included: each block ends
 by waiting out the batch window, so the block pays for its own tasks) and every PostgreSQL
-backend's of the database (from `/proc`, the batching thread's connection included).
+backend's of the database (`serving.Backends`, the batching thread's connection included).
 
 Then the same in a tight loop, without a request around it: one reported status change
 (`record_status_change`, PENDING to BOOKED) 300 times in a transaction that is rolled back,
@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from serving import (  # noqa: E402  (scripts/ is not a package)
+    Backends,
     drop_database,
     recreate_database,
     service_env,
@@ -43,23 +44,18 @@ from serving import (  # noqa: E402  (scripts/ is not a package)
 )
 
 DATABASE = "flight_bookings_bench_outbox"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def backends_cpu(connection, database: str) -> float:
-    """CPU seconds so far of the database's PostgreSQL backends (a backend that ended is lost:
-    this process keeps its connections)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [database])
-        pids = [pid for (pid,) in cursor.fetchall()]
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime.
-    return total / CLOCK_TICKS
+def paired(measure, rounds: int) -> list[dict]:
+    """`measure(on)` with the outbox on and off, `rounds` times, the order turning every round."""
+    return [
+        {("on" if on else "off"): measure(on) for on in ((True, False) if number % 2 == 0 else (False, True))}
+        for number in range(rounds)
+    ]
+
+
+def standard_error(values: list[float]) -> float:
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
 
 
 def run_django_task(args: argparse.Namespace) -> int:
@@ -70,7 +66,7 @@ def run_django_task(args: argparse.Namespace) -> int:
     from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
-    from django.db import connection, transaction
+    from django.db import transaction
     from django.utils import timezone
     from django_tasks_db.models import DBTaskResult
     from rest_framework.authtoken.models import Token
@@ -98,11 +94,15 @@ def run_django_task(args: argparse.Namespace) -> int:
     )
     reported = outbox.event_for_status_change
     window = settings.NOTIFICATION_ENQUEUE_BATCH_SECONDS
+    backends = Backends(args.pg_url, settings.DATABASES["default"]["NAME"], leave_out=set())
     keys = iter(range(flows))
 
-    def block(outbox_on: bool) -> dict[str, float]:
+    def switch(outbox_on: bool) -> None:
         outbox.event_for_status_change = reported if outbox_on else (lambda **_: None)
-        app, database = time.process_time(), backends_cpu(connection, settings.DATABASES["default"]["NAME"])
+
+    def block(outbox_on: bool) -> dict[str, float]:
+        switch(outbox_on)
+        app, database = time.process_time(), backends.sample()
         for _ in range(args.flows):
             booked = client.post("/api/v1/bookings", {"flightId": flight.pk, "numberOfSeats": 1}, format="json")
             body = {"bookingId": booked.json()["id"], "amount": booked.json()["totalCost"]}
@@ -110,17 +110,14 @@ def run_django_task(args: argparse.Namespace) -> int:
             if (booked.status_code, paid.status_code) != (201, 201):
                 raise SystemExit(f"a flow failed: {booked.status_code} {paid.status_code} {paid.content!r}")
         time.sleep(window + 0.1)  # The batching thread queues this block's last events.
-        app, database = (
-            time.process_time() - app,
-            backends_cpu(connection, settings.DATABASES["default"]["NAME"]) - database,
-        )
+        app, database = time.process_time() - app, backends.sample() - database
         return {"app_ms": 1000 * app / args.flows, "postgresql_ms": 1000 * database / args.flows}
 
     def changes(outbox_on: bool, count: int = 300) -> float:
         """CPU µs of one reported status change (the audit event, and its outbox event if on),
         in one transaction rolled back: the request path's share, without a request's noise."""
+        switch(outbox_on)
         booking_id = OutboxEvent.objects.values_list("booking_id", flat=True).first()
-        outbox.event_for_status_change = reported if outbox_on else (lambda **_: None)
         with transaction.atomic():
             started = time.process_time()
             for _ in range(count):
@@ -130,18 +127,11 @@ def run_django_task(args: argparse.Namespace) -> int:
         return 1e6 * spent / count
 
     block(True)  # Warm-up: every statement compiled and every connection open on both sides.
-    rounds = []
-    for number in range(args.rounds):
-        order = (True, False) if number % 2 == 0 else (False, True)
-        measured = {("on" if on else "off"): block(on) for on in order}
-        rounds.append(measured)
-        print(json.dumps({"round": number + 1, **measured}), file=sys.stderr, flush=True)
+    rounds = paired(block, args.rounds)
     changes(True), changes(False)  # Warm-up.
-    per_change = []
-    for number in range(args.rounds):
-        order = (True, False) if number % 2 == 0 else (False, True)
-        per_change.append({("on" if on else "off"): changes(on) for on in order})
-    outbox.event_for_status_change = reported
+    per_change = paired(changes, args.rounds)
+    switch(True)
+    backends.close()
     events, tasks = OutboxEvent.objects.count(), DBTaskResult.objects.count()
     result = {"rounds": rounds, "per_change": per_change, "events": events, "tasks": tasks, "window": window}
     print(json.dumps(result), flush=True)
@@ -166,7 +156,7 @@ def summary(result: dict, args: argparse.Namespace) -> str:
         added = [pair["on"][what] - pair["off"][what] for pair in result["rounds"]]
         on = statistics.median(pair["on"][what] for pair in result["rounds"])
         off = statistics.median(pair["off"][what] for pair in result["rounds"])
-        error = statistics.stdev(added) / len(added) ** 0.5 if len(added) > 1 else 0.0
+        error = standard_error(added)
         lines.append(
             f"{what[:-3]}: on {on:.2f}, off {off:.2f} ms a flow (medians); the outbox adds "
             f"{statistics.median(added):+.2f} ms a flow (median of the rounds' differences; "
@@ -174,7 +164,7 @@ def summary(result: dict, args: argparse.Namespace) -> str:
             "its standard error)"
         )
     added = [pair["on"] - pair["off"] for pair in result["per_change"]]
-    error = statistics.stdev(added) / len(added) ** 0.5 if len(added) > 1 else 0.0
+    error = standard_error(added)
     lines.append(
         f"one reported change in a loop, {len(added)} pairs of 300: "
         f"on {statistics.median(pair['on'] for pair in result['per_change']):.0f}, "
@@ -205,7 +195,9 @@ def main() -> int:
     recreate_database(args.pg_url, DATABASE)
     try:
         env = service_env(f"{args.pg_url}/{DATABASE}")
-        task = start_django_task(__file__, env, "--rounds", str(args.rounds), "--flows", str(args.flows))
+        task = start_django_task(
+            __file__, env, "--rounds", str(args.rounds), "--flows", str(args.flows), "--pg-url", args.pg_url
+        )
         stdout, stderr = task.communicate()  # However long the rounds take.
         if task.returncode != 0:
             raise SystemExit(f"the outbox bench failed ({task.returncode}):\n{stdout}{stderr[-3000:]}")

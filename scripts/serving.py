@@ -45,6 +45,50 @@ def drop_database(server_url: str, name: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+class Backends:
+    """CPU seconds of the PostgreSQL backends of one database since the first sample, from
+    `/proc` (PostgreSQL on this host). Backends come and go (a connection closed when idle,
+    a process restarted): sampled often, one that ended is counted up to its last sample.
+    `leave_out`: backends of other clients (a bench's own queries)."""
+
+    def __init__(self, pg_url: str, database: str, *, leave_out: set[int]) -> None:
+        self.connection = psycopg.connect(f"{pg_url}/postgres", autocommit=True)
+        self.database = database
+        self.leave_out = leave_out
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.first: dict[int, float] | None = None
+        self.last: dict[int, float] = {}
+
+    def sample(self) -> float:
+        """Sample, and answer the seconds so far."""
+        pids = [
+            pid
+            for (pid,) in self.connection.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", [self.database]
+            ).fetchall()
+        ]
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # It ended meanwhile: counted up to its last sample.
+            self.last[pid] = (int(fields[11]) + int(fields[12])) / self.tick
+        if self.first is None:
+            self.first = dict(self.last)
+        return sum(
+            seconds - self.first.get(pid, 0.0) for pid, seconds in self.last.items() if pid not in self.leave_out
+        )
+
+    def sessions(self) -> int:
+        """Connections ever made to the database (PostgreSQL 14+)."""
+        return self.connection.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = %s", [self.database]
+        ).fetchone()[0]
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 def service_env(database_url: str, **overrides: str) -> dict[str, str]:
     """The environment of the service these scripts start: the production settings module
     with DEBUG off, quiet logs, no rate limits (the scripts send many requests as few users;
