@@ -6,6 +6,7 @@ once through the whole saga (look-up, booking row, reserve under the flight's ro
 over HTTP). Run on PostgreSQL, whose row locks are what production relies on.
 """
 
+import threading
 from collections import Counter
 
 import pytest
@@ -63,14 +64,18 @@ def test_hundred_customers_race_for_thirty_seats(path, request):
 def test_control_without_the_seats_left_condition_the_race_test_fails(monkeypatch):
     """Proof that the race test can fail: take `available_seats >= seats` out of the UPDATE.
 
-    (Each booking reads the seats left first, unlocked: that read lets them all through.)
+    (Each booking reads the seats left first, unlocked: that read lets them all through. The
+    unguarded take waits until every booking has read it, so that a thread scheduled late,
+    after the seats are gone, cannot be refused by that read and change the counts.)
 
     Every booking then takes its seat unconditionally; the 31st finds the database's check
     constraint instead of a refusal, and answers 500 where the test wants 409.
     """
     flight = make_flight(capacity=SEATS)
+    all_have_read = threading.Barrier(CUSTOMERS)
 
     def take_unguarded(*, flight_id, seats, price):
+        all_have_read.wait(timeout=60)
         return Flight.objects.filter(pk=flight_id).update(available_seats=F("available_seats") - seats) == 1
 
     monkeypatch.setattr(flight_services, "flight_seats_take", take_unguarded)
