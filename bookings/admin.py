@@ -98,6 +98,7 @@ class BookingAdmin(admin.ModelAdmin):
         "flight_id",
         "seats",
         "total_cost",
+        "currency",
         "status",
         "seats_state",
         "flight_keeps_holds",

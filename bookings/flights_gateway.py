@@ -53,6 +53,8 @@ class FlightInfo:
     available_seats: int
     # The service keeps one hold per reference, so a release by reference is safe to repeat.
     keeps_holds: bool
+    # The price's; `CURRENCY` for a service that does not say (the seed's).
+    currency: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,13 @@ class InProcessFlightGateway:
 
 
 def _flight_info(flight: Any) -> FlightInfo:
-    return FlightInfo(id=flight.pk, price=flight.price, available_seats=flight.available_seats, keeps_holds=True)
+    return FlightInfo(
+        id=flight.pk,
+        price=flight.price,
+        available_seats=flight.available_seats,
+        keeps_holds=True,
+        currency=flight.currency,
+    )
 
 
 @contextlib.contextmanager
@@ -367,6 +375,9 @@ def _parse_flight(response: requests.Response, flight_id: int, *, maybe_applied:
             raise TypeError("totalSeats is not an integer")
         if not price.is_finite() or price < 0 or int(data["id"]) != flight_id:
             raise ValueError("bad price or id")
+        currency = data.get("currency") or settings.CURRENCY
+        if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha()):
+            raise ValueError("bad currency")
     except (KeyError, TypeError, ValueError, InvalidOperation) as error:
         raise FlightServiceUnavailable(
             f"The Flights service answered with an unexpected flight: {str(body)[:200]}", maybe_applied=maybe_applied
@@ -376,6 +387,7 @@ def _parse_flight(response: requests.Response, flight_id: int, *, maybe_applied:
         price=price.quantize(Decimal("0.01")),
         available_seats=available,
         keeps_holds=body is data,  # Our plain resource: our service, which keeps holds.
+        currency=currency.upper(),
     )
 
 

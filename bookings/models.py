@@ -5,6 +5,9 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from bookings import references
+from flights.models import default_currency
+
 
 class Booking(models.Model):
     """One customer's seats on one flight, and where its saga with the Flights service stands.
@@ -48,6 +51,8 @@ class Booking(models.Model):
     flight_id = models.BigIntegerField()
     seats = models.PositiveIntegerField(validators=[MinValueValidator(1)])
     total_cost = models.DecimalField(max_digits=12, decimal_places=2)
+    # The flight's currency when it was booked, as its price.
+    currency = models.CharField(max_length=3, default=default_currency)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.INITIATED)
     seats_state = models.CharField(max_length=12, choices=SeatsState.choices, default=SeatsState.UNCONFIRMED)
     # Whether the Flights service keeps a hold per reference (ours does; the seed's does
@@ -105,6 +110,11 @@ class Booking(models.Model):
         return f"Booking {self.pk} ({self.status}, flight {self.flight_id}, {self.seats} seat(s))"
 
     @property
+    def reference(self) -> str:
+        """The 6-character code a person reads out (a PNR), derived from the id (bookings.references)."""
+        return references.reference_of(self.pk)
+
+    @property
     def hold_ref(self) -> str:
         """The reservation reference sent with every seat change for this booking."""
         return f"booking-{self.pk}"
@@ -127,6 +137,8 @@ class CleanupRun(models.Model):
     run_id = models.CharField(max_length=64, blank=True)
     counts = models.JSONField(help_text="The summary line's counts.")
     failed = models.PositiveIntegerField(default=0)
+    # What failed, one line each (the first 100), as the command printed them.
+    failures = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -172,6 +184,8 @@ class BookingEvent(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     request_id = models.CharField(max_length=128, blank=True)
+    # Why, in the words of the person who made the change (staff's cancel page).
+    note = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -155,6 +155,7 @@ def _write_booking(*, user: AbstractBaseUser, flight: FlightInfo, seats: int, se
             flight_id=flight.id,
             seats=seats,
             total_cost=_total_cost(flight.price, seats),
+            currency=flight.currency or settings.CURRENCY,
             status=Status.INITIATED,
             seats_state=seats_state,
             flight_keeps_holds=flight.keeps_holds,

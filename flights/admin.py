@@ -51,6 +51,7 @@ class FlightAdmin(admin.ModelAdmin):
             arrival_time=obj.arrival_time,
             price=obj.price,
             capacity=obj.capacity,
+            currency=obj.currency,
         )
         obj.pk, obj.available_seats = created.pk, created.available_seats
 

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import F, Q
@@ -7,6 +8,11 @@ MAX_CAPACITY = 1000
 iata_code = RegexValidator(r"^[A-Z]{3}$", "An IATA airport code: three capital letters.")
 
 
+def default_currency() -> str:
+    """The currency of prices that do not name one (`CURRENCY`, e.g. the seed's flights)."""
+    return settings.CURRENCY
+
+
 class Flight(models.Model):
     flight_number = models.CharField(max_length=10)
     departure_airport = models.CharField(max_length=3, validators=[iata_code], help_text="IATA code, e.g. BOM")
@@ -14,6 +20,7 @@ class Flight(models.Model):
     departure_time = models.DateTimeField()
     arrival_time = models.DateTimeField()
     price = models.DecimalField(max_digits=10, decimal_places=2)
+    currency = models.CharField(max_length=3, default=default_currency, help_text="ISO 4217 code of the price.")
     capacity = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(MAX_CAPACITY)])
     available_seats = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -21,7 +28,14 @@ class Flight(models.Model):
 
     class Meta:
         ordering = ["departure_time", "id"]
-        indexes = [models.Index(fields=["departure_time", "id"], name="flight_departure_idx")]
+        indexes = [
+            models.Index(fields=["departure_time", "id"], name="flight_departure_idx"),
+            # Search (docs/api.md#flight-search): by route, or by one end of it, in departure order.
+            models.Index(
+                fields=["departure_airport", "arrival_airport", "departure_time", "id"], name="flight_route_idx"
+            ),
+            models.Index(fields=["arrival_airport", "departure_time", "id"], name="flight_arrival_idx"),
+        ]
         constraints = [
             # The database itself refuses an oversold or overfilled flight.
             models.CheckConstraint(
@@ -65,3 +79,23 @@ class SeatHold(models.Model):
 
     def __str__(self) -> str:
         return f"{self.ref}: {self.seats} seat(s) {self.state}"
+
+
+class FlightEdit(models.Model):
+    """One edit staff made to a flight in admin: each changed field, from what, to what.
+    Never edited; a sold flight's price or times changing is something ops must be able to trace."""
+
+    flight = models.ForeignKey(Flight, on_delete=models.CASCADE, related_name="edits")
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    # {"price": ["5500.00", "6000.00"], ...}: the values as text, before and after.
+    changes = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["flight", "-id"], name="flight_edit_flight_idx")]
+
+    def __str__(self) -> str:
+        return f"Flight {self.flight_id} edited: {', '.join(self.changes)}"

@@ -14,7 +14,7 @@ from django.utils import timezone
 from bookings_project import statements
 from bookings_project.db import bound_lock_wait
 from bookings_project.exceptions import CapacityExceeded, InsufficientSeats, NotFound, ReservationConflict
-from flights.models import Flight, SeatHold
+from flights.models import Flight, SeatHold, default_currency
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,11 @@ def flight_create(
     arrival_time: dt.datetime,
     price: Decimal,
     capacity: int,
+    currency: str = "",
 ) -> Flight:
-    """A new flight starts with every seat available."""
+    """A new flight starts with every seat available; its price is in `currency`, else `CURRENCY`."""
     return Flight.objects.create(
+        currency=currency or default_currency(),
         flight_number=flight_number,
         departure_airport=departure_airport,
         arrival_airport=arrival_airport,

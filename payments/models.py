@@ -59,6 +59,9 @@ class Payment(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
+            # The payments list (docs/api.md#payments), a customer's and staff's, newest first.
+            models.Index(fields=["user", "-created_at", "-id"], name="payment_user_recent_idx"),
+            models.Index(fields=["-created_at", "-id"], name="payment_recent_idx"),
             # Reconciliation: attempts still processing, oldest first.
             models.Index(fields=["attempted_at"], name="payment_processing_idx", condition=Q(status="PROCESSING")),
             # Settled as not charged by reconciliation: watched for a late charge.

@@ -191,7 +191,7 @@ def _start_attempt(
                 created_by=caller,
                 idempotency_key=idempotency_key,
                 amount=booking.total_cost,
-                currency=settings.CURRENCY,
+                currency=booking.currency,
                 attempted_at=timezone.now(),
             )
     if expired:
@@ -215,6 +215,9 @@ def _start_first_attempt(*, caller: AbstractBaseUser, booking_id: int, amount: D
             "seats_state": Booking.SeatsState.RESERVED,
             "expires_at__gt": now,
             "total_cost": amount,
+            # The usual currency only, which the attempt below is written in; any other
+            # takes the path that reads the booking.
+            "currency": settings.CURRENCY,
         },
         values={"status": BookingStatus.PENDING, "updated_at": now},
     )

@@ -54,6 +54,7 @@ def test_admin_adds_a_flight_with_every_seat_available(admin_client_):
             "arrival_time_0": "2027-02-01",
             "arrival_time_1": "09:05:00",
             "price": "6200.00",
+            "currency": "INR",
             "capacity": "150",
             "holds-TOTAL_FORMS": "0",
             "holds-INITIAL_FORMS": "0",
