@@ -81,6 +81,10 @@ def _staff_only(ok: int) -> dict[str, Answer]:
 
 EXPECTED: dict[tuple[str, str], dict[str, Answer]] = {
     ("api/v1/auth/token", "POST"): row(anonymous=200, owner=200, other=200, staff=200, service=200),
+    # Revoking: any user their own token; the service token is nobody here.
+    ("api/v1/auth/token", "DELETE"): row(
+        anonymous=UNAUTHENTICATED, owner=204, other=204, staff=204, service=UNAUTHENTICATED
+    ),
     # Flights: any authenticated caller reads; staff create; staff or the service change seats.
     ("api/v1/flights", "GET"): row(anonymous=UNAUTHENTICATED, owner=200, other=200, staff=200, service=200),
     ("api/v1/flights", "POST"): row(
@@ -387,6 +391,11 @@ def _check_token(world, role, response):
     assert response.json() == {"token": Token.objects.get(user=user).key}
 
 
+def _check_token_revoked(world, role, response):
+    assert not Token.objects.filter(user=world.user_of(role)).exists()
+    assert world.client(role).get("/api/v1/flights").status_code == 401
+
+
 def _check_flight_list(world, role, response):
     assert world.flight.pk in [flight["id"] for flight in _results(response)]
 
@@ -477,6 +486,7 @@ def _check_deliveries(world, role, response):
 
 CHECKS: dict[tuple[str, str], Callable] = {
     ("api/v1/auth/token", "POST"): _check_token,
+    ("api/v1/auth/token", "DELETE"): _check_token_revoked,
     ("api/v1/flights", "GET"): _check_flight_list,
     ("api/v1/flights", "POST"): _check_flight_create,
     ("api/v1/flights/<pk>", "GET"): _check_flight,

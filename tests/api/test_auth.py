@@ -158,3 +158,101 @@ def test_a_connection_cut_between_requests_costs_other_requests_at_most_one_clea
     close_old_connections()
 
     assert anon_client.post(URL, credentials, format="json").status_code == 200
+
+
+# Revoking a token: DELETE /api/v1/auth/token -------------------------------------------------------
+
+
+def _token_client(key: str):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return client
+
+
+def test_revoking_a_token_ends_it_and_the_next_login_gets_a_new_one(anon_client, user):
+    credentials = {"username": "alice", "password": "alice-password"}
+    old = anon_client.post(URL, credentials, format="json").json()["token"]
+    client = _token_client(old)
+    assert client.get("/api/v1/flights").status_code == 200
+
+    response = client.delete(URL)
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert not Token.objects.filter(user=user).exists()
+    body = assert_problem(client.get("/api/v1/flights"), 401, "not_authenticated")
+    assert body["detail"] == "Invalid token."
+    assert_problem(client.delete(URL), 401, "not_authenticated")  # Revoked once is revoked.
+
+    new = anon_client.post(URL, credentials, format="json").json()["token"]
+    assert new != old
+    assert _token_client(new).get("/api/v1/flights").status_code == 200
+    assert client.get("/api/v1/flights").status_code == 401
+
+
+@pytest.mark.parametrize("authorization", [None, "Token not-a-token", "Bearer not-a-token"])
+def test_revoking_without_good_credentials_is_401_and_revokes_nothing(anon_client, user, authorization):
+    token = Token.objects.create(user=user)
+    if authorization:
+        anon_client.credentials(HTTP_AUTHORIZATION=authorization)
+
+    response = anon_client.delete(URL)
+
+    assert_problem(response, 401, "not_authenticated")
+    assert response["WWW-Authenticate"] == "Token"
+    assert Token.objects.filter(pk=token.pk).exists()
+
+
+def test_a_session_revokes_its_users_token(client, user):
+    token = Token.objects.create(user=user)
+    client.force_login(user)
+
+    assert client.delete(URL).status_code == 204
+
+    assert not Token.objects.filter(pk=token.pk).exists()
+    assert _token_client(token.key).get("/api/v1/flights").status_code == 401
+    assert client.delete(URL).status_code == 204  # No token left: nothing to revoke, same answer.
+
+
+def test_a_session_revocation_needs_its_csrf_token(user):
+    from rest_framework.test import APIClient
+
+    token = Token.objects.create(user=user)
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+
+    body = assert_problem(client.delete(URL), 403, "permission_denied")
+    assert "CSRF" in body["detail"]
+    assert Token.objects.filter(pk=token.pk).exists()
+
+
+def test_revoking_one_users_token_leaves_anothers_working(user, other_user):
+    alice, bob = Token.objects.create(user=user), Token.objects.create(user=other_user)
+
+    assert _token_client(alice.key).delete(URL).status_code == 204
+
+    assert _token_client(bob.key).get("/api/v1/flights").status_code == 200
+    assert Token.objects.filter(pk=bob.pk).exists()
+
+
+def test_a_stale_token_does_not_stop_a_login(user):
+    """POST takes no credentials: a client still sending its revoked token can log in again."""
+    stale = _token_client("revoked-long-ago")
+    response = stale.post(URL, {"username": "alice", "password": "alice-password"}, format="json")
+    assert response.status_code == 200
+
+
+def test_the_schema_names_both_operations_and_only_the_revocation_needs_a_token(client):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    operations = schema["paths"]["/api/v1/auth/token"]
+
+    assert operations["post"]["operationId"] == "createToken"
+    assert operations["post"].get("security", []) == []
+    revoke = operations["delete"]
+    assert revoke["operationId"] == "revokeToken"
+    assert "requestBody" not in revoke
+    assert {"tokenAuth": []} in revoke["security"]
+    assert "content" not in revoke["responses"]["204"]
+    assert "application/problem+json" in revoke["responses"]["401"]["content"]
