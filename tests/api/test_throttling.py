@@ -138,6 +138,18 @@ def test_retry_after_counts_down_from_the_oldest_request_and_the_window_slides(u
     assert_throttled(login(client), retry_after=10)
 
 
+def test_revoking_a_token_counts_towards_the_same_limit(user, rates, throttle_clock):
+    """DELETE (log out) shares the token endpoint's count; a refused one (401) is not counted."""
+    rates(token="2/min")
+    client = APIClient()
+    assert_problem(client.delete(TOKEN_URL), 401, "not_authenticated")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {login(client).json()['token']}")
+
+    assert client.delete(TOKEN_URL).status_code == 204
+
+    assert_throttled(login(client), retry_after=WINDOW)
+
+
 def test_each_client_ip_has_its_own_count(user, rates, throttle_clock):
     rates(token="2/min")
     client = APIClient()
@@ -417,7 +429,7 @@ def test_the_schema_documents_429_on_every_limited_operation_and_on_no_flights_o
         if method in {"get", "post", "put", "patch", "delete"}
     }
     limited = {key for key in operations if key[0].startswith(("/api/v1/bookings", "/api/v1/payments"))}
-    limited.add((TOKEN_URL, "post"))
+    limited |= {(TOKEN_URL, "post"), (TOKEN_URL, "delete")}
     flights = {key for key in operations if key[0].startswith("/api/v1/flights")}
     # Staff's webhook endpoints are not limited.
     webhooks = {key for key in operations if key[0].startswith("/api/v1/webhooks")}
@@ -431,6 +443,7 @@ def test_the_schema_documents_429_on_every_limited_operation_and_on_no_flights_o
         ("/api/v1/payments", "post"),
         ("/api/v1/payments/{id}", "get"),
         (TOKEN_URL, "post"),
+        (TOKEN_URL, "delete"),
     } <= limited
     assert {("/api/v1/flights", "get"), ("/api/v1/flights/{id}/seats", "patch")} <= flights
     assert len(webhooks) == 6
