@@ -1,20 +1,30 @@
 import datetime as dt
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
+from bookings import audit
 from bookings.models import Booking, BookingEvent, CleanupRun
-from bookings_project.admin import ReadOnlyAdmin
+from bookings.references import reference_of
+from bookings_project.admin import OPS_CSS, ReadOnlyAdmin, badge, csv_export, flight_link, user_link
 from bookings_project.exceptions import DomainError
 from payments.models import Payment
 from workflows.cleanup import WORK_SETS, Cutoffs, cleanup_backlog
 from workflows.services import booking_cancel
+from workflows.staff_selectors import booking_history, cancel_previews
+
+Status = Booking.Status
 
 
 class PaymentInline(admin.TabularInline):
@@ -25,28 +35,6 @@ class PaymentInline(admin.TabularInline):
     readonly_fields = fields
     ordering = ["-created_at"]
     show_change_link = True
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-
-class BookingEventInline(admin.TabularInline):
-    """The audit trail: every status change, oldest first. Written by the services only."""
-
-    model = BookingEvent
-    extra = 0
-    can_delete = False
-    fields = ["created_at", "from_status", "to_status", "reason", "actor", "actor_user", "request_id"]
-    readonly_fields = fields
-    ordering = ["id"]  # Write order (see BookingEvent.Meta).
-    verbose_name = "status change"
-    verbose_name_plural = "history (status changes)"
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[BookingEvent]:
-        return super().get_queryset(request).select_related("actor_user")
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -72,16 +60,34 @@ class NeedsAttentionFilter(admin.SimpleListFilter):
         return queryset.filter(pk__in=work.rows(Cutoffs.at(timezone.now())).values("pk"))
 
 
+class CancelForm(forms.Form):
+    reason = forms.CharField(
+        max_length=audit.NOTE_MAX_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Kept on the booking's history with the cancel.",
+    )
+
+
+def is_overdue(booking: Booking, now: dt.datetime) -> bool:
+    """Unpaid past its hold: cleanup should have expired it (or reconciled its payment)."""
+    return booking.status in (Status.INITIATED, Status.PENDING) and booking.expires_at < now
+
+
 @admin.register(Booking)
-class BookingAdmin(admin.ModelAdmin):
+class BookingAdmin(ReadOnlyAdmin):
+    """View-only (no Save): money, state and the saga's record change only through the
+    services. Staff who may change bookings cancel them, from the list or the page, after a
+    confirmation page that says what the cancel will give back."""
+
     list_display = [
         "id",
-        "status",
-        "flight_id",
-        "user",
+        "reference",
+        "status_shown",
+        "flight_shown",
+        "user_shown",
         "seats",
-        "total_cost",
-        "seats_state",
+        "cost_shown",
+        "seats_state_shown",
         "created_at",
         "expires_at",
     ]
@@ -90,17 +96,17 @@ class BookingAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
     date_hierarchy = "created_at"
     ordering = ["-created_at", "-id"]
-    actions = ["cancel_selected"]
-    inlines = [BookingEventInline, PaymentInline]
-    # Money, state and the saga's record change only through the services, never by hand.
-    readonly_fields = [
-        "user",
-        "flight_id",
+    actions = ["cancel_selected", "export_csv"]
+    inlines = [PaymentInline]
+    fields = [
+        "reference",
+        "user_shown",
+        "flight_shown",
         "seats",
         "total_cost",
         "currency",
-        "status",
-        "seats_state",
+        "status_shown",
+        "seats_state_shown",
         "flight_keeps_holds",
         "cancel_reason",
         "flight_service_error",
@@ -111,13 +117,72 @@ class BookingAdmin(admin.ModelAdmin):
         "cancel_requested_at",
         "seats_released_at",
     ]
+    readonly_fields = fields
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # A booking must reserve its seats: the API does that, a form cannot.
+    class Media:
+        css = OPS_CSS
+
+    # Columns and fields ------------------------------------------------------------------------
+
+    @admin.display(description="reference")
+    def reference(self, booking: Booking) -> str:
+        return booking.reference
+
+    @admin.display(description="status", ordering="status")
+    def status_shown(self, booking: Booking):
+        if is_overdue(booking, timezone.now()):
+            return format_html(
+                "{} {}",
+                booking.get_status_display(),
+                badge("overdue", "alert", title=f"Unpaid past its hold ({booking.expires_at:%Y-%m-%d %H:%M %Z})"),
+            )
+        return booking.get_status_display()
+
+    @admin.display(description="flight id", ordering="flight_id")
+    def flight_shown(self, booking: Booking):
+        return flight_link(booking.flight_id)
+
+    @admin.display(description="user", ordering="user__username")
+    def user_shown(self, booking: Booking):
+        return user_link(booking.user)
+
+    @admin.display(description="total cost", ordering="total_cost")
+    def cost_shown(self, booking: Booking) -> str:
+        return f"{booking.total_cost} {booking.currency}"
+
+    @admin.display(description="seats state", ordering="seats_state")
+    def seats_state_shown(self, booking: Booking):
+        if booking.seats_state == Booking.SeatsState.RECONCILE:
+            return badge("reconcile", "alert", title="The seats' outcome is unknown: a person must look")
+        if booking.release_owed:
+            return badge("release owed", "warn", title="Cancelled, its seats not given back yet: cleanup retries")
+        return booking.get_seats_state_display()
+
+    # Permissions -------------------------------------------------------------------------------
+
+    def has_cancel_permission(self, request: HttpRequest, obj=None) -> bool:
+        """Cancelling is the one change staff make here: it needs the change permission, though
+        the page itself offers nothing to save."""
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+
+    # Pages -------------------------------------------------------------------------------------
 
     def get_urls(self):
-        cleanup = path("cleanup/", self.admin_site.admin_view(self.cleanup_view), name="bookings_booking_cleanup")
-        return [cleanup, *super().get_urls()]
+        site = self.admin_site
+        return [
+            path("cleanup/", site.admin_view(self.cleanup_view), name="bookings_booking_cleanup"),
+            path("<path:object_id>/cancel/", site.admin_view(self.cancel_view), name="bookings_booking_cancel"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        booking = self.get_object(request, object_id)
+        extra_context = dict(extra_context or {})
+        if booking is not None:
+            extra_context["history"] = booking_history(booking_id=booking.pk)
+            extra_context["can_cancel"] = booking.status != Status.CANCELLED and self.has_cancel_permission(request)
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def cleanup_view(self, request: HttpRequest) -> TemplateResponse:
         """What `cleanup_stale_bookings` would do now, and when it last ran: work waiting
@@ -144,46 +209,158 @@ class BookingAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "backlog": backlog,
             "runs": runs,
+            "last_run": runs[0] if runs else None,
             "warnings": warnings,
             "interval_minutes": settings.CLEANUP_INTERVAL_MINUTES,
         }
         return TemplateResponse(request, "admin/bookings/booking/cleanup.html", context)
 
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False  # Deleting a booking would strand its seats; cancel it instead.
+    # Cancel --------------------------------------------------------------------------------
 
-    @admin.action(description="Cancel selected bookings (refunding paid ones)", permissions=["change"])
-    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Booking]) -> None:
-        cancelled = seats = 0
+    @admin.action(description="Cancel selected bookings (refunding paid ones)…", permissions=["cancel"])
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Booking]) -> HttpResponse | None:
+        """The confirmation page first (as delete_selected's); its Confirm posts the action
+        again, with the reason, and only then is anything cancelled."""
+        return self._cancel(request, list(queryset.values_list("pk", flat=True)), single=False)
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The booking page's Cancel button: the same confirmation, for that booking."""
+        if not self.has_cancel_permission(request):
+            raise PermissionDenied
+        booking = get_object_or_404(self.get_queryset(request), pk=object_id)
+        change_page = reverse("admin:bookings_booking_change", args=[booking.pk])
+        return self._cancel(request, [booking.pk], single=True) or HttpResponseRedirect(change_page)
+
+    def _cancel(self, request: HttpRequest, booking_ids: list[int], *, single: bool) -> TemplateResponse | None:
+        form = CancelForm(request.POST if request.POST.get("confirm") == "yes" else None)
+        if form.is_valid():
+            self._cancel_confirmed(request, booking_ids, note=form.cleaned_data["reason"])
+            return None
+        previews = cancel_previews(booking_ids=booking_ids)
+        back = (
+            reverse("admin:bookings_booking_change", args=[booking_ids[0]])
+            if single
+            else reverse("admin:bookings_booking_changelist")
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Cancel booking" if single else "Cancel bookings",
+            "opts": self.opts,
+            "media": self.media + form.media,
+            "previews": previews,
+            "to_cancel": [p for p in previews if not p.nothing_to_do and not p.refusal],
+            "form": form,
+            "single": single,
+            "back_url": back,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/bookings/booking/cancel_confirmation.html", context)
+
+    def _cancel_confirmed(self, request: HttpRequest, booking_ids: list[int], *, note: str) -> None:
+        cancelled = seats = already = 0
+        refunded: list[str] = []
         refused: list[str] = []
-        for booking_id in queryset.values_list("pk", flat=True):
+        for booking_id in sorted(booking_ids):
             try:
-                result = booking_cancel(booking_id=booking_id, reason=Booking.CancelReason.STAFF)
+                with audit.noting(note):
+                    result = booking_cancel(booking_id=booking_id, reason=Booking.CancelReason.STAFF)
             except DomainError as error:
                 refused.append(f"{booking_id}: {error.detail}")
                 continue
-            cancelled += 1
+            cancelled += result.cancelled_now
+            already += not result.cancelled_now
             seats += result.seats_released
-        self.message_user(request, f"Cancelled {cancelled} booking(s); released {seats} seat(s).", messages.SUCCESS)
+            refunded += [
+                f"refunded {payment.amount} {payment.currency} for booking {booking_id} (payment {payment.pk})"
+                for payment in result.refunds
+            ]
+        parts = [f"Cancelled {cancelled} booking(s)", f"released {seats} seat(s)", *refunded]
+        if already:
+            parts.append(f"{already} already cancelled")
+        self.message_user(request, "; ".join(parts) + ".", messages.SUCCESS)
         if refused:
             self.message_user(request, "Not cancelled: " + "; ".join(refused), messages.WARNING)
+
+    # Export --------------------------------------------------------------------------------
+
+    @admin.action(description="Export selected as CSV", permissions=["view"])
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[Booking]) -> HttpResponse:
+        columns = [
+            "id",
+            "user__username",
+            "flight_id",
+            "seats",
+            "total_cost",
+            "currency",
+            "status",
+            "cancel_reason",
+            "created_at",
+            "expires_at",
+            "cancelled_at",
+        ]
+        rows = (
+            (pk, reference_of(pk), *rest)
+            for pk, *rest in queryset.order_by("pk").values_list(*columns).iterator(chunk_size=2000)
+        )
+        header = [
+            "id",
+            "reference",
+            "user",
+            "flight id",
+            "seats",
+            "total cost",
+            "currency",
+            "status",
+            "cancel reason",
+            "created",
+            "expires",
+            "cancelled",
+        ]
+        return csv_export(name="bookings", header=header, rows=rows)
 
 
 @admin.register(CleanupRun)
 class CleanupRunAdmin(ReadOnlyAdmin):
     """Written by `cleanup_stale_bookings` only."""
 
-    list_display = ["started_at", "finished_at", "host", "failed", "counts"]
+    list_display = ["started_at", "finished_at", "host", "failed_shown", "counts"]
     list_filter = ["host"]
     search_fields = ["=run_id"]
     date_hierarchy = "started_at"
+    fields = ["started_at", "finished_at", "host", "run_id", "counts", "failed_shown", "failures_shown"]
+    readonly_fields = fields
+
+    class Media:
+        css = OPS_CSS
+
+    @admin.display(description="failed", ordering="failed")
+    def failed_shown(self, run: CleanupRun):
+        return badge(f"{run.failed} failed", "alert") if run.failed else "0"
+
+    @admin.display(description="what failed")
+    def failures_shown(self, run: CleanupRun):
+        if not run.failures:
+            return "—"
+        lines = format_html_join("", "<li>{}</li>", ((line,) for line in run.failures))
+        more = f" (the first {len(run.failures)} of {run.failed})" if run.failed > len(run.failures) else ""
+        return format_html('<ul class="ops-failures">{}</ul>{}', lines, more)
 
 
 @admin.register(BookingEvent)
 class BookingEventAdmin(ReadOnlyAdmin):
     """The audit trail across bookings: find what one request (or cleanup run) changed."""
 
-    list_display = ["created_at", "booking", "from_status", "to_status", "reason", "actor", "actor_user", "request_id"]
+    list_display = [
+        "created_at",
+        "booking",
+        "from_status",
+        "to_status",
+        "reason",
+        "actor",
+        "actor_user",
+        "request_id",
+        "note",
+    ]
     list_filter = ["actor", "reason", "to_status"]
     search_fields = ["=booking__id", "=request_id", "actor_user__username"]
     list_select_related = ["booking", "actor_user"]

@@ -4,7 +4,8 @@ from it: a change that notifications report gets its `OutboxEvent` in the same t
 Every change of `Booking.status` goes through `record_status_change`, inside the transaction
 that makes it. Who made it is found, in order: an explicit `actor` (the payment gateway's
 answer), the surrounding `acting_as` block (cleanup), the signed-in user of the request being
-served (user or staff), else `system`.
+served (user or staff), else `system`. A person's own words on why (staff's reason on the
+cancel page) go on the events written inside a `noting` block.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 Actor = BookingEvent.Actor
 _acting: ContextVar[str | None] = ContextVar("booking_actor", default=None)
+_noting: ContextVar[str] = ContextVar("booking_event_note", default="")
+NOTE_MAX_LENGTH = BookingEvent._meta.get_field("note").max_length
 
 
 @contextmanager
@@ -32,6 +35,18 @@ def acting_as(actor: str) -> Iterator[None]:
         yield
     finally:
         _acting.reset(token)
+
+
+@contextmanager
+def noting(note: str) -> Iterator[None]:
+    """Store `note` (why, in the words of the person making the change) on the status
+    changes made inside the block. A context variable, like `acting_as`, so the services
+    between here and the event need no parameter for it and the hot path reads nothing more."""
+    token = _noting.set(note.strip()[:NOTE_MAX_LENGTH])
+    try:
+        yield
+    finally:
+        _noting.reset(token)
 
 
 def record_status_change(
@@ -73,6 +88,7 @@ def _event(booking_id: int, *, from_status: str, to_status: str, reason: str, ac
         actor=kind or Actor.SYSTEM,
         actor_user=user,
         request_id=request_id.get() or "",
+        note=_noting.get(),
     )
 
 

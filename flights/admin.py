@@ -1,7 +1,13 @@
 from django.contrib import admin
+from django.http import HttpRequest
 
+from bookings.models import Booking
+from bookings_project.admin import OPS_CSS, ReadOnlyAdmin
 from flights import services
 from flights.models import Flight, SeatHold
+
+# Bookings listed on a flight's page, newest first; the bookings list filtered by the flight has them all.
+BOOKINGS_SHOWN = 50
 
 
 class SeatHoldInline(admin.TabularInline):
@@ -19,6 +25,9 @@ class SeatHoldInline(admin.TabularInline):
 
 @admin.register(Flight)
 class FlightAdmin(admin.ModelAdmin):
+    """Editable: an edit goes through `flights.services.flight_update`, which records it
+    (FlightEdit, shown on the page). The page lists the flight's bookings and its holds."""
+
     list_display = [
         "id",
         "flight_number",
@@ -35,13 +44,35 @@ class FlightAdmin(admin.ModelAdmin):
     ordering = ["departure_time", "id"]
     inlines = [SeatHoldInline]
 
+    class Media:
+        css = OPS_CSS
+
     def get_readonly_fields(self, request, obj=None):
         # Seats move only through the ledger (the seats API); capacity is fixed once sold from.
         return ["capacity", "available_seats", "created_at", "updated_at"] if obj else ["available_seats"]
 
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        extra_context = dict(extra_context or {})
+        if (flight := self.get_object(request, object_id)) is not None:
+            bookings = Booking.objects.filter(flight_id=flight.pk).select_related("user").order_by("-created_at", "-id")
+            live = bookings.exclude(status=Booking.Status.CANCELLED)
+            extra_context.update(
+                bookings=bookings[:BOOKINGS_SHOWN],
+                bookings_count=bookings.count(),
+                bookings_shown=BOOKINGS_SHOWN,
+                live_bookings_count=live.count(),
+                edits=flight.edits.select_related("changed_by")[:100],
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def save_model(self, request, obj, form, change) -> None:
         if change:
-            super().save_model(request, obj, form, change)
+            services.flight_update(
+                flight_id=obj.pk,
+                changes={name: form.cleaned_data[name] for name in form.changed_data},
+                changed_by=request.user,
+            )
+            obj.refresh_from_db()
             return
         created = services.flight_create(
             flight_number=obj.flight_number,
@@ -57,15 +88,10 @@ class FlightAdmin(admin.ModelAdmin):
 
 
 @admin.register(SeatHold)
-class SeatHoldAdmin(admin.ModelAdmin):
+class SeatHoldAdmin(ReadOnlyAdmin):
+    """The ledger: written by seat changes only."""
+
     list_display = ["ref", "flight", "seats", "state", "created_at", "released_at"]
     list_filter = ["state"]
     search_fields = ["ref", "=flight__id", "flight__flight_number"]
     list_select_related = ["flight"]
-    readonly_fields = ["flight", "ref", "seats", "state", "created_at", "released_at"]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

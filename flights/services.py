@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Case, F, IntegerField, Value, When
@@ -14,7 +16,7 @@ from django.utils import timezone
 from bookings_project import statements
 from bookings_project.db import bound_lock_wait
 from bookings_project.exceptions import CapacityExceeded, InsufficientSeats, NotFound, ReservationConflict
-from flights.models import Flight, SeatHold, default_currency
+from flights.models import Flight, FlightEdit, SeatHold, default_currency
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,45 @@ def flight_create(
         capacity=capacity,
         available_seats=capacity,
     )
+
+
+# What staff may edit on a flight (admin): seats move only through the ledger, and capacity is
+# fixed once seats are sold from it.
+EDITABLE_FIELDS = frozenset(
+    {"flight_number", "departure_airport", "arrival_airport", "departure_time", "arrival_time", "price", "currency"}
+)
+
+
+def flight_update(*, flight_id: int, changes: Mapping[str, Any], changed_by: Any = None) -> FlightEdit | None:
+    """Apply staff's edit of a flight and record it (`FlightEdit`: each changed field's old and
+    new value as text, and who), in one short transaction under the flight's row lock. Only
+    the changed fields are written, so a seat change committed meanwhile is kept, and the
+    values compared are the locked row's, so the record says what really changed. None if
+    nothing did; Django's `ValidationError` for a value a flight cannot have. A booking
+    already made keeps its totalCost: it was priced when made."""
+    unknown = set(changes) - EDITABLE_FIELDS
+    if unknown:
+        raise ValueError(f"Not editable on a flight: {', '.join(sorted(unknown))}.")
+    with transaction.atomic():
+        bound_lock_wait()
+        flight = Flight.objects.select_for_update().filter(pk=flight_id).first()
+        if flight is None:
+            raise NotFound(f"Flight {flight_id} does not exist.")
+        changed = {}
+        for name, value in changes.items():
+            before = getattr(flight, name)
+            if before != value:
+                changed[name] = [_as_text(before), _as_text(value)]
+                setattr(flight, name, value)
+        if not changed:
+            return None
+        flight.full_clean(exclude=["available_seats", "capacity"], validate_unique=False)
+        flight.save(update_fields=[*changed, "updated_at"])
+        return FlightEdit.objects.create(flight=flight, changed_by=changed_by, changes=changed)
+
+
+def _as_text(value: Any) -> str:
+    return value.isoformat() if isinstance(value, dt.datetime) else str(value)
 
 
 def _flight_for_update(flight_id: int) -> Flight:

@@ -1,16 +1,24 @@
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.html import format_html
 
-from bookings_project.admin import ReadOnlyAdmin
+from bookings_project.admin import OPS_CSS, ReadOnlyAdmin, badge, change_link, csv_export, flight_link, user_link
 from payments.models import IdempotencyKey, Payment, SimulatedCharge
+from payments.selectors import payment_attempt_window
+
+Status = Payment.Status
 
 
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyAdmin):
     list_display = [
         "id",
-        "status",
-        "booking",
-        "user",
+        "status_shown",
+        "booking_shown",
+        "flight_shown",
+        "user_shown",
         "amount",
         "currency",
         "gateway_reference",
@@ -22,6 +30,84 @@ class PaymentAdmin(ReadOnlyAdmin):
     search_fields = ["=id", "=booking__id", "reference", "gateway_reference", "idempotency_key", "user__username"]
     list_select_related = ["booking", "user"]
     date_hierarchy = "created_at"
+    actions = ["export_csv"]
+    readonly_fields = ["status_shown", "booking_shown", "flight_shown", "user_shown"]
+    fieldsets = [
+        (None, {"fields": ["status_shown", "booking_shown", "flight_shown", "user_shown", "created_by"]}),
+        (
+            "Money",
+            {"fields": ["amount", "currency", "reference", "gateway_reference", "failure_reason", "refund_reference"]},
+        ),
+        (
+            "When",
+            {
+                "fields": [
+                    "created_at",
+                    "attempted_at",
+                    "attempts",
+                    "completed_at",
+                    "refunded_at",
+                    "reconciled_at",
+                    "late_charge_at",
+                    "updated_at",
+                    "idempotency_key",
+                ]
+            },
+        ),
+    ]
+
+    class Media:
+        css = OPS_CSS
+
+    @admin.display(description="status", ordering="status")
+    def status_shown(self, payment: Payment):
+        label = payment.get_status_display()
+        if payment.status in (Status.FAILED, Status.DECLINED):
+            return badge(label, "alert", title=payment.failure_reason)
+        # Older than the attempt window, its request is surely over: cleanup should have
+        # reconciled it with the gateway (payments.selectors.payment_attempt_window).
+        if payment.status == Status.PROCESSING and payment.attempted_at < timezone.now() - payment_attempt_window():
+            return format_html("{} {}", label, badge("stuck", "alert", title="Processing past its attempt window"))
+        return label
+
+    @admin.display(description="booking", ordering="booking")
+    def booking_shown(self, payment: Payment):
+        return change_link(payment.booking, f"{payment.booking_id} ({payment.booking.reference})")
+
+    @admin.display(description="flight id", ordering="booking__flight_id")
+    def flight_shown(self, payment: Payment):
+        return flight_link(payment.booking.flight_id)
+
+    @admin.display(description="user", ordering="user__username")
+    def user_shown(self, payment: Payment):
+        return user_link(payment.user)
+
+    @admin.action(description="Export selected as CSV", permissions=["view"])
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[Payment]) -> HttpResponse:
+        columns = [
+            "id",
+            "booking_id",
+            "user__username",
+            "amount",
+            "currency",
+            "status",
+            "gateway_reference",
+            "created_at",
+            "refunded_at",
+        ]
+        header = [
+            "id",
+            "booking id",
+            "user",
+            "amount",
+            "currency",
+            "status",
+            "gateway reference",
+            "created",
+            "refunded at",
+        ]
+        rows = queryset.order_by("pk").values_list(*columns).iterator(chunk_size=2000)
+        return csv_export(name="payments", header=header, rows=rows)
 
 
 @admin.register(IdempotencyKey)

@@ -73,6 +73,8 @@ logger = logging.getLogger("bookings.cleanup")
 DEFAULT_BATCH_SIZE = 500
 # How long a cleanup run is kept in the table that admin shows.
 RUN_HISTORY = dt.timedelta(days=30)
+# A run's record keeps its first failure lines (CleanupRun.failures); the log has them all.
+FAILURES_KEPT = 100
 # How long a payment that reconciliation found not charged is looked up again on every run,
 # in case the gateway was still working on the charge (such payments are rare).
 LATE_CHARGE_WATCH = dt.timedelta(hours=24)
@@ -286,6 +288,7 @@ def cleanup_stale_bookings(
             run_id=run_id,
             counts=asdict(counts),
             failed=counts.failed,
+            failures=run.failures,
         )
         CleanupRun.objects.filter(started_at__lt=started - RUN_HISTORY).delete()
     return counts
@@ -300,6 +303,9 @@ class _Run:
     flights: FlightGateway
     payments: PaymentGateway
     counts: CleanupCounts = field(default_factory=CleanupCounts)
+    # What failed, one line each, for the run's record (admin): the first ones only, so a run
+    # against a dead dependency stays one small row.
+    failures: list[str] = field(default_factory=list)
 
     def each(self, queryset: QuerySet, what: str, step: Callable[[int], None]) -> None:
         """Apply `step` to every id in `queryset`, a batch of ids at a time (keyset order,
@@ -325,6 +331,8 @@ class _Run:
 
     def fail(self, line: str) -> None:
         self.counts.failed += 1
+        if len(self.failures) < FAILURES_KEPT:
+            self.failures.append(line)
         logger.warning("cleanup: %s", line)
         self.report(f"FAILED {line}")
 

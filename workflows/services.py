@@ -39,6 +39,8 @@ class Cancellation:
     seats_released: int
     # This call made it CANCELLED (False: it was already).
     cancelled_now: bool = False
+    # The payments this call refunded first (a BOOKED booking's; at most one), as refunded.
+    refunds: tuple[Payment, ...] = ()
 
 
 def booking_cancel(
@@ -54,6 +56,7 @@ def booking_cancel(
     `PaymentGatewayUnavailable` and leaves the booking BOOKED. A release that fails leaves
     the booking cancelled with its seats owed; cleanup retries.
     """
+    refunds: list[Payment] = []
     # Twice at most: a booking seen unpaid may be paid before the lock is taken.
     for _ in range(2):
         booking = Booking.objects.filter(pk=booking_id).first()
@@ -62,7 +65,7 @@ def booking_cancel(
         if booking.status == Status.BOOKED:
             # Written before the refund: if we die or the gateway fails, cleanup finishes it.
             booking_services.booking_request_cancel(booking_id=booking_id, reason=reason)
-            payment_services.payment_refund_for_booking(booking_id=booking_id, gateway=payment_gateway)
+            refunds += payment_services.payment_refund_for_booking(booking_id=booking_id, gateway=payment_gateway)
 
         cancelled_now = False
         with transaction.atomic():
@@ -86,7 +89,9 @@ def booking_cancel(
             else 0
         )
         booking.refresh_from_db()
-        return Cancellation(booking=booking, seats_released=released, cancelled_now=cancelled_now)
+        return Cancellation(
+            booking=booking, seats_released=released, cancelled_now=cancelled_now, refunds=tuple(refunds)
+        )
     raise ResourceBusy(f"Booking {booking_id} changed while it was being cancelled. Retry shortly.")
 
 

@@ -5,16 +5,20 @@ service. Its links open the bookings list filtered to the same sets cleanup uses
 import datetime as dt
 import io
 import re
+from unittest import mock
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
+from django.db import OperationalError
 
 from bookings.models import Booking, CleanupRun
 from bookings.services import booking_create
+from flights import services as flight_services
 from payments.models import IdempotencyKey
 from tests.factories import cancel_cut_short, initiated, make_flight, pending_never_charged, release_owed
+from workflows.cleanup import _Run
 
 pytestmark = pytest.mark.django_db
 
@@ -163,3 +167,37 @@ def test_the_bookings_list_links_to_it_and_runs_are_read_only(ops, clock):
     run = CleanupRun.objects.get()
     assert ops.post(f"{runs}{run.pk}/delete/", {"post": "yes"}).status_code == 403
     assert CleanupRun.objects.count() == 1
+
+
+def test_a_runs_failures_are_kept_and_shown_on_its_page_the_list_and_the_cleanup_page(ops, user, clock):
+    flight = make_flight(capacity=10)
+    owed = release_owed(user, flight, 2)
+
+    def flights_down(**kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with mock.patch.object(flight_services, "flight_seats_change", flights_down), pytest.raises(CommandError):
+        call_command("cleanup_stale_bookings", stdout=io.StringIO())
+
+    run = CleanupRun.objects.get()
+    assert run.failed == 1
+    assert run.failures == [f"release of booking {owed.pk}: retried next run"]
+    assert f"release of booking {owed.pk}: retried next run" in ops.get(PAGE).content.decode()
+    assert "1 failed" in ops.get("/admin/bookings/cleanuprun/").content.decode()
+    page = ops.get(f"/admin/bookings/cleanuprun/{run.pk}/change/").content.decode()
+    assert f"<li>release of booking {owed.pk}: retried next run</li>" in page
+    assert 'name="_save"' not in page
+
+
+def test_a_run_keeps_only_its_first_hundred_failure_lines():
+    run = _Run(cutoffs=None, batch_size=1, dry_run=False, report=lambda line: None, flights=None, payments=None)
+    for number in range(150):
+        run.fail(f"line {number}")
+    assert run.counts.failed == 150
+    assert run.failures == [f"line {number}" for number in range(100)]
+
+
+def test_a_run_without_failures_shows_none(ops, clock):
+    call_command("cleanup_stale_bookings", stdout=io.StringIO())
+    assert CleanupRun.objects.get().failures == []
+    assert "What failed in the last run" not in ops.get(PAGE).content.decode()

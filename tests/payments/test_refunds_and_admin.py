@@ -4,6 +4,10 @@ payments in Django admin, with the default simulated gateway (its books: Simulat
 The gateway is outside the code under test, so a refund that fails is made by patching the
 simulated gateway's `refund` (the service and the booking saga run for real)."""
 
+import csv
+import datetime as dt
+import io
+
 import pytest
 from django.contrib.auth import get_user_model
 
@@ -217,18 +221,30 @@ class TestRefundFailure:
         assert_money_matches_bookings()
 
 
+def _cancel_in_admin(client, booking_ids, reason="refund agreed"):
+    """The action's confirmation page, then its Confirm with a reason."""
+    page = client.post(BOOKINGS_ADMIN, {"action": "cancel_selected", "_selected_action": booking_ids, "index": 0})
+    assert page.status_code == 200
+    data = {"action": "cancel_selected", "_selected_action": booking_ids, "confirm": "yes", "reason": reason}
+    return page, client.post(BOOKINGS_ADMIN, data, follow=True)
+
+
 class TestStaffCancelAction:
     def test_cancel_action_refunds_and_cancels_a_paid_booking(self, ops, user, flight):
         booking, payment = _paid_booking(user, flight, seats=2)
         unpaid = booking_create(user=user, flight_id=flight.pk, seats=1)
 
-        response = ops.post(
-            BOOKINGS_ADMIN, {"action": "cancel_selected", "_selected_action": [booking.pk, unpaid.pk]}, follow=True
-        )
+        page, response = _cancel_in_admin(ops, [booking.pk, unpaid.pk])
 
+        # The confirmation says what will be refunded, before anything is.
+        assert [(p.booking, p.refund) for p in page.context["previews"]] == [(booking, payment), (unpaid, None)]
+        assert f"11000.00 INR (payment {payment.pk})" in page.content.decode()
         assert response.status_code == 200
         messages = [str(m) for m in response.context["messages"]]
-        assert messages == ["Cancelled 2 booking(s); released 3 seat(s)."]
+        assert messages == [
+            f"Cancelled 2 booking(s); released 3 seat(s); refunded 11000.00 INR for booking {booking.pk} "
+            f"(payment {payment.pk})."
+        ]
         assert set(Booking.objects.values_list("status", "cancel_reason")) == {("CANCELLED", "staff")}
         payment.refresh_from_db()
         assert payment.status == Payment.Status.REFUNDED
@@ -240,9 +256,7 @@ class TestStaffCancelAction:
     def test_cancel_action_reports_a_failed_refund_and_leaves_the_booking_booked(self, ops, user, flight, refund_down):
         booking, payment = _paid_booking(user, flight, seats=2)
 
-        response = ops.post(
-            BOOKINGS_ADMIN, {"action": "cancel_selected", "_selected_action": [booking.pk]}, follow=True
-        )
+        _, response = _cancel_in_admin(ops, [booking.pk])
 
         messages = [str(m) for m in response.context["messages"]]
         assert "Cancelled 0 booking(s); released 0 seat(s)." in messages
@@ -354,3 +368,88 @@ class TestPaymentsAdmin:
         assert payment.gateway_reference in html
         assert "Refunded" in html
         assert f"{PAYMENTS_ADMIN}{payment.pk}/change/" in html  # show_change_link
+
+    def test_the_list_and_the_page_link_to_the_booking_the_flight_and_the_user(self, ops, payments, user, flight):
+        alices, _ = payments
+        links = [
+            f'href="{BOOKINGS_ADMIN}{alices.booking_id}/change/"',
+            f'href="/admin/flights/flight/{flight.pk}/change/"',
+            f'href="/admin/auth/user/{user.pk}/change/"',
+        ]
+        listing = ops.get(PAYMENTS_ADMIN).content.decode()
+        page = ops.get(f"{PAYMENTS_ADMIN}{alices.pk}/change/").content.decode()
+        for link in links:
+            assert link in listing and link in page, link
+        assert 'name="_save"' not in page
+
+    def test_failed_declined_and_stuck_payments_stand_out(self, ops, payments, user, clock, flight):
+        from payments.selectors import payment_attempt_window
+
+        alices, bobs = payments
+        stuck = Payment.objects.create(
+            booking=booking_create(user=user, flight_id=flight.pk, seats=1),
+            user=user,
+            created_by=user,
+            idempotency_key="stuck",
+            amount="5500.00",
+            currency="INR",
+            attempted_at=clock.now - payment_attempt_window() - dt.timedelta(seconds=1),
+        )
+        fresh = Payment.objects.create(
+            booking=booking_create(user=user, flight_id=flight.pk, seats=1),
+            user=user,
+            created_by=user,
+            idempotency_key="fresh",
+            amount="5500.00",
+            currency="INR",
+            attempted_at=clock.now,
+        )
+        admin = ops.get(PAYMENTS_ADMIN).context["cl"].model_admin
+
+        assert "ops-badge-alert" in admin.status_shown(bobs)  # DECLINED
+        assert "stuck" in admin.status_shown(stuck)
+        assert admin.status_shown(fresh) == "Processing"
+        assert admin.status_shown(alices) == "Succeeded"
+        Payment.objects.filter(pk=fresh.pk).update(status=Payment.Status.FAILED)
+        fresh.refresh_from_db()
+        assert "ops-badge-alert" in admin.status_shown(fresh)
+
+    def test_export_streams_the_selected_payments_as_csv(self, ops, payments, user, other_user):
+        alices, bobs = payments
+
+        response = ops.post(
+            PAYMENTS_ADMIN, {"action": "export_csv", "_selected_action": [bobs.pk, alices.pk], "index": 0}
+        )
+
+        assert response.status_code == 200 and response.streaming
+        assert response["Content-Disposition"].startswith('attachment; filename="payments-')
+        rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+        assert rows[0] == [
+            "id",
+            "booking id",
+            "user",
+            "amount",
+            "currency",
+            "status",
+            "gateway reference",
+            "created",
+            "refunded at",
+        ]
+        assert [row[:7] for row in rows[1:]] == [
+            [str(alices.pk), str(alices.booking_id), "alice", "5500.00", "INR", "SUCCEEDED", alices.gateway_reference],
+            [str(bobs.pk), str(bobs.booking_id), "bob", "5500.00", "INR", "DECLINED", bobs.gateway_reference],
+        ]
+
+    def test_idempotency_key_and_charge_pages_are_view_only(self, ops, payments):
+        alices, _ = payments
+        key = IdempotencyKey.objects.create(
+            user=alices.user, key="alice-key-1", fingerprint="0" * 64, expires_at=alices.created_at
+        )
+        for url in (
+            f"{KEYS_ADMIN}{key.pk}/change/",
+            f"/admin/payments/simulatedcharge/{_charge_of(alices).pk}/change/",
+        ):
+            page = ops.get(url)
+            assert page.status_code == 200, url
+            assert page.context["has_change_permission"] is False
+            assert 'name="_save"' not in page.content.decode(), url
