@@ -2,37 +2,56 @@
 
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from bookings import selectors, services
+from bookings import references, selectors, services
 from bookings.filters import BookingFilter
 from bookings.models import Booking
-from bookings.serializers import BookingCreateSerializer, BookingEventSerializer, BookingSerializer
+from bookings.serializers import BookingCreateSerializer, BookingEventSerializer
 from bookings_project.authentication import TokenAuthentication
+from bookings_project.locations import LOCATION_HEADER, created
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
 from bookings_project.pagination import page_parameters
 from bookings_project.throttling import BookingsThrottle
+from payments import selectors as payment_selectors
+from payments.serializers import BookingAnswerSerializer
 from workflows.services import booking_cancel
 
-# The seed's example flow: flight 123 at 5500.00 a seat, 2 seats, user 456, booking 789.
-SEED_BOOKING_REQUEST = {"flightId": 123, "userId": 456, "numberOfSeats": 2}
-SEED_BOOKING = {
-    "id": 789,
-    "flightId": 123,
-    "userId": 456,
+# The examples are the demo data's (`load_demo_data`) as the demo user sees it on a fresh
+# database: flight 1 (UK808) at 5500.00 a seat, 2 seats, booking 1 (docs/api.md#trying-it).
+EXAMPLE_BOOKING_REQUEST = {"flightId": 1, "numberOfSeats": 2}
+EXAMPLE_BOOKING = {
+    "id": 1,
+    "reference": references.reference_of(1),
+    "flightId": 1,
+    "userId": 1,
     "numberOfSeats": 2,
     "totalCost": "11000.00",
+    "currency": "INR",
     "status": "INITIATED",
     "createdAt": "2027-01-02T09:00:00Z",
     "updatedAt": "2027-01-02T09:00:00Z",
     "expiresAt": "2027-01-02T09:10:00Z",
     "cancelReason": None,
+    "payment": None,
 }
-SEED_CANCELLED = {**SEED_BOOKING, "status": "CANCELLED", "updatedAt": "2027-01-02T09:03:00Z", "cancelReason": "user"}
+EXAMPLE_CANCELLED = {
+    **EXAMPLE_BOOKING,
+    "status": "CANCELLED",
+    "updatedAt": "2027-01-02T09:03:00Z",
+    "cancelReason": "user",
+    "payment": {
+        "id": 1,
+        "status": "REFUNDED",
+        "amount": "11000.00",
+        "currency": "INR",
+        "refundedAt": "2027-01-02T09:03:00Z",
+    },
+}
 
 _FLIGHT_UNAVAILABLE = (
     503,
@@ -47,18 +66,21 @@ _FLIGHT_UNAVAILABLE = (
 @extend_schema_view(
     list=extend_schema(
         summary="List bookings",
-        description="Your bookings, newest first (staff see everyone's). Filter by `status`, `flightId`, `userId`.",
-        responses={200: BookingSerializer(many=True), **problem_responses(400, 401, 403, 404)},
+        description=(
+            "Your bookings, newest first (staff see everyone's). Filter by `status`, `flightId`, `reference`, "
+            "`userId`. An unknown parameter is a 400."
+        ),
+        responses={200: BookingAnswerSerializer(many=True), **problem_responses(400, 401, 403, 404)},
     ),
     retrieve=extend_schema(
         summary="Get a booking",
         parameters=[ID_PATH_PARAMETER],
-        responses={200: BookingSerializer, **problem_responses(401, 403, 404)},
-        examples=[OpenApiExample("Seed booking", value=SEED_BOOKING, response_only=True)],
+        responses={200: BookingAnswerSerializer, **problem_responses(401, 403, 404)},
+        examples=[OpenApiExample("Demo booking", value=EXAMPLE_BOOKING, response_only=True)],
     ),
 )
 class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    serializer_class = BookingSerializer
+    serializer_class = BookingAnswerSerializer
     throttle_classes = [BookingsThrottle]
     # People only: the Flights service token (a Bearer token) is no customer here, so its
     # authentication is left out and such a caller is anonymous (401).
@@ -70,10 +92,12 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # Schema generation has no user.
             return Booking.objects.none()
-        return selectors.booking_list(user=self.request.user)
+        return payment_selectors.with_payments(selectors.booking_list(user=self.request.user))
 
     def retrieve(self, request: Request, pk: str) -> Response:
-        return Response(BookingSerializer(selectors.booking_get(user=request.user, booking_id=int(pk))).data)
+        booking = selectors.booking_get(user=request.user, booking_id=int(pk))
+        payment_selectors.attach_payments([booking])
+        return Response(BookingAnswerSerializer(booking).data)
 
     @extend_schema(
         summary="Book seats on a flight",
@@ -82,8 +106,9 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "`expiresAt` (`BOOKING_HOLD_MINUTES`). Pay before then. `noOfSeats` is accepted for `numberOfSeats`."
         ),
         request=BookingCreateSerializer,
+        parameters=[LOCATION_HEADER],
         responses={
-            201: BookingSerializer,
+            201: BookingAnswerSerializer,
             **problem_responses(
                 400,
                 401,
@@ -95,9 +120,9 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             ),
         },
         examples=[
-            OpenApiExample("Seed booking", value=SEED_BOOKING_REQUEST, request_only=True),
-            OpenApiExample("Older clients' alias", value={"flightId": 123, "noOfSeats": 2}, request_only=True),
-            OpenApiExample("Created", value=SEED_BOOKING, response_only=True, status_codes=["201"]),
+            OpenApiExample("Two seats on the demo flight", value=EXAMPLE_BOOKING_REQUEST, request_only=True),
+            OpenApiExample("Older clients' alias", value={"flightId": 1, "noOfSeats": 2}, request_only=True),
+            OpenApiExample("Created", value=EXAMPLE_BOOKING, response_only=True, status_codes=["201"]),
         ],
     )
     def create(self, request: Request) -> Response:
@@ -106,18 +131,20 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         data = serializer.validated_data
         owner = services.booking_owner(caller=request.user, user_id=data.get("userId"))
         booking = services.booking_create(user=owner, flight_id=data["flightId"], seats=data["numberOfSeats"])
-        return Response(BookingSerializer(booking).data, status=status.HTTP_201_CREATED)
+        payment_selectors.attach_no_payments(booking)
+        return created(request, BookingAnswerSerializer(booking).data, view_name="booking-detail", pk=booking.pk)
 
     @extend_schema(
         summary="Cancel a booking",
         description=(
             "Cancels the booking and gives its seats back to the flight. Cancelling twice answers the same "
-            "cancelled booking. PATCH (the seed's) and POST both work; no body is needed."
+            "cancelled booking. PATCH (the seed's) and POST both work; no body is needed. A paid booking is "
+            "refunded: its `payment` says so (`REFUNDED`, `refundedAt`)."
         ),
         parameters=[ID_PATH_PARAMETER],
         request=None,
         responses={
-            200: OpenApiResponse(BookingSerializer, description="The booking, CANCELLED."),
+            200: OpenApiResponse(BookingAnswerSerializer, description="The booking, CANCELLED."),
             **problem_responses(
                 401,
                 403,
@@ -132,14 +159,17 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 ),
             ),
         },
-        examples=[OpenApiExample("Cancelled", value=SEED_CANCELLED, response_only=True, status_codes=["200"])],
+        examples=[
+            OpenApiExample("Cancelled and refunded", value=EXAMPLE_CANCELLED, response_only=True, status_codes=["200"])
+        ],
     )
     @action(detail=True, methods=["patch", "post"], url_path="cancel")
     def cancel(self, request: Request, pk: str) -> Response:
         booking = selectors.booking_get(user=request.user, booking_id=int(pk))
         reason = Booking.CancelReason.USER if booking.user_id == request.user.pk else Booking.CancelReason.STAFF
         cancellation = booking_cancel(booking_id=booking.pk, reason=reason)
-        return Response(BookingSerializer(cancellation.booking).data)
+        payment_selectors.attach_payments([cancellation.booking])
+        return Response(BookingAnswerSerializer(cancellation.booking).data)
 
     @extend_schema(
         summary="A booking's history",

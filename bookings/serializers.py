@@ -9,12 +9,16 @@ from bookings_project.openapi import MAX_ID
 
 
 class BookingSerializer(CachedFieldsSerializer):
+    reference = serializers.CharField(
+        help_text="6 characters a person can read out, like a PNR (unique); `?reference=` finds it."
+    )
     flightId = serializers.IntegerField(source="flight_id")
     userId = serializers.IntegerField(source="user_id")
     numberOfSeats = serializers.IntegerField(source="seats")
     totalCost = serializers.DecimalField(
         source="total_cost", max_digits=12, decimal_places=2, help_text="Price times seats at booking time."
     )
+    currency = serializers.CharField(help_text="ISO 4217 code of `totalCost`: the flight's currency.")
     status = serializers.ChoiceField(choices=Booking.Status.choices)
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
@@ -32,10 +36,12 @@ class BookingSerializer(CachedFieldsSerializer):
         model = Booking
         fields = [
             "id",
+            "reference",
             "flightId",
             "userId",
             "numberOfSeats",
             "totalCost",
+            "currency",
             "status",
             "createdAt",
             "updatedAt",

@@ -94,7 +94,14 @@ class ServiceTokenScheme(OpenApiAuthenticationExtension):
 
 
 class AutoSchema(SpectacularAutoSchema):
-    """Every operation of a rate-limited view documents its 429 answer."""
+    """Every operation of a rate-limited view documents its 429 answer; the Flights service
+    token is shown only where a view says so (`documents_service_token`, the seat change)."""
+
+    def get_auth(self):
+        auth = super().get_auth()
+        if getattr(self.view, "documents_service_token", False):
+            return auth
+        return [scheme for scheme in auth if ServiceTokenScheme.name not in scheme]
 
     def _get_response_bodies(self, direction="response"):
         bodies = super()._get_response_bodies(direction)

@@ -2,18 +2,25 @@ from drf_spectacular.utils import OpenApiParameter
 from rest_framework import pagination
 from rest_framework.exceptions import ValidationError
 
-from bookings_project.query import single_value
+from bookings_project.query import filter_names, refuse_unknown_parameters, single_value
 
 
 class PageNumberPagination(pagination.PageNumberPagination):
     """`?page=N&pageSize=M` (camelCase, like every other name in the API); at most 100 a page.
 
     Unlike DRF's default, a bad `page` or `pageSize` (not a positive integer, empty, or given
-    twice) is a 400 rather than silently ignored; a page past the end is a 404.
+    twice) is a 400 rather than silently ignored, and so is a parameter the list does not
+    know; a page past the end is a 404.
     """
 
     page_size_query_param = "pageSize"
     max_page_size = 100
+
+    def paginate_queryset(self, queryset, request, view=None):
+        # Every list is paginated, so this is where each refuses what it does not know.
+        known = {self.page_query_param, self.page_size_query_param, *filter_names(view)}
+        refuse_unknown_parameters(request.query_params, known)
+        return super().paginate_queryset(queryset, request, view)
 
     def get_page_number(self, request, paginator):
         raw = single_value(request.query_params, self.page_query_param)

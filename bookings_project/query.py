@@ -6,7 +6,9 @@ the schema says so (`allowEmptyValue`)."""
 from __future__ import annotations
 
 import django_filters
+from django import forms
 from django.http import QueryDict
+from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework.exceptions import ValidationError
 
 
@@ -32,3 +34,32 @@ class StrictFilterSet(django_filters.FilterSet):
                     self.form.add_error(name, error.detail[name])
                     valid = False
         return valid
+
+
+class IntegerFilter(django_filters.NumberFilter):
+    """Whole numbers only: "1.5" is an error, not flight 1."""
+
+    field_class = forms.IntegerField
+
+
+class RegexFilter(django_filters.CharFilter):
+    """A string that must match `regex` (with `error_messages={"invalid": ...}` to say how)."""
+
+    field_class = forms.RegexField
+
+
+def refuse_unknown_parameters(query: QueryDict, known: set[str]) -> None:
+    """A parameter a list does not know is refused (400), each one named: a typo in a filter
+    (`?departureAirpot=DEL`) must never silently answer everything."""
+    unknown = sorted(set(query) - known)
+    if unknown:
+        listed = ", ".join(sorted(known))
+        raise ValidationError({name: f"Unknown query parameter; this list takes {listed}." for name in unknown})
+
+
+def filter_names(view) -> set[str]:
+    """The query parameters the view's filter set reads (none if it filters nothing)."""
+    filterset = getattr(view, "filterset_class", None)
+    if filterset is None or not any(issubclass(b, DjangoFilterBackend) for b in getattr(view, "filter_backends", ())):
+        return set()
+    return set(filterset.base_filters)

@@ -13,6 +13,7 @@ from flights.models import MAX_CAPACITY, Flight, SeatHold
 
 IATA_CODE = r"^[A-Za-z]{3}$"
 FLIGHT_NUMBER = r"^[A-Za-z0-9]{2,10}$"
+CURRENCY_CODE = r"^[A-Za-z]{3}$"
 RESERVATION_REF = r"^[A-Za-z0-9._:-]{1,100}$"
 
 
@@ -23,6 +24,7 @@ class FlightSerializer(CachedFieldsSerializer):
     departureTime = serializers.DateTimeField(source="departure_time")
     arrivalTime = serializers.DateTimeField(source="arrival_time")
     price = serializers.DecimalField(max_digits=10, decimal_places=2)
+    currency = serializers.CharField(help_text="ISO 4217 code of `price`, e.g. INR.")
     capacity = serializers.IntegerField()
     totalSeats = serializers.IntegerField(
         source="available_seats", help_text="Seats still available (the seed's meaning)."
@@ -38,6 +40,7 @@ class FlightSerializer(CachedFieldsSerializer):
             "departureTime",
             "arrivalTime",
             "price",
+            "currency",
             "capacity",
             "totalSeats",
         ]
@@ -51,6 +54,9 @@ class FlightCreateSerializer(serializers.Serializer):
     departureTime = serializers.DateTimeField()
     arrivalTime = serializers.DateTimeField()
     price = MoneyField()
+    currency = StrictRegexField(
+        CURRENCY_CODE, required=False, help_text="ISO 4217 code of `price`; the service's `CURRENCY` if left out."
+    )
     capacity = StrictIntegerField(min_value=1, max_value=MAX_CAPACITY)
 
     def validate(self, attrs: dict) -> dict:
@@ -69,6 +75,7 @@ class FlightCreateSerializer(serializers.Serializer):
             "departure_time": data["departureTime"],
             "arrival_time": data["arrivalTime"],
             "price": data["price"],
+            "currency": data.get("currency", "").upper(),
             "capacity": data["capacity"],
         }
 

@@ -1,7 +1,7 @@
 """Webhook endpoints API (docs/api.md#webhooks): staff only; thin views over notifications.services."""
 
 from drf_spectacular.utils import OpenApiCallback, OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
@@ -10,6 +10,7 @@ from rest_framework.response import Response
 
 from bookings_project.authentication import TokenAuthentication
 from bookings_project.exceptions import NotFound
+from bookings_project.locations import LOCATION_HEADER, created
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem_responses
 from bookings_project.pagination import page_parameters
 from notifications import selectors, services
@@ -80,6 +81,7 @@ class WebhookEndpointViewSet(
             "types. The URL must be `https` on a public address."
         ),
         request=WebhookEndpointCreateSerializer,
+        parameters=[LOCATION_HEADER],
         responses={201: WebhookEndpointCreatedSerializer, **problem_responses(400, 401, 403, 415)},
         callbacks=[
             OpenApiCallback(
@@ -120,7 +122,9 @@ class WebhookEndpointViewSet(
             description=data.get("description", ""),
             created_by=request.user,
         )
-        return Response(WebhookEndpointCreatedSerializer(endpoint).data, status=status.HTTP_201_CREATED)
+        return created(
+            request, WebhookEndpointCreatedSerializer(endpoint).data, view_name="webhook-detail", pk=endpoint.pk
+        )
 
     def perform_destroy(self, instance: WebhookEndpoint) -> None:
         services.endpoint_delete(endpoint=instance)

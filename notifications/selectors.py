@@ -10,10 +10,10 @@ from django.db.models import Exists, OuterRef, QuerySet
 from rest_framework import serializers
 
 from bookings.models import OutboxEvent
-from bookings.serializers import BookingSerializer
 from notifications.models import Delivery, WebhookEndpoint
 from payments.models import Payment
-from payments.serializers import PaymentSerializer
+from payments.selectors import PAYMENTS_NEWEST_FIRST, attach_payments
+from payments.serializers import BookingAnswerSerializer, PaymentSerializer
 
 _TIME = serializers.DateTimeField()
 
@@ -23,30 +23,27 @@ def event_body(*, event: OutboxEvent) -> str:
     {"booking", "payment"}}`, the booking and payment as GET answers them now (the worker
     renders it once, when it first picks the event up, and keeps it)."""
     booking = event.booking  # Read with the event, under its lock (services.event_dispatch).
-    payment = _payment_of(event)
+    attach_payments([booking])
+    payment = _payment_of(event, getattr(booking, PAYMENTS_NEWEST_FIRST))
     body = {
         "id": event.public_id,
         "type": event.type,
         "createdAt": _TIME.to_representation(event.created_at),
         "data": {
-            "booking": BookingSerializer(booking).data,
+            "booking": BookingAnswerSerializer(booking).data,
             "payment": None if payment is None else PaymentSerializer(payment).data,
         },
     }
     return json.dumps(body, cls=DjangoJSONEncoder, separators=(",", ":"))
 
 
-def _payment_of(event: OutboxEvent) -> Payment | None:
-    """The event's own payment, else the one of its booking that took money (null if none did)."""
+def _payment_of(event: OutboxEvent, payments: list[Payment]) -> Payment | None:
+    """The event's own payment, else the latest of its booking's `payments` that took money
+    (null if none did)."""
     if event.payment_id is not None:
-        return Payment.objects.get(pk=event.payment_id)
-    return (
-        Payment.objects.filter(
-            booking_id=event.booking_id, status__in=[Payment.Status.SUCCEEDED, Payment.Status.REFUNDED]
-        )
-        .order_by("-id")
-        .first()
-    )
+        return next(payment for payment in payments if payment.pk == event.payment_id)
+    took_money = (Payment.Status.SUCCEEDED, Payment.Status.REFUNDED)
+    return next((payment for payment in payments if payment.status in took_money), None)
 
 
 def endpoint_list() -> QuerySet[WebhookEndpoint]:

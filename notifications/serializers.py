@@ -3,11 +3,10 @@
 from rest_framework import serializers
 
 from bookings.models import OutboxEvent
-from bookings.serializers import BookingSerializer
 from bookings_project.fields import CachedFieldsSerializer
 from notifications.models import Delivery, WebhookEndpoint
 from notifications.urlsafety import UnsafeURL, check_url
-from payments.serializers import PaymentSerializer
+from payments.serializers import BookingAnswerSerializer, PaymentSerializer
 
 EVENT_TYPES = OutboxEvent.Type
 
@@ -105,7 +104,7 @@ class DeliverySerializer(CachedFieldsSerializer):
 
 
 class _EventDataSerializer(serializers.Serializer):
-    booking = BookingSerializer()
+    booking = BookingAnswerSerializer()
     payment = PaymentSerializer(
         allow_null=True, help_text="The refunded payment, or the one that took the booking's money; null if none did."
     )

@@ -1,6 +1,7 @@
 """Payments API (docs/api.md#payments): thin views over payments.services, payments.idempotency and
 payments.selectors."""
 
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
@@ -12,20 +13,25 @@ from bookings.services import booking_owner
 from bookings_project.authentication import TokenAuthentication
 from bookings_project.errors import PROBLEM_CONTENT_TYPE
 from bookings_project.exceptions import DomainError, IdempotencyKeyMissing
+from bookings_project.locations import LOCATION_HEADER, location_of
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
 from bookings_project.throttling import PaymentsThrottle
 from payments import idempotency, selectors, services
+from payments.filters import PaymentFilter
 from payments.models import Payment
 from payments.serializers import PaymentCreateSerializer, PaymentSerializer
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
-# The seed's example flow: booking 789 of user 456, 11000.00, key unique-key-123.
-SEED_PAYMENT_REQUEST = {"bookingId": 789, "amount": 11000.00, "userId": 456}
-SEED_PAYMENT = {
-    "id": 4242,
-    "bookingId": 789,
-    "userId": 456,
+# The demo data's flow, as the demo user tries it on a fresh database (bookings.apis): booking 1,
+# 11000.00, and a key of its own (the README's walk-through uses another), so that trying
+# it again replays its answer.
+EXAMPLE_PAYMENT_REQUEST = {"bookingId": 1, "amount": "11000.00"}
+EXAMPLE_KEY = "try-it-booking-1"
+EXAMPLE_PAYMENT = {
+    "id": 1,
+    "bookingId": 1,
+    "userId": 1,
     "amount": "11000.00",
     "currency": "INR",
     "status": "SUCCEEDED",
@@ -44,7 +50,7 @@ IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
         "Resend the same key and body to get the first final answer again; a new attempt needs a new key. "
         "The seed's `x-idempotency-key` is accepted instead."
     ),
-    examples=[OpenApiExample("Seed key", value="unique-key-123")],
+    examples=[OpenApiExample("A key for the demo booking", value=EXAMPLE_KEY)],
 )
 SEED_IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
     "x-idempotency-key",
@@ -81,18 +87,28 @@ def idempotency_key_of(request: Request) -> str:
 
 
 @extend_schema_view(
+    list=extend_schema(
+        summary="List payments",
+        description=(
+            "Your payments, newest first (staff see everyone's). Filter by `bookingId`, `status`. "
+            "An unknown parameter is a 400."
+        ),
+        responses={200: PaymentSerializer(many=True), **problem_responses(400, 401, 404)},
+    ),
     retrieve=extend_schema(
         summary="Get a payment",
         parameters=[ID_PATH_PARAMETER],
         responses={200: PaymentSerializer, **problem_responses(401, 404)},
-        examples=[OpenApiExample("Seed payment", value=SEED_PAYMENT, response_only=True)],
-    )
+        examples=[OpenApiExample("Demo payment", value=EXAMPLE_PAYMENT, response_only=True)],
+    ),
 )
-class PaymentViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = PaymentSerializer
     throttle_classes = [PaymentsThrottle]
     # People only, as for bookings: the Flights service token is no customer.
     authentication_classes = [TokenAuthentication, SessionAuthentication]
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = PaymentFilter
     lookup_value_regex = ID_PATTERN
 
     def get_queryset(self):
@@ -112,7 +128,7 @@ class PaymentViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
             "`idempotency_key_in_use` / `payment_in_progress` / `resource_busy`, 503) are not stored: retry them "
             "with the same key. After a 402 decline, pay again with a new key. `totalCost` is accepted for `amount`."
         ),
-        parameters=[IDEMPOTENCY_KEY_PARAMETER, SEED_IDEMPOTENCY_KEY_PARAMETER, REPLAYED_PARAMETER],
+        parameters=[IDEMPOTENCY_KEY_PARAMETER, SEED_IDEMPOTENCY_KEY_PARAMETER, REPLAYED_PARAMETER, LOCATION_HEADER],
         request=PaymentCreateSerializer,
         responses={
             201: PaymentSerializer,
@@ -162,11 +178,9 @@ class PaymentViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
             ),
         },
         examples=[
-            OpenApiExample("Seed payment", value=SEED_PAYMENT_REQUEST, request_only=True),
-            OpenApiExample(
-                "Older clients' alias", value={"bookingId": 789, "totalCost": "11000.00"}, request_only=True
-            ),
-            OpenApiExample("Paid", value=SEED_PAYMENT, response_only=True, status_codes=["201"]),
+            OpenApiExample("Pay the demo booking", value=EXAMPLE_PAYMENT_REQUEST, request_only=True),
+            OpenApiExample("Older clients' alias", value={"bookingId": 1, "totalCost": "11000.00"}, request_only=True),
+            OpenApiExample("Paid", value=EXAMPLE_PAYMENT, response_only=True, status_codes=["201"]),
         ],
     )
     def create(self, request: Request) -> Response:
@@ -212,4 +226,6 @@ class PaymentViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         )
         if answer.replayed:
             response[REPLAYED_HEADER] = "true"
+        if answer.status == status.HTTP_201_CREATED:  # A replay too: the same answer, the same payment.
+            response["Location"] = location_of(request, "payment-detail", answer.body["id"])
         return response

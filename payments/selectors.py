@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet, prefetch_related_objects
 
 from bookings.models import Booking
 from bookings_project.exceptions import NotFound
 from bookings_project.http_client import timeouts
 from payments.models import IdempotencyKey, Payment
+
+# The attribute `with_payments` gives each booking: its payments, the latest first.
+PAYMENTS_NEWEST_FIRST = "payments_newest_first"
+
+
+def _payments_prefetch() -> Prefetch:
+    return Prefetch("payments", queryset=Payment.objects.order_by("-created_at", "-id"), to_attr=PAYMENTS_NEWEST_FIRST)
+
+
+def with_payments(bookings: QuerySet[Booking]) -> QuerySet[Booking]:
+    """The bookings, each with its payments: one more query for a whole page of them."""
+    return bookings.prefetch_related(_payments_prefetch())
+
+
+def attach_payments(bookings: Iterable[Booking]) -> None:
+    """`with_payments` for bookings already read (one query for them all)."""
+    prefetch_related_objects(list(bookings), _payments_prefetch())
+
+
+def attach_no_payments(booking: Booking) -> None:
+    """A booking just created has none: no query to learn it."""
+    setattr(booking, PAYMENTS_NEWEST_FIRST, [])
 
 
 def payment_list(*, user: AbstractBaseUser) -> QuerySet[Payment]:

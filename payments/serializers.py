@@ -1,10 +1,18 @@
-"""Payment resources on the wire (docs/api.md#payments): camelCase, money as a 2-place decimal string."""
+"""Payment resources on the wire (docs/api.md#payments): camelCase, money as a 2-place decimal string.
+Also the booking as the API answers it, with its latest payment: payments know bookings, not
+the other way round (docs/design.md#layers)."""
 
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from bookings.models import Booking
+from bookings.serializers import BookingSerializer
 from bookings_project.fields import CachedFieldsSerializer, MoneyField, StrictIntegerField, resolve_alias
 from bookings_project.openapi import MAX_ID
 from payments.models import Payment
+from payments.selectors import PAYMENTS_NEWEST_FIRST
 
 
 class PaymentSerializer(CachedFieldsSerializer):
@@ -66,3 +74,31 @@ class PaymentCreateSerializer(serializers.Serializer):
         if data.get("userId") not in (None, caller_id):
             body["userId"] = data["userId"]
         return body
+
+
+class PaymentSummarySerializer(CachedFieldsSerializer):
+    status = serializers.ChoiceField(choices=Payment.Status.choices)
+    amount = serializers.DecimalField(max_digits=12, decimal_places=2)
+    refundedAt = serializers.DateTimeField(
+        source="refunded_at", allow_null=True, help_text="When its money was given back; null if it was not."
+    )
+
+    class Meta:
+        model = Payment
+        fields = ["id", "status", "amount", "currency", "refundedAt"]
+        read_only_fields = fields
+
+
+class BookingAnswerSerializer(BookingSerializer):
+    """A booking with its latest payment: read its payments first (`selectors.with_payments`)."""
+
+    payment = serializers.SerializerMethodField()
+
+    class Meta(BookingSerializer.Meta):
+        fields = [*BookingSerializer.Meta.fields, "payment"]
+        read_only_fields = fields
+
+    @extend_schema_field(PaymentSummarySerializer(allow_null=True, help_text="The latest payment; null if none."))
+    def get_payment(self, booking: Booking) -> dict | None:
+        payments = getattr(booking, PAYMENTS_NEWEST_FIRST)
+        return PaymentSummarySerializer(payments[0]).data if payments else None

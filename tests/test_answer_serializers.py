@@ -10,7 +10,7 @@ from bookings.models import BookingEvent
 from bookings.serializers import BookingEventSerializer, BookingSerializer
 from flights.models import Flight, SeatHold
 from flights.serializers import FlightSeatsResultSerializer, FlightSerializer, SeatHoldSerializer
-from payments.serializers import PaymentSerializer
+from payments.serializers import PaymentSerializer, PaymentSummarySerializer
 from tests.factories import make_flight, paid
 
 pytestmark = pytest.mark.django_db
@@ -37,6 +37,7 @@ def test_a_flight_answer_is_the_seed_shape():
         "departureTime": "2027-01-10T10:00:00Z",
         "arrivalTime": "2027-01-10T12:00:00Z",
         "price": "5500.50",
+        "currency": "INR",
         "capacity": 120,
         "totalSeats": 120,
     }
@@ -52,6 +53,7 @@ def test_every_answer_is_what_drf_renders(user):
         (BookingSerializer, booking),
         (BookingEventSerializer, event),
         (PaymentSerializer, payment),
+        (PaymentSummarySerializer, payment),
     ):
         for _ in range(2):  # Built, then cached.
             assert dict(serializer_class(instance).data) == _as_drf_renders_it(serializer_class, instance)

@@ -106,6 +106,9 @@ EXPECTED: dict[tuple[str, str], dict[str, Answer]] = {
     ("api/v1/bookings/<pk>/cancel", "POST"): _customers(200),
     ("api/v1/bookings/<pk>/events", "GET"): _customers(200),
     # Payments: paying someone else's booking is as unknown as reading their payment.
+    ("api/v1/payments", "GET"): row(
+        anonymous=UNAUTHENTICATED, owner=200, other=200, staff=200, service=UNAUTHENTICATED
+    ),
     ("api/v1/payments", "POST"): _customers(201),
     ("api/v1/payments/<pk>", "GET"): _customers(200),
     # Webhook endpoints: staff only; the service token is nobody here.
@@ -215,7 +218,7 @@ def test_the_walk_sees_what_the_router_registers():
         ("api/v1/bookings/<pk>/cancel", "POST"),
         ("api/v1/bookings/<pk>/events", "GET"),
     } <= served
-    assert ("api/v1/payments", "GET") not in served  # PaymentViewSet has no list.
+    assert ("api/v1/payments", "GET") in served
     assert normalise(r"api/v1/^bookings/(?P<pk>[0-9]{1,18})/cancel$") == "api/v1/bookings/<pk>/cancel"
     assert normalise("shop/<int:order_id>/items/<slug:item>") == "shop/<order_id>/items/<item>"
 
@@ -339,6 +342,7 @@ HEADERS: dict[tuple[str, str], Callable[[], dict[str, str]]] = {
 LISTED = {
     ("api/v1/flights", "GET"): "flight",
     ("api/v1/bookings", "GET"): "booking",
+    ("api/v1/payments", "GET"): "payment",
     ("api/v1/webhooks", "GET"): "webhook",
 }
 
@@ -456,6 +460,14 @@ def _check_payment(world, role, response):
     assert response.json()["id"] == world.payment.pk
 
 
+def _check_payment_list(world, role, response):
+    ids = [payment["id"] for payment in _results(response)]
+    if role == "other":
+        assert ids == [], "another user's payment leaked into the list"
+    else:
+        assert ids == [world.payment.pk]
+
+
 def _check_webhook_list(world, role, response):
     assert [endpoint["id"] for endpoint in _results(response)] == [world.webhook.pk]
 
@@ -497,6 +509,7 @@ CHECKS: dict[tuple[str, str], Callable] = {
     ("api/v1/bookings/<pk>/cancel", "PATCH"): _check_cancel,
     ("api/v1/bookings/<pk>/cancel", "POST"): _check_cancel,
     ("api/v1/bookings/<pk>/events", "GET"): _check_events,
+    ("api/v1/payments", "GET"): _check_payment_list,
     ("api/v1/payments", "POST"): _check_payment_create,
     ("api/v1/payments/<pk>", "GET"): _check_payment,
     ("api/v1/webhooks", "GET"): _check_webhook_list,

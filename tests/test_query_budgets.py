@@ -99,8 +99,8 @@ def test_cancel_an_unpaid_booking(user, user_client, flight, django_assert_max_n
     #   (one on PostgreSQL), COMMIT 6 (5); the worker's task queued 1;
     # release: booking re-read 1; Flights: BEGIN, flight FOR UPDATE, hold FOR UPDATE,
     #   UPDATE flight, UPDATE hold, COMMIT 6;
-    # seats_state compare-and-set 1; booking re-read for the answer 1.
-    with django_assert_max_num_queries(_budget(sqlite=19, postgresql=18)):
+    # seats_state compare-and-set 1; booking re-read for the answer 1; its payments 1.
+    with django_assert_max_num_queries(_budget(sqlite=20, postgresql=19)):
         response = user_client.post(f"{BOOKINGS}/{booking.pk}/cancel")
 
     assert response.status_code == 200, response.content
@@ -116,8 +116,8 @@ def test_cancel_a_paid_booking_refunds_it(user, user_client, flight, django_asse
     #   outbox event (refunded), COMMIT 4; the worker's task queued 1; payment re-read 1;
     # cancel: BEGIN, booking FOR UPDATE, standing charge EXISTS, UPDATE booking, INSERT event,
     #   INSERT outbox event (one on PostgreSQL), COMMIT 7 (6); the worker's task queued 1;
-    # release as for an unpaid booking 9.
-    with django_assert_max_num_queries(_budget(sqlite=33, postgresql=32)):
+    # release as for an unpaid booking 9; the answer's payments 1.
+    with django_assert_max_num_queries(_budget(sqlite=34, postgresql=33)):
         response = user_client.post(f"{BOOKINGS}/{booking.pk}/cancel")
 
     assert response.status_code == 200, response.content
@@ -130,8 +130,8 @@ def test_cancel_a_paid_booking_refunds_it(user, user_client, flight, django_asse
 
 def test_get_a_booking(user, user_client, flight, django_assert_max_num_queries):
     booking = initiated(user, flight)
-    # token auth 1; booking, scoped to the caller 1.
-    with django_assert_max_num_queries(_budget(sqlite=2, postgresql=2)):
+    # token auth 1; booking, scoped to the caller 1; its payments (the answer's `payment`) 1.
+    with django_assert_max_num_queries(_budget(sqlite=3, postgresql=3)):
         response = user_client.get(f"{BOOKINGS}/{booking.pk}")
 
     assert response.status_code == 200
@@ -169,9 +169,9 @@ def test_events_cost_the_same_for_one_event_as_for_many(user, user_client, fligh
     assert many <= _budget(**EVENTS_BUDGET)
 
 
-# A page of bookings: token auth 1; COUNT of the caller's bookings 1; the page 1. Nothing per
-# booking: the serializer reads only the booking's own columns.
-LIST_BUDGET = {"sqlite": 3, "postgresql": 3}
+# A page of bookings: token auth 1; COUNT of the caller's bookings 1; the page 1; the page's
+# payments, for each booking's `payment` 1. Nothing per booking.
+LIST_BUDGET = {"sqlite": 4, "postgresql": 4}
 PAGE = f"{BOOKINGS}?pageSize=50"
 
 

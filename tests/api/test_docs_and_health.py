@@ -54,12 +54,12 @@ def test_schema_is_openapi_3_and_lists_the_api(client):
     assert "application/problem+json" in seats_409["content"]
 
 
-def test_schema_documents_bookings_with_the_seeds_example_and_every_error(client):
+def test_schema_documents_bookings_with_the_demo_example_and_every_error(client):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
     paths = schema["paths"]
     create = paths["/api/v1/bookings"]["post"]
     examples = create["requestBody"]["content"]["application/json"]["examples"]
-    assert {"flightId": 123, "userId": 456, "numberOfSeats": 2} in [e["value"] for e in examples.values()]
+    assert {"flightId": 1, "numberOfSeats": 2} in [e["value"] for e in examples.values()]
     created = create["responses"]["201"]["content"]["application/json"]["examples"]
     assert [e["value"]["totalCost"] for e in created.values()] == ["11000.00"]
     assert {"400", "401", "403", "404", "409", "415", "503"} <= set(create["responses"])
@@ -69,7 +69,7 @@ def test_schema_documents_bookings_with_the_seeds_example_and_every_error(client
     assert {"patch", "post"} <= set(paths["/api/v1/bookings/{id}/cancel"])
     assert "payment_in_progress" in paths["/api/v1/bookings/{id}/cancel"]["patch"]["responses"]["409"]["description"]
     list_params = {p["name"] for p in paths["/api/v1/bookings"]["get"]["parameters"]}
-    assert {"status", "flightId", "userId", "page", "pageSize"} <= list_params
+    assert {"status", "flightId", "userId", "reference", "page", "pageSize"} <= list_params
 
 
 def test_schema_validates_without_warnings(tmp_path):

@@ -24,16 +24,20 @@ class TestCreate:
         body = response.json()
         assert set(body) == {
             "id",
+            "reference",
             "flightId",
             "userId",
             "numberOfSeats",
             "totalCost",
+            "currency",
             "status",
             "createdAt",
             "updatedAt",
             "expiresAt",
             "cancelReason",
+            "payment",
         }
+        assert (body["currency"], body["payment"]) == ("INR", None)
         assert body["flightId"] == flight.pk
         assert body["userId"] == user.pk
         assert body["numberOfSeats"] == 2

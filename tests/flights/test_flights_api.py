@@ -43,6 +43,7 @@ def test_list_is_paginated_and_uses_the_seed_field_names(user_client):
         "departureTime": first.departure_time.isoformat().replace("+00:00", "Z"),
         "arrivalTime": first.arrival_time.isoformat().replace("+00:00", "Z"),
         "price": "5500.00",
+        "currency": "INR",
         "capacity": 50,
         "totalSeats": 50,
     }

@@ -271,4 +271,4 @@ def test_the_schema_documents_the_body_the_worker_sends(user, flight, receiver, 
     assert set(event["properties"]) == set(body) and set(event["required"]) == set(body)
     data = components[event["properties"]["data"]["allOf"][0]["$ref"].split("/")[-1]]
     assert set(data["properties"]) == set(body["data"])
-    assert set(components["Booking"]["properties"]) == set(body["data"]["booking"])
+    assert set(components["BookingAnswer"]["properties"]) == set(body["data"]["booking"])

@@ -782,7 +782,7 @@ class TestSchema:
         assert response.status_code == 200
         return response.json()["paths"]["/api/v1/payments"]["post"]
 
-    def test_documents_the_key_header_codes_and_seed_example(self, create):
+    def test_documents_the_key_header_codes_and_demo_example(self, create):
         headers = {p["name"]: p for p in create["parameters"] if p["in"] == "header"}
         assert headers["Idempotency-Key"]["required"] is True
         assert headers["Idempotency-Key"]["schema"]["type"] == "string"
@@ -811,10 +811,10 @@ class TestSchema:
             assert f"`{code}`" in descriptions, code
 
         requests = [e["value"] for e in create["requestBody"]["content"]["application/json"]["examples"].values()]
-        seed = [value for value in requests if value.get("bookingId") == 789 and "amount" in value]
-        assert seed and Decimal(str(seed[0]["amount"])) == Decimal("11000.00")
+        demo = [value for value in requests if value.get("bookingId") == 1 and "amount" in value]
+        assert demo and Decimal(str(demo[0]["amount"])) == Decimal("11000.00")
         paid = [e["value"] for e in responses["201"]["content"]["application/json"]["examples"].values()]
-        assert paid and all(value["amount"] == "11000.00" and value["bookingId"] == 789 for value in paid)
+        assert paid and all(value["amount"] == "11000.00" and value["bookingId"] == 1 for value in paid)
 
         assert "Idempotent-Replayed" in responses["201"]["headers"]
         for status in ("402", "404", "422"):
