@@ -65,6 +65,7 @@ _FLIGHT_UNAVAILABLE = (
 
 @extend_schema_view(
     list=extend_schema(
+        operation_id="listBookings",
         summary="List bookings",
         description=(
             "Your bookings, newest first (staff see everyone's). Filter by `status`, `flightId`, `reference`, "
@@ -73,6 +74,7 @@ _FLIGHT_UNAVAILABLE = (
         responses={200: BookingAnswerSerializer(many=True), **problem_responses(400, 401, 403, 404)},
     ),
     retrieve=extend_schema(
+        operation_id="getBooking",
         summary="Get a booking",
         parameters=[ID_PATH_PARAMETER],
         responses={200: BookingAnswerSerializer, **problem_responses(401, 403, 404)},
@@ -100,6 +102,7 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(BookingAnswerSerializer(booking).data)
 
     @extend_schema(
+        operation_id="createBooking",
         summary="Book seats on a flight",
         description=(
             "Writes the booking and reserves its seats with the Flights service; the seats are held until "
@@ -134,7 +137,10 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         payment_selectors.attach_no_payments(booking)
         return created(request, BookingAnswerSerializer(booking).data, view_name="booking-detail", pk=booking.pk)
 
+    # PATCH is the seed's; POST, the same operation, needs an id of its own.
+    @extend_schema(methods=["POST"], operation_id="cancelBookingWithPost")
     @extend_schema(
+        operation_id="cancelBooking",
         summary="Cancel a booking",
         description=(
             "Cancels the booking and gives its seats back to the flight. Cancelling twice answers the same "
@@ -172,6 +178,7 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(BookingAnswerSerializer(cancellation.booking).data)
 
     @extend_schema(
+        operation_id="listBookingEvents",
         summary="A booking's history",
         description=(
             "Every status change of the booking, oldest first: from, to, why, who (`user`, `staff`, `cleanup` "

@@ -30,19 +30,47 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://flight-bookings.example/problems/"
 
 
-# DRF exception class -> (code, title). Checked in order, so subclasses come first.
-_DRF_CODES: list[tuple[type[drf_exceptions.APIException], str, str]] = [
-    (drf_exceptions.ValidationError, "validation_error", "Invalid input"),
-    (drf_exceptions.ParseError, "validation_error", "Malformed request body"),
-    (drf_exceptions.NotAuthenticated, "not_authenticated", "Not authenticated"),
-    (drf_exceptions.AuthenticationFailed, "not_authenticated", "Not authenticated"),
-    (drf_exceptions.PermissionDenied, "permission_denied", "Permission denied"),
-    (drf_exceptions.NotFound, "not_found", "Not found"),
-    (drf_exceptions.MethodNotAllowed, "method_not_allowed", "Method not allowed"),
-    (drf_exceptions.NotAcceptable, "not_acceptable", "Not acceptable"),
-    (drf_exceptions.UnsupportedMediaType, "unsupported_media_type", "Unsupported media type"),
-    (drf_exceptions.Throttled, "throttled", "Too many requests"),
+# DRF exception class -> code. Checked in order, so subclasses come first.
+_DRF_CODES: list[tuple[type[drf_exceptions.APIException], str]] = [
+    (drf_exceptions.ValidationError, "validation_error"),
+    (drf_exceptions.ParseError, "validation_error"),
+    (drf_exceptions.NotAuthenticated, "not_authenticated"),
+    (drf_exceptions.AuthenticationFailed, "not_authenticated"),
+    (drf_exceptions.PermissionDenied, "permission_denied"),
+    (drf_exceptions.NotFound, "not_found"),
+    (drf_exceptions.MethodNotAllowed, "method_not_allowed"),
+    (drf_exceptions.NotAcceptable, "not_acceptable"),
+    (drf_exceptions.UnsupportedMediaType, "unsupported_media_type"),
+    (drf_exceptions.Throttled, "throttled"),
 ]
+
+
+def _titles() -> dict[str, str]:
+    """Every code's one title: the domain errors' own, and those of the codes only DRF and
+    Django raise. The server renders these and the schema's examples show them."""
+    titles = {
+        "validation_error": "Invalid input",
+        "permission_denied": "Permission denied",
+        "method_not_allowed": "Method not allowed",
+        "not_acceptable": "Not acceptable",
+        "unsupported_media_type": "Unsupported media type",
+        "throttled": "Too many requests",
+        "internal_error": "Internal server error",
+    }
+    pending = [DomainError]
+    while pending:
+        error = pending.pop()
+        pending.extend(error.__subclasses__())
+        if titles.setdefault(error.code, error.title) != error.title:
+            raise AssertionError(f"Code {error.code} has two titles: {titles[error.code]!r}, {error.title!r}.")
+    return titles
+
+
+PROBLEM_TITLES: dict[str, str] = _titles()
+
+
+def title_of(code: str) -> str:
+    return PROBLEM_TITLES[code]
 
 
 def problem_body(
@@ -125,10 +153,8 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
         )
 
     if isinstance(exc, drf_exceptions.APIException):
-        code, title = next(
-            ((code, title) for cls, code, title in _DRF_CODES if isinstance(exc, cls)),
-            ("error", "Error"),
-        )
+        code = next((code for cls, code in _DRF_CODES if isinstance(exc, cls)), "bad_request")
+        title = title_of(code)
         headers: dict[str, str] = {}
         if getattr(exc, "auth_header", None):
             headers["WWW-Authenticate"] = exc.auth_header
@@ -148,7 +174,7 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
     return problem_response(
         status=500,
         code="internal_error",
-        title="Internal server error",
+        title=title_of("internal_error"),
         detail="Something went wrong on our side. It has been logged.",
     )
 
@@ -158,12 +184,12 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response:
 
 def problem_json(error: DomainError) -> JsonResponse:
     """A domain error as problem+json, outside DRF (middleware)."""
-    return _json_problem(error.status, error.code, error.title, error.detail)
+    return _json_problem(error.status, error.code, error.detail)
 
 
-def _json_problem(status: int, code: str, title: str, detail: str) -> JsonResponse:
+def _json_problem(status: int, code: str, detail: str) -> JsonResponse:
     return JsonResponse(
-        problem_body(status=status, code=code, title=title, detail=detail),
+        problem_body(status=status, code=code, title=title_of(code), detail=detail),
         status=status,
         content_type=PROBLEM_CONTENT_TYPE,
     )
@@ -172,7 +198,7 @@ def _json_problem(status: int, code: str, title: str, detail: str) -> JsonRespon
 @csrf_exempt  # Unsafe methods to unknown URLs must get the 404, not a CSRF page.
 def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
     """Catch-all for unknown URLs under /api/: problem+json, whatever DEBUG says."""
-    return _json_problem(404, "not_found", "Not found", f"No endpoint at {request.path}.")
+    return _json_problem(404, "not_found", f"No endpoint at {request.path}.")
 
 
 def _wants_problem(request: HttpRequest) -> bool:
@@ -194,7 +220,7 @@ def handler400(request: HttpRequest, exception: Exception | None = None) -> Http
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if not _wants_problem(request):
         return defaults.permission_denied(request, exception)
-    return _json_problem(403, "permission_denied", "Permission denied", "You may not do this.")
+    return _json_problem(403, "permission_denied", "You may not do this.")
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -207,10 +233,10 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """CSRF_FAILURE_VIEW: problem+json under /api/, Django's page elsewhere."""
     if not _wants_problem(request):
         return csrf.csrf_failure(request, reason)
-    return _json_problem(403, "permission_denied", "Permission denied", f"CSRF check failed: {reason}")
+    return _json_problem(403, "permission_denied", f"CSRF check failed: {reason}")
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
     if not _wants_problem(request):
         return defaults.server_error(request)
-    return _json_problem(500, "internal_error", "Internal server error", "Something went wrong on our side.")
+    return _json_problem(500, "internal_error", "Something went wrong on our side.")

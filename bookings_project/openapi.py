@@ -6,15 +6,20 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 
-from bookings_project.errors import PROBLEM_CONTENT_TYPE
+from bookings_project.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, title_of
 
 # Ids are 64-bit integers: a longer one cannot exist, so it is refused in the URL (404) or
 # in a body (400) before it reaches the database, where SQLite and PostgreSQL would fail differently.
 ID_PATTERN = "[0-9]{1,18}"
 MAX_ID = 10**18 - 1
 
+# Example 1: on a fresh demo database (`make run`), the first of each resource (docs/api.md#trying-it).
 ID_PATH_PARAMETER = OpenApiParameter(
-    "id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The resource's integer id."
+    "id",
+    OpenApiTypes.INT,
+    OpenApiParameter.PATH,
+    description="The resource's integer id.",
+    examples=[OpenApiExample("The first", value=1)],
 )
 
 
@@ -55,8 +60,8 @@ def problem(status: int, description: str | None = None, codes: tuple[str, ...] 
         OpenApiExample(
             code,
             value={
-                "type": f"https://flight-bookings.example/problems/{code}",
-                "title": code.replace("_", " ").capitalize(),
+                "type": PROBLEM_TYPE_BASE + code,
+                "title": title_of(code),
                 "status": status,
                 "detail": "…",
                 "code": code,

@@ -40,6 +40,7 @@ EXAMPLE_FLIGHT = {
 
 @extend_schema_view(
     list=extend_schema(
+        operation_id="searchFlights",
         summary="Search flights",
         description=(
             "Paginated, by departure time, then id. Every filter is optional and they combine: "
@@ -49,6 +50,7 @@ EXAMPLE_FLIGHT = {
         responses={200: FlightSerializer(many=True), **problem_responses(400, 401, 404)},
     ),
     retrieve=extend_schema(
+        operation_id="getFlight",
         summary="Get a flight",
         parameters=[ID_PATH_PARAMETER],
         responses={
@@ -77,6 +79,7 @@ class FlightViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return Response(FlightSerializer(selectors.flight_get(flight_id=int(pk))).data)
 
     @extend_schema(
+        operation_id="createFlight",
         summary="Create a flight (staff)",
         request=FlightCreateSerializer,
         parameters=[LOCATION_HEADER],
@@ -96,6 +99,7 @@ class FlightViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return created(request, FlightSerializer(flight).data, view_name="flight-detail", pk=flight.pk)
 
     @extend_schema(
+        operation_id="changeFlightSeats",
         summary="Take or give back seats (staff or service token)",
         parameters=[ID_PATH_PARAMETER],
         description=(

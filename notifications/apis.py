@@ -39,16 +39,19 @@ EXAMPLE_ENDPOINT = {
 
 @extend_schema_view(
     list=extend_schema(
+        operation_id="listWebhookEndpoints",
         summary="List webhook endpoints",
         description="Staff only. Newest first.",
         responses={200: WebhookEndpointSerializer(many=True), **problem_responses(400, 401, 403, 404)},
     ),
     retrieve=extend_schema(
+        operation_id="getWebhookEndpoint",
         summary="Get a webhook endpoint",
         parameters=[ID_PATH_PARAMETER],
         responses={200: WebhookEndpointSerializer, **problem_responses(401, 403, 404)},
     ),
     destroy=extend_schema(
+        operation_id="deleteWebhookEndpoint",
         summary="Delete a webhook endpoint",
         description="Nothing more is sent to it; its deliveries are deleted with it.",
         parameters=[ID_PATH_PARAMETER],
@@ -74,6 +77,7 @@ class WebhookEndpointViewSet(
         return endpoint
 
     @extend_schema(
+        operation_id="createWebhookEndpoint",
         summary="Register a webhook endpoint",
         description=(
             "Staff only. Events written from now on are POSTed to `url`, signed after the Standard Webhooks "
@@ -130,11 +134,16 @@ class WebhookEndpointViewSet(
         services.endpoint_delete(endpoint=instance)
 
     @extend_schema(
+        operation_id="updateWebhookEndpoint",
         summary="Change a webhook endpoint",
         description="Staff only. Any of `url`, `events`, `description`, `isActive`.",
         parameters=[ID_PATH_PARAMETER],
         request=WebhookEndpointUpdateSerializer,
         responses={200: WebhookEndpointSerializer, **problem_responses(400, 401, 403, 404, 415)},
+        examples=[
+            OpenApiExample("Rename", value={"description": "CRM (production)"}, request_only=True),
+            OpenApiExample("Pause", value={"isActive": False}, request_only=True),
+        ],
     )
     def partial_update(self, request: Request, pk: str) -> Response:
         serializer = WebhookEndpointUpdateSerializer(data=request.data)
@@ -143,6 +152,7 @@ class WebhookEndpointViewSet(
         return Response(WebhookEndpointSerializer(endpoint).data)
 
     @extend_schema(
+        operation_id="listWebhookDeliveries",
         summary="An endpoint's deliveries",
         description=(
             "Staff only. Newest first: each event sent (or being sent) to the endpoint, its state (`pending`, "

@@ -88,6 +88,7 @@ def idempotency_key_of(request: Request) -> str:
 
 @extend_schema_view(
     list=extend_schema(
+        operation_id="listPayments",
         summary="List payments",
         description=(
             "Your payments, newest first (staff see everyone's). Filter by `bookingId`, `status`. "
@@ -96,6 +97,7 @@ def idempotency_key_of(request: Request) -> str:
         responses={200: PaymentSerializer(many=True), **problem_responses(400, 401, 404)},
     ),
     retrieve=extend_schema(
+        operation_id="getPayment",
         summary="Get a payment",
         parameters=[ID_PATH_PARAMETER],
         responses={200: PaymentSerializer, **problem_responses(401, 404)},
@@ -120,6 +122,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(PaymentSerializer(selectors.payment_get(user=request.user, payment_id=int(pk))).data)
 
     @extend_schema(
+        operation_id="createPayment",
         summary="Pay for a booking, exactly once",
         description=(
             "Charges the booking's `totalCost` through the payment gateway; the booking becomes BOOKED. "
