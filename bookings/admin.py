@@ -98,26 +98,31 @@ class BookingAdmin(ReadOnlyAdmin):
     ordering = ["-created_at", "-id"]
     actions = ["cancel_selected", "export_csv"]
     inlines = [PaymentInline]
-    fields = [
-        "reference",
-        "user_shown",
-        "flight_shown",
-        "seats",
-        "total_cost",
-        "currency",
-        "status_shown",
-        "seats_state_shown",
-        "flight_keeps_holds",
-        "cancel_reason",
-        "flight_service_error",
-        "created_at",
-        "updated_at",
-        "expires_at",
-        "cancelled_at",
-        "cancel_requested_at",
-        "seats_released_at",
+    # Several fields a line, so that the page shows its payments and history without scrolling far.
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    ("reference", "status_shown"),
+                    ("user_shown", "flight_shown"),
+                    ("seats", "total_cost", "currency"),
+                    ("seats_state_shown", "flight_keeps_holds"),
+                ]
+            },
+        ),
+        (
+            "Cancel and seats",
+            {
+                "fields": [
+                    ("cancel_reason", "cancel_requested_at", "cancelled_at"),
+                    ("seats_released_at", "flight_service_error"),
+                ]
+            },
+        ),
+        ("When", {"fields": [("created_at", "updated_at", "expires_at")]}),
     ]
-    readonly_fields = fields
+    readonly_fields = [name for _, options in fieldsets for line in options["fields"] for name in line]
 
     class Media:
         css = OPS_CSS

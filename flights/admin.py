@@ -47,6 +47,15 @@ class FlightAdmin(admin.ModelAdmin):
     class Media:
         css = OPS_CSS
 
+    def get_fields(self, request, obj=None):
+        lines = [
+            ("flight_number", "price", "currency"),
+            ("departure_airport", "arrival_airport"),
+            ("departure_time", "arrival_time"),
+            ("capacity", "available_seats"),
+        ]
+        return [*lines, ("created_at", "updated_at")] if obj else lines
+
     def get_readonly_fields(self, request, obj=None):
         # Seats move only through the ledger (the seats API); capacity is fixed once sold from.
         return ["capacity", "available_seats", "created_at", "updated_at"] if obj else ["available_seats"]
