@@ -1,11 +1,11 @@
 """The look-ups that grow with the data use indexes: EXPLAIN on PostgreSQL at 100k bookings.
 
-The module seeds, once and in one transaction it rolls back at the end, 1000 customers with
-100k bookings (a year of them, mostly BOOKED or CANCELLED, a small share INITIATED or
+The module seeds, once and in one transaction it rolls back at the end, a year of 50k flights
+between 30 airports, 1000 customers with 100k bookings (a year of them, mostly BOOKED or CANCELLED, a small share INITIATED or
 PENDING), a payment for every booking that had one and 100k idempotency keys (a day of
 them, as cleanup's purge leaves the table), then runs ANALYZE over every row, so that the
 plans are the same every run. Each case takes the query the code really runs (the API's
-list through the paginator, the selectors, cleanup's keyset batches and purge, the payment
+lists through the paginator, flight search, the selectors, cleanup's keyset batches and purge, the payment
 and idempotency key look-ups) and asks PostgreSQL for its plan: no Seq Scan on the big
 tables, and the index the query was written for. The cases marked xfail are plans that
 read the whole table today, each with the reason.
@@ -31,6 +31,7 @@ from rest_framework.test import APIClient
 
 from bookings import selectors
 from bookings.models import Booking
+from flights.models import Flight
 from payments import selectors as payment_selectors
 from payments.idempotency import idempotency_keys_purge
 from payments.models import IdempotencyKey, Payment
@@ -46,6 +47,10 @@ BOOKINGS = 100_000
 KEYS = 100_000
 PAGE = 50
 
+FLIGHTS_TABLE = "flights_flight"
+# A year of flights between 30 airports: search reads a route's or a day's few.
+FLIGHT_ROWS = 50_000
+AIRPORTS = 30
 BOOKINGS_TABLE = "bookings_booking"
 PAYMENTS_TABLE = "payments_payment"
 KEYS_TABLE = "payments_idempotencykey"
@@ -77,7 +82,7 @@ FROM generate_series(1, %(users)s) AS g
 
 SEED_BOOKINGS = """
 INSERT INTO bookings_booking (
-    user_id, flight_id, seats, total_cost, status, seats_state, flight_keeps_holds, cancel_reason,
+    user_id, flight_id, seats, total_cost, currency, status, seats_state, flight_keeps_holds, cancel_reason,
     flight_service_error, created_at, updated_at, expires_at, cancelled_at, cancel_requested_at, seats_released_at
 )
 SELECT
@@ -86,6 +91,7 @@ SELECT
     CASE WHEN mod(g, 20000) = 0 THEN %(new_flight)s ELSE 1 + mod(abs(hashtext('flight-' || g)), %(flights)s) END,
     seats,
     seats * 5500.00,
+    'INR',
     status,
     seats_state,
     NOT (seats_state IN ('releasing', 'reconcile') OR mod(g, 10) = 0),
@@ -228,6 +234,26 @@ FROM (
 """
 
 
+SEED_FLIGHTS = """
+INSERT INTO flights_flight (
+    flight_number, departure_airport, arrival_airport, departure_time, arrival_time, price, currency, capacity,
+    available_seats, created_at, updated_at
+)
+SELECT
+    'FL' || g, origin, destination, departure, departure + interval '2 hours', 5500.00, 'INR', 180,
+    mod(g * 7, 181), %(now)s, %(now)s
+FROM (
+    SELECT
+        g,
+        chr(65 + mod(g, %(airports)s) / 26) || chr(65 + mod(g, %(airports)s) %% 26) || 'X' AS origin,
+        chr(65 + mod(g / %(airports)s + 1 + mod(g, %(airports)s), %(airports)s) / 26)
+            || chr(65 + mod(g / %(airports)s + 1 + mod(g, %(airports)s), %(airports)s) %% 26) || 'X' AS destination,
+        %(now)s + (g * interval '1 year') / %(flight_rows)s AS departure
+    FROM generate_series(1, %(flight_rows)s) AS g
+) AS spread
+"""
+
+
 def _seed(now: dt.datetime) -> Seeded:
     User = get_user_model()
     with connection.cursor() as cursor:
@@ -244,6 +270,7 @@ def _seed(now: dt.datetime) -> Seeded:
             "bookings": BOOKINGS,
             "keys": KEYS,
         }
+        cursor.execute(SEED_FLIGHTS, {"now": now, "airports": AIRPORTS, "flight_rows": FLIGHT_ROWS})
         cursor.execute(SEED_BOOKINGS, params)
         cursor.execute(SEED_PAYMENTS, params)
         cursor.execute(SEED_KEYS, params)
@@ -261,7 +288,8 @@ def _seed(now: dt.datetime) -> Seeded:
         # samples 120k rows, so the whole table: the same statistics, and plans, every run.
         cursor.execute("SET LOCAL default_statistics_target = 400")
         cursor.execute(
-            f"ANALYZE auth_user, {BOOKINGS_TABLE}, {PAYMENTS_TABLE}, {KEYS_TABLE}, {EVENTS_TABLE}, {DELIVERIES_TABLE}"
+            f"ANALYZE auth_user, {FLIGHTS_TABLE}, {BOOKINGS_TABLE}, {PAYMENTS_TABLE}, {KEYS_TABLE}, {EVENTS_TABLE}, "
+            f"{DELIVERIES_TABLE}"
         )
     booking = Booking.objects.filter(status=Booking.Status.BOOKED).order_by("-pk").first()
     # A customer with a booking in every status the list cases filter by, so that each page
@@ -402,6 +430,72 @@ def test_staff_list_count_uses_an_index(seeded: Seeded, filter_name: str) -> Non
         tables=(BOOKINGS_TABLE,),
         indexes=("booking_recent_idx", "booking_status_expiry_idx", "booking_unpaid_idx", "booking_flight_recent_idx"),
     )
+
+
+# (a2) Flight search and the payments list, as the API runs them. ----------------------------
+
+
+def _api_plans(caller: AbstractBaseUser, url: str, table: str) -> list[tuple[str, str]]:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=caller)[0].key}")
+
+    def get() -> None:
+        response = client.get(url)
+        assert response.status_code == 200, response.content
+        assert response.json()["results"], "an empty count reads no page"
+
+    plans = _explain_executed(get, table)
+    assert len(plans) == 2, plans  # The paginator's COUNT, then the page.
+    return plans
+
+
+FLIGHT_SEARCHES = {
+    "route_and_date": ("departureAirport=AAX&arrivalAirport=ABX&departureDate={day}", ("flight_route_idx",)),
+    "route": ("departureAirport=AAX&arrivalAirport=ABX", ("flight_route_idx",)),
+    # Read in departure order, a thirtieth of the rows matching: as good as the route's.
+    "from": ("departureAirport=AAX", ("flight_route_idx", "flight_departure_idx")),
+    "to": ("arrivalAirport=ABX", ("flight_arrival_idx",)),
+    "date": ("departureDate={day}", ("flight_departure_idx",)),
+    "date_and_seats": ("departureDate={day}&minSeats=100", ("flight_departure_idx",)),
+}
+
+
+@pytest.mark.parametrize("search", FLIGHT_SEARCHES)
+def test_flight_search_uses_an_index(seeded: Seeded, search: str) -> None:
+    query, indexes = FLIGHT_SEARCHES[search]
+    # A day the route flies (every 900th flight of the seed).
+    route = Flight.objects.filter(departure_airport="AAX", arrival_airport="ABX").order_by("departure_time")
+    day = route[10].departure_time.date().isoformat()
+    url = f"/api/v1/flights?pageSize={PAGE}&{query.format(day=day)}"
+    for sql, plan in _api_plans(seeded.customer, url, FLIGHTS_TABLE):
+        _check(
+            f"flight search {search} {'count' if 'COUNT(*)' in sql else 'page'}",
+            plan,
+            tables=(FLIGHTS_TABLE,),
+            indexes=indexes,
+        )
+
+
+@pytest.mark.parametrize("query", ["", "&status=SUCCEEDED", "&bookingId={booking_id}"])
+def test_customers_payments_list_uses_an_index(seeded: Seeded, query: str) -> None:
+    payment = Payment.objects.filter(user=seeded.customer).order_by("-pk").first()
+    url = f"/api/v1/payments?pageSize={PAGE}{query.format(booking_id=payment.booking_id)}"
+    for sql, plan in _api_plans(seeded.customer, url, PAYMENTS_TABLE):
+        _check(
+            f"customer payments{query.split('=')[0]} {'count' if 'COUNT(*)' in sql else 'page'}",
+            plan,
+            tables=(PAYMENTS_TABLE,),
+            indexes=("payment_user_recent_idx", PAYMENT_BOOKING_FK, "payments_payment_user_id_"),
+        )
+
+
+def test_staff_payments_page_uses_an_index(seeded: Seeded) -> None:
+    [page] = [
+        plan
+        for sql, plan in _api_plans(seeded.staff, f"/api/v1/payments?pageSize={PAGE}", PAYMENTS_TABLE)
+        if "COUNT(*)" not in sql
+    ]
+    _check("staff payments page", page, tables=(PAYMENTS_TABLE,), indexes=("payment_recent_idx",))
 
 
 # (b) Cleanup: each of its work sets (`WORK_SETS`), as its keyset batches read it
