@@ -149,3 +149,27 @@ def test_the_http_payment_gateway_is_chosen_by_the_setting():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["HttpPaymentGateway", "https://pay.internal/v1"]
+
+
+def test_cors_allowed_origins_are_read_from_the_environment():
+    code = "from django.conf import settings; print(settings.CORS_ALLOWED_ORIGINS)"
+    result = manage(
+        "shell",
+        "--no-imports",
+        "-c",
+        code,
+        CORS_ALLOWED_ORIGINS="https://app.example.com, http://localhost:3000,",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['https://app.example.com', 'http://localhost:3000']"
+
+    result = manage("shell", "--no-imports", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("origin", ["*", "app.example.com", "https://app.example.com/", "https://app.example.com/path"])
+def test_a_cors_origin_that_is_not_an_origin_refuses_to_start(origin):
+    result = manage("check", CORS_ALLOWED_ORIGINS=f"https://ok.example.com,{origin}")
+    assert result.returncode != 0
+    assert "CORS_ALLOWED_ORIGINS lists origins like" in result.stderr
