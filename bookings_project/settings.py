@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_filters",
     "axes",
+    "corsheaders",
     "flights",
     "bookings",
     "payments",
@@ -61,7 +62,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, as it never answers by itself: every answer, a preflight's too, is logged and
+    # carries the request id.
     "bookings_project.request_id.RequestIdMiddleware",
+    # As high as django-cors-headers asks, above everything that may answer by itself: a
+    # preflight is answered here (with no token, as browsers send it), and the guard's,
+    # CommonMiddleware's and WhiteNoise's answers carry the CORS headers too.
+    "corsheaders.middleware.CorsMiddleware",
     "bookings_project.request_guard.RequestGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -254,11 +261,39 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 CSRF_FAILURE_VIEW = "bookings_project.errors.csrf_failure"
 
 
+# CORS (django-cors-headers, docs/api.md#cors) -------------------------------------------------
+# Origins (scheme://host[:port]) whose browser pages may call the API. Empty, the default: none.
+CORS_ALLOWED_ORIGINS = [origin.strip() for origin in env.list("CORS_ALLOWED_ORIGINS", default=[]) if origin.strip()]
+for _origin in CORS_ALLOWED_ORIGINS:
+    if not re.fullmatch(r"https?://[^/\s?#*]+", _origin):
+        raise ImproperlyConfigured(
+            f"CORS_ALLOWED_ORIGINS lists origins like https://app.example.com (no path, no *), not {_origin!r}."
+        )
+# The API only: the admin and its session cookie are never for other origins.
+CORS_URLS_REGEX = r"^/api/"
+# No cookies: clients authenticate with `Authorization: Token`, so a page from an allowed
+# origin cannot act with a signed-in staff member's session.
+CORS_ALLOW_CREDENTIALS = False
+# What our clients send (request ids: bookings_project/request_id.py; keys: payments/apis.py).
+CORS_ALLOW_HEADERS = [
+    "accept",
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "x-idempotency-key",
+    "x-request-id",
+]
+# What clients read beyond the always-readable ones. Rate limits send only Retry-After
+# (bookings_project/throttling.py); tests/api/test_cors.py keeps this list in step.
+CORS_EXPOSE_HEADERS = ["Location", "Idempotent-Replayed", "Retry-After", "WWW-Authenticate", "X-Request-ID"]
+# A browser asks once an hour per URL and method, not before every call.
+CORS_PREFLIGHT_MAX_AGE = 3600
+
+
 # REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "bookings_project.authentication.TokenAuthentication",
-        "flights.authentication.ServiceTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
