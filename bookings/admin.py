@@ -7,8 +7,7 @@ from django.contrib.admin import helpers
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -232,7 +231,9 @@ class BookingAdmin(ReadOnlyAdmin):
         """The booking page's Cancel button: the same confirmation, for that booking."""
         if not self.has_cancel_permission(request):
             raise PermissionDenied
-        booking = get_object_or_404(self.get_queryset(request), pk=object_id)
+        booking = self.get_object(request, object_id)
+        if booking is None:
+            raise Http404(f"No booking {object_id}.")
         change_page = reverse("admin:bookings_booking_change", args=[booking.pk])
         return self._cancel(request, [booking.pk], single=True) or HttpResponseRedirect(change_page)
 

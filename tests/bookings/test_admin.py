@@ -296,3 +296,8 @@ def test_export_streams_the_selected_bookings_as_csv_with_formulas_defused(ops, 
         for b in (first, second)
     ]
     assert rows[1][9] == first.created_at.isoformat() and rows[1][11] == ""
+
+
+def test_the_cancel_page_of_no_booking_is_not_found(ops):
+    assert ops.get(f"{CHANGELIST}999999/cancel/").status_code == 404
+    assert ops.get(f"{CHANGELIST}not-a-number/cancel/").status_code == 404
