@@ -6,9 +6,9 @@ schemathesis, once as a customer and once as staff, with every check (no 5xx, st
 content types, headers and bodies conform to the schema, problem+json errors included,
 invalid input refused) except `positive_data_acceptance`: a valid-looking body for an id
 that does not exist is rightly a 404, not a 2xx. `revokeToken` is left out: it would log the
-fuzzer out mid-run, and the attacks after it (tests/api/test_auth.py covers it). Then the attacks of `attacks.py` (nested,
-oversized and NUL-laden requests, a body a byte a second), straight at gunicorn and through
-nginx. Exits non-zero on any failure, or on a 500 in the service's log.
+fuzzer out mid-run, and the attacks after it (tests/api/test_auth.py covers it). Then the
+attacks of `attacks.py` (nested, oversized and NUL-laden requests, a body a byte a second),
+straight at gunicorn and through nginx. Exits non-zero on any failure, or on a 500 in the service's log.
 
     .venv/bin/python scripts/fuzz_api.py [--max-examples N] [--seed S]
 """

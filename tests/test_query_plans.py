@@ -1,14 +1,14 @@
 """The look-ups that grow with the data use indexes: EXPLAIN on PostgreSQL at 100k bookings.
 
 The module seeds, once and in one transaction it rolls back at the end, a year of 50k flights
-between 30 airports, 1000 customers with 100k bookings (a year of them, mostly BOOKED or CANCELLED, a small share INITIATED or
-PENDING), a payment for every booking that had one and 100k idempotency keys (a day of
-them, as cleanup's purge leaves the table), then runs ANALYZE over every row, so that the
-plans are the same every run. Each case takes the query the code really runs (the API's
-lists through the paginator, flight search, the selectors, cleanup's keyset batches and purge, the payment
-and idempotency key look-ups) and asks PostgreSQL for its plan: no Seq Scan on the big
-tables, and the index the query was written for. The cases marked xfail are plans that
-read the whole table today, each with the reason.
+between 30 airports, 1000 customers with 100k bookings (a year of them, mostly BOOKED or
+CANCELLED, a small share INITIATED or PENDING), a payment for every booking that had one and
+100k idempotency keys (a day of them, as cleanup's purge leaves the table), then runs ANALYZE
+over every row, so that the plans are the same every run. Each case takes the query the code
+really runs (the API's lists through the paginator, flight search, the selectors, cleanup's
+keyset batches and purge, the payment and idempotency key look-ups) and asks PostgreSQL for
+its plan: no Seq Scan on the big tables, and the index the query was written for. The cases
+marked xfail are plans that read the whole table today, each with the reason.
 
 `pytest -s` prints one line per case: the scans of its plan.
 """
