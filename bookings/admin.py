@@ -15,7 +15,7 @@ from django.utils.html import format_html, format_html_join
 
 from bookings import audit
 from bookings.models import Booking, BookingEvent, CleanupRun
-from bookings.references import reference_of
+from bookings.references import booking_id_of, reference_of
 from bookings_project.admin import OPS_CSS, ReadOnlyAdmin, badge, csv_export, flight_link, user_link
 from bookings_project.exceptions import DomainError
 from payments.models import Payment
@@ -92,6 +92,7 @@ class BookingAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["status", NeedsAttentionFilter, "seats_state", "flight_id", "cancel_reason"]
     search_fields = ["=id", "user__username"]
+    search_help_text = "A booking id, reference (e.g. VPTX4Z) or username."
     list_select_related = ["user"]
     date_hierarchy = "created_at"
     ordering = ["-created_at", "-id"]
@@ -131,6 +132,14 @@ class BookingAdmin(ReadOnlyAdmin):
     @admin.display(description="reference")
     def reference(self, booking: Booking) -> str:
         return booking.reference
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Booking], search_term: str):
+        # A reference is no column (bookings.references): the one it stands for is found by id.
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        booking_id = booking_id_of(search_term.strip())
+        if booking_id is not None:
+            results |= queryset.filter(pk=booking_id)
+        return results, may_have_duplicates
 
     @admin.display(description="status", ordering="status")
     def status_shown(self, booking: Booking):

@@ -54,6 +54,8 @@ def test_changelist_shows_filters_and_searches(ops, user, other_user):
     assert alices.reference in html
     assert ops.get(CHANGELIST, {"q": "bob"}).context["cl"].result_list[0] == bobs
     assert list(ops.get(CHANGELIST, {"q": str(alices.pk)}).context["cl"].result_list) == [alices]
+    # A reference read out on the phone, in any case.
+    assert list(ops.get(CHANGELIST, {"q": bobs.reference.lower()}).context["cl"].result_list) == [bobs]
     assert list(ops.get(CHANGELIST, {"flight_id": str(other_flight.pk)}).context["cl"].result_list) == [bobs]
     assert list(ops.get(CHANGELIST, {"status__exact": "CANCELLED"}).context["cl"].result_list) == []
 
