@@ -22,7 +22,7 @@ from payments.serializers import BookingAnswerSerializer
 from workflows.services import booking_cancel
 
 # The examples are the demo data's (`load_demo_data`) as the demo user sees it on a fresh
-# database: flight 1 (UK808) at 5500.00 a seat, 2 seats, booking 1 (docs/api.md#trying-it).
+# database: flight 1 (UK808) at 5500.00 a seat, 2 seats, booking 1 (docs/api.md#trying-it-in-swagger-ui).
 EXAMPLE_BOOKING_REQUEST = {"flightId": 1, "numberOfSeats": 2}
 EXAMPLE_BOOKING = {
     "id": 1,

@@ -13,7 +13,8 @@ from bookings_project.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, tit
 ID_PATTERN = "[0-9]{1,18}"
 MAX_ID = 10**18 - 1
 
-# Example 1: on a fresh demo database (`make run`), the first of each resource (docs/api.md#trying-it).
+# Example 1: on a fresh demo database (`make run`), the first of each resource
+# (docs/api.md#trying-it-in-swagger-ui).
 ID_PATH_PARAMETER = OpenApiParameter(
     "id",
     OpenApiTypes.INT,

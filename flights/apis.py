@@ -23,7 +23,8 @@ from flights.serializers import (
     SeatsChangeSerializer,
 )
 
-# The demo data's first flight (`load_demo_data`), id 1 on a fresh database (docs/api.md#trying-it).
+# The demo data's first flight (`load_demo_data`), id 1 on a fresh database
+# (docs/api.md#trying-it-in-swagger-ui).
 EXAMPLE_FLIGHT = {
     "id": 1,
     "flightNumber": "UK808",
