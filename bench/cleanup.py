@@ -135,16 +135,18 @@ def seed(size: int, pending_percent: int) -> dict[str, int]:
     statements = [
         # Every seat free at first; lowered below to what the holds take.
         """INSERT INTO {flight} (flight_number, departure_airport, arrival_airport, departure_time, arrival_time,
-                                 price, capacity, available_seats, created_at, updated_at)
+                                 price, currency, capacity, available_seats, created_at, updated_at)
            SELECT 'BN' || g, 'BOM', 'DEL', %(departure)s, %(departure)s + interval '2 hours',
-                  %(price)s::numeric, %(capacity)s, %(capacity)s, now(), now()
+                  %(price)s::numeric, %(currency)s, %(capacity)s, %(capacity)s, now(), now()
            FROM generate_series(1, %(flights)s) AS g""",
         # Booking g goes to the (g / per_flight)-th flight; holds ended 1 hour to 2 hours ago.
         """WITH f AS (SELECT id, row_number() OVER (ORDER BY id) - 1 AS k FROM {flight})
-           INSERT INTO {booking} (user_id, flight_id, seats, total_cost, status, seats_state, flight_keeps_holds,
-                                  cancel_reason, flight_service_error, created_at, updated_at, expires_at)
+           INSERT INTO {booking} (user_id, flight_id, seats, total_cost, currency, status, seats_state,
+                                  flight_keeps_holds, cancel_reason, flight_service_error, created_at, updated_at,
+                                  expires_at)
            SELECT (%(users)s::bigint[])[1 + g %% %(user_count)s], f.id, 1 + g %% 4, %(price)s::numeric * (1 + g %% 4),
-                  CASE WHEN g %% 100 < %(pending)s THEN 'PENDING' ELSE 'INITIATED' END, 'reserved', true, '', '',
+                  %(currency)s, CASE WHEN g %% 100 < %(pending)s THEN 'PENDING' ELSE 'INITIATED' END, 'reserved',
+                  true, '', '',
                   t.expires - interval '10 minutes', t.expires - interval '9 minutes', t.expires
            FROM generate_series(0, %(size)s - 1) AS g
            JOIN f ON f.k = g / %(per_flight)s
@@ -156,10 +158,10 @@ def seed(size: int, pending_percent: int) -> dict[str, int]:
            FROM (SELECT flight_id, sum(seats) AS taken FROM {hold} WHERE state = 'held' GROUP BY flight_id) AS h
            WHERE h.flight_id = f.id""",
         """INSERT INTO {event} (booking_id, from_status, to_status, reason, actor, actor_user_id, request_id,
-                                created_at)
-           SELECT id, '', 'INITIATED', 'created', 'user', user_id, '', created_at FROM {booking}
+                                note, created_at)
+           SELECT id, '', 'INITIATED', 'created', 'user', user_id, '', '', created_at FROM {booking}
            UNION ALL
-           SELECT id, 'INITIATED', 'PENDING', 'payment_started', 'user', user_id, '', updated_at
+           SELECT id, 'INITIATED', 'PENDING', 'payment_started', 'user', user_id, '', '', updated_at
            FROM {booking} WHERE status = 'PENDING'""",
         # The attempt was made 9 minutes before the hold ended: long past the attempt window.
         """INSERT INTO {payment} (booking_id, user_id, created_by_id, idempotency_key, amount, currency, status,
