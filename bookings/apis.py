@@ -94,11 +94,16 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # Schema generation has no user.
             return Booking.objects.none()
-        return payment_selectors.with_payments(selectors.booking_list(user=self.request.user))
+        return selectors.booking_list(user=self.request.user)
+
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        payment_selectors.attach_latest_payments(page)
+        return self.get_paginated_response(BookingAnswerSerializer(page, many=True).data)
 
     def retrieve(self, request: Request, pk: str) -> Response:
         booking = selectors.booking_get(user=request.user, booking_id=int(pk))
-        payment_selectors.attach_payments([booking])
+        payment_selectors.attach_latest_payments([booking])
         return Response(BookingAnswerSerializer(booking).data)
 
     @extend_schema(
@@ -134,7 +139,7 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         data = serializer.validated_data
         owner = services.booking_owner(caller=request.user, user_id=data.get("userId"))
         booking = services.booking_create(user=owner, flight_id=data["flightId"], seats=data["numberOfSeats"])
-        payment_selectors.attach_no_payments(booking)
+        payment_selectors.attach_no_payment(booking)
         return created(request, BookingAnswerSerializer(booking).data, view_name="booking-detail", pk=booking.pk)
 
     # PATCH is the seed's; POST, the same operation, needs an id of its own.
@@ -174,7 +179,7 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         booking = selectors.booking_get(user=request.user, booking_id=int(pk))
         reason = Booking.CancelReason.USER if booking.user_id == request.user.pk else Booking.CancelReason.STAFF
         cancellation = booking_cancel(booking_id=booking.pk, reason=reason)
-        payment_selectors.attach_payments([cancellation.booking])
+        payment_selectors.attach_latest_payments([cancellation.booking])
         return Response(BookingAnswerSerializer(cancellation.booking).data)
 
     @extend_schema(

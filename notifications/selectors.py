@@ -12,7 +12,7 @@ from rest_framework import serializers
 from bookings.models import OutboxEvent
 from notifications.models import Delivery, WebhookEndpoint
 from payments.models import Payment
-from payments.selectors import PAYMENTS_NEWEST_FIRST, attach_payments
+from payments.selectors import LATEST_PAYMENT, PaymentSummary
 from payments.serializers import BookingAnswerSerializer, PaymentSerializer
 
 _TIME = serializers.DateTimeField()
@@ -23,8 +23,9 @@ def event_body(*, event: OutboxEvent) -> str:
     {"booking", "payment"}}`, the booking and payment as GET answers them now (the worker
     renders it once, when it first picks the event up, and keeps it)."""
     booking = event.booking  # Read with the event, under its lock (services.event_dispatch).
-    attach_payments([booking])
-    payment = _payment_of(event, getattr(booking, PAYMENTS_NEWEST_FIRST))
+    payments = list(Payment.objects.filter(booking_id=booking.pk).order_by("-created_at", "-id"))
+    setattr(booking, LATEST_PAYMENT, PaymentSummary.of(payments[0]) if payments else None)
+    payment = _payment_of(event, payments)
     body = {
         "id": event.public_id,
         "type": event.type,

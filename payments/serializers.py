@@ -4,15 +4,13 @@ the other way round (docs/design.md#layers)."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from bookings.models import Booking
 from bookings.serializers import BookingSerializer
 from bookings_project.fields import CachedFieldsSerializer, MoneyField, StrictIntegerField, resolve_alias
 from bookings_project.openapi import MAX_ID
 from payments.models import Payment
-from payments.selectors import PAYMENTS_NEWEST_FIRST
+from payments.selectors import LATEST_PAYMENT
 
 
 class PaymentSerializer(CachedFieldsSerializer):
@@ -76,29 +74,26 @@ class PaymentCreateSerializer(serializers.Serializer):
         return body
 
 
-class PaymentSummarySerializer(CachedFieldsSerializer):
+class PaymentSummarySerializer(serializers.Serializer):
+    """A `selectors.PaymentSummary` (or a Payment)."""
+
+    id = serializers.IntegerField()
     status = serializers.ChoiceField(choices=Payment.Status.choices)
     amount = serializers.DecimalField(max_digits=12, decimal_places=2)
+    currency = serializers.CharField()
     refundedAt = serializers.DateTimeField(
         source="refunded_at", allow_null=True, help_text="When its money was given back; null if it was not."
     )
 
-    class Meta:
-        model = Payment
-        fields = ["id", "status", "amount", "currency", "refundedAt"]
-        read_only_fields = fields
-
 
 class BookingAnswerSerializer(BookingSerializer):
-    """A booking with its latest payment: read its payments first (`selectors.with_payments`)."""
+    """A booking with its latest payment: give it first (`selectors.attach_latest_payments`).
+    One summary serializer, bound with the cached fields, renders every booking's."""
 
-    payment = serializers.SerializerMethodField()
+    payment = PaymentSummarySerializer(
+        source=LATEST_PAYMENT, allow_null=True, help_text="The latest payment; null if none."
+    )
 
     class Meta(BookingSerializer.Meta):
         fields = [*BookingSerializer.Meta.fields, "payment"]
         read_only_fields = fields
-
-    @extend_schema_field(PaymentSummarySerializer(allow_null=True, help_text="The latest payment; null if none."))
-    def get_payment(self, booking: Booking) -> dict | None:
-        payments = getattr(booking, PAYMENTS_NEWEST_FIRST)
-        return PaymentSummarySerializer(payments[0]).data if payments else None
