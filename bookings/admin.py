@@ -300,37 +300,25 @@ class BookingAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Export selected as CSV", permissions=["view"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet[Booking]) -> HttpResponse:
-        columns = [
-            "id",
-            "user__username",
-            "flight_id",
-            "seats",
-            "total_cost",
-            "currency",
-            "status",
-            "cancel_reason",
-            "created_at",
-            "expires_at",
-            "cancelled_at",
-        ]
+        # Header: field. The reference, derived from the id, goes after it.
+        columns = {
+            "id": "id",
+            "user": "user__username",
+            "flight id": "flight_id",
+            "seats": "seats",
+            "total cost": "total_cost",
+            "currency": "currency",
+            "status": "status",
+            "cancel reason": "cancel_reason",
+            "created": "created_at",
+            "expires": "expires_at",
+            "cancelled": "cancelled_at",
+        }
+        header = ["id", "reference", *list(columns)[1:]]
         rows = (
             (pk, reference_of(pk), *rest)
-            for pk, *rest in queryset.order_by("pk").values_list(*columns).iterator(chunk_size=2000)
+            for pk, *rest in queryset.order_by("pk").values_list(*columns.values()).iterator(chunk_size=2000)
         )
-        header = [
-            "id",
-            "reference",
-            "user",
-            "flight id",
-            "seats",
-            "total cost",
-            "currency",
-            "status",
-            "cancel reason",
-            "created",
-            "expires",
-            "cancelled",
-        ]
         return csv_export(name="bookings", header=header, rows=rows)
 
 

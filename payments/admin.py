@@ -84,29 +84,20 @@ class PaymentAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Export selected as CSV", permissions=["view"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet[Payment]) -> HttpResponse:
-        columns = [
-            "id",
-            "booking_id",
-            "user__username",
-            "amount",
-            "currency",
-            "status",
-            "gateway_reference",
-            "created_at",
-            "refunded_at",
-        ]
-        header = [
-            "id",
-            "booking id",
-            "user",
-            "amount",
-            "currency",
-            "status",
-            "gateway reference",
-            "created",
-            "refunded at",
-        ]
-        rows = queryset.order_by("pk").values_list(*columns).iterator(chunk_size=2000)
+        # Header: field.
+        columns = {
+            "id": "id",
+            "booking id": "booking_id",
+            "user": "user__username",
+            "amount": "amount",
+            "currency": "currency",
+            "status": "status",
+            "gateway reference": "gateway_reference",
+            "created": "created_at",
+            "refunded at": "refunded_at",
+        }
+        header = list(columns)
+        rows = queryset.order_by("pk").values_list(*columns.values()).iterator(chunk_size=2000)
         return csv_export(name="payments", header=header, rows=rows)
 
 
