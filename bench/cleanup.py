@@ -166,9 +166,9 @@ def seed(size: int, pending_percent: int) -> dict[str, int]:
         # The attempt was made 9 minutes before the hold ended: long past the attempt window.
         """INSERT INTO {payment} (booking_id, user_id, created_by_id, idempotency_key, amount, currency, status,
                                   reference, gateway_reference, failure_reason, refund_reference, created_at,
-                                  updated_at, attempted_at, attempts)
+                                  updated_at, attempted_at, attempts, payment_method)
            SELECT id, user_id, user_id, 'bench-' || id, total_cost, %(currency)s, 'PROCESSING',
-                  'pay_bench_' || id, '', '', '', updated_at, updated_at, updated_at, 1
+                  'pay_bench_' || id, '', '', '', updated_at, updated_at, updated_at, 1, ''
            FROM {booking} WHERE status = 'PENDING'""",
         # The gateway charged the payments of even bookings, and their answer was lost.
         """INSERT INTO {charge} (charge_id, idempotency_key, reference, amount, currency, status, decline_reason,

@@ -140,6 +140,11 @@ class PaymentGatewayUnavailable(DomainError):
         self.maybe_charged = maybe_charged
 
 
+class WebhookSignatureInvalid(DomainError):
+    status, code, title = 400, "webhook_signature_invalid", "Webhook signature invalid"
+    default_detail = "The Stripe-Signature header is missing, malformed, too old, or does not match the body."
+
+
 class IdempotencyKeyMissing(DomainError):
     status, code, title = 400, "idempotency_key_missing", "Idempotency-Key missing"
     default_detail = "Send an Idempotency-Key header (x-idempotency-key is accepted too) with every payment."

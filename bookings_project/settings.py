@@ -364,8 +364,8 @@ CURRENCY = env.str("CURRENCY", default="INR")
 # been seen for twice that, or when work has been waiting that long.
 CLEANUP_INTERVAL_MINUTES = env.int("CLEANUP_INTERVAL_MINUTES", default=10)
 
-# Payment gateway (docs/design.md#payments-exactly-once): `simulated` (default) or `http` (a generic JSON gateway,
-# contract in docs/design.md#payments-exactly-once).
+# Payment gateway (docs/design.md#payments-exactly-once): `simulated` (default), `http` (a generic JSON gateway,
+# contract in docs/design.md#payments-exactly-once) or `stripe` (docs/design.md#stripe).
 PAYMENT_GATEWAY = env.str("PAYMENT_GATEWAY", default="simulated")
 PAYMENT_GATEWAY_URL = env.str("PAYMENT_GATEWAY_URL", default="")
 PAYMENT_GATEWAY_TOKEN = env.str("PAYMENT_GATEWAY_TOKEN", default="")
@@ -379,9 +379,17 @@ PAYMENT_ATTEMPT_MARGIN_SECONDS = env.int("PAYMENT_ATTEMPT_MARGIN_SECONDS", defau
 # charged) | lose_answer (charges, then the answer is lost); and a delay per charge.
 PAYMENT_SIMULATED_OUTCOME = env.str("PAYMENT_SIMULATED_OUTCOME", default="approve")
 PAYMENT_SIMULATED_DELAY_MS = env.int("PAYMENT_SIMULATED_DELAY_MS", default=0)
+# Stripe (docs/operations.md#stripe): the secret key (sk_test_... in test mode), the signing
+# secret of the webhook endpoint registered in Stripe's dashboard (whsec_...), and where its
+# API is (only tests and the chaos run point it elsewhere, at a fake Stripe).
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 
-if PAYMENT_GATEWAY not in ("simulated", "http"):
-    raise ImproperlyConfigured("PAYMENT_GATEWAY must be `simulated` or `http`.")
+if PAYMENT_GATEWAY not in ("simulated", "http", "stripe"):
+    raise ImproperlyConfigured("PAYMENT_GATEWAY must be `simulated`, `http` or `stripe`.")
+if PAYMENT_GATEWAY == "stripe" and not (STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET):
+    raise ImproperlyConfigured("PAYMENT_GATEWAY=stripe needs STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET.")
 if PAYMENT_GATEWAY == "http" and not PAYMENT_GATEWAY_URL:
     raise ImproperlyConfigured("PAYMENT_GATEWAY=http needs PAYMENT_GATEWAY_URL.")
 if PAYMENT_SIMULATED_OUTCOME not in ("approve", "decline", "fail", "lose_answer"):

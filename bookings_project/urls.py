@@ -9,7 +9,7 @@ from bookings_project import errors, health
 from bookings_project.auth import TokenView
 from flights.apis import FlightViewSet
 from notifications.apis import WebhookEndpointViewSet
-from payments.apis import PaymentViewSet
+from payments.apis import PaymentViewSet, StripeWebhookView
 
 router = SimpleRouter(trailing_slash=False)
 router.register("flights", FlightViewSet, basename="flight")
@@ -19,6 +19,7 @@ router.register("webhooks", WebhookEndpointViewSet, basename="webhook")
 
 api_v1 = [
     path("auth/token", TokenView.as_view(), name="auth-token"),
+    path("payments/stripe/webhook", StripeWebhookView.as_view(), name="stripe-webhook"),
     *router.urls,
 ]
 

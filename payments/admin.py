@@ -5,7 +5,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from bookings_project.admin import OPS_CSS, ReadOnlyAdmin, badge, change_link, csv_export, flight_link, user_link
-from payments.models import IdempotencyKey, Payment, SimulatedCharge
+from payments.models import IdempotencyKey, Payment, SimulatedCharge, StripeEvent
 from payments.selectors import payment_attempt_window
 
 Status = Payment.Status
@@ -36,7 +36,17 @@ class PaymentAdmin(ReadOnlyAdmin):
         (None, {"fields": ["status_shown", "booking_shown", "flight_shown", "user_shown", "created_by"]}),
         (
             "Money",
-            {"fields": ["amount", "currency", "reference", "gateway_reference", "failure_reason", "refund_reference"]},
+            {
+                "fields": [
+                    "amount",
+                    "currency",
+                    "reference",
+                    "gateway_reference",
+                    "payment_method",
+                    "failure_reason",
+                    "refund_reference",
+                ]
+            },
         ),
         (
             "When",
@@ -115,3 +125,18 @@ class SimulatedChargeAdmin(ReadOnlyAdmin):
     list_display = ["charge_id", "status", "reference", "amount", "currency", "created_at", "refunded_at"]
     list_filter = ["status"]
     search_fields = ["charge_id", "reference", "idempotency_key"]
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    """Stripe's webhook events, each handled once, and what each came to (docs/operations.md#stripe)."""
+
+    list_display = ["event_id", "type", "payment_shown", "outcome", "created", "received_at"]
+    list_filter = ["type"]
+    search_fields = ["event_id", "=payment__id", "payment__gateway_reference"]
+    list_select_related = ["payment"]
+    date_hierarchy = "received_at"
+
+    @admin.display(description="payment", ordering="payment")
+    def payment_shown(self, event: StripeEvent):
+        return change_link(event.payment, str(event.payment_id))

@@ -3,11 +3,20 @@ payments.selectors."""
 
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import SessionAuthentication
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from bookings.services import booking_owner
 from bookings_project.authentication import TokenAuthentication
@@ -19,7 +28,7 @@ from bookings_project.throttling import PaymentsThrottle
 from payments import idempotency, selectors, services
 from payments.filters import PaymentFilter
 from payments.models import Payment
-from payments.serializers import PaymentCreateSerializer, PaymentSerializer
+from payments.serializers import PaymentActionSerializer, PaymentCreateSerializer, PaymentSerializer, payment_answer
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -65,7 +74,7 @@ REPLAYED_PARAMETER = OpenApiParameter(
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
     enum=["true"],
-    response=[201, 402, 404, 409, 422],
+    response=[201, 202, 402, 404, 409, 422],
     description="Present (`true`) when this is the stored answer to an earlier request with the same key.",
 )
 
@@ -135,6 +144,15 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         request=PaymentCreateSerializer,
         responses={
             201: PaymentSerializer,
+            202: OpenApiResponse(
+                PaymentActionSerializer,
+                description=(
+                    "Stripe only: the card needs 3-D Secure. The payment is `REQUIRES_ACTION` and the booking stays "
+                    "PENDING: give `clientSecret` to Stripe.js (`stripe.handleNextAction`), then follow the booking "
+                    "(GET it, or a `booking.confirmed` webhook) until Stripe's webhook settles it. This answer is "
+                    "final for its key."
+                ),
+            ),
             **problem_responses(
                 (400, problem(400, "Invalid input, or no key.", codes=("validation_error", "idempotency_key_missing"))),
                 401,
@@ -200,7 +218,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 if refusal is not None:
                     claim.store_refusal(refusal)
                 else:
-                    claim.store(status.HTTP_201_CREATED, dict(PaymentSerializer(payment).data))
+                    claim.store(*payment_answer(payment))  # A 202 (3-D Secure) is final for its key too.
 
             payment = services.payment_create(
                 caller=request.user,
@@ -208,11 +226,12 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 amount=data["amount"],
                 idempotency_key=key,
                 user_id=user_id,
+                payment_method=data.get("paymentMethod", ""),
                 on_settled=store_answer,
             )
             if claim.answer:
                 return claim.answer.status, claim.answer.body
-            return status.HTTP_201_CREATED, dict(PaymentSerializer(payment).data)
+            return payment_answer(payment)
 
         answer = idempotency.run_idempotently(
             user=request.user,
@@ -229,6 +248,46 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         )
         if answer.replayed:
             response[REPLAYED_HEADER] = "true"
-        if answer.status == status.HTTP_201_CREATED:  # A replay too: the same answer, the same payment.
+        if answer.status in (status.HTTP_201_CREATED, status.HTTP_202_ACCEPTED):  # A replay too: the same payment.
             response["Location"] = location_of(request, "payment-detail", answer.body["id"])
         return response
+
+
+class StripeWebhookView(APIView):
+    """Stripe's events (docs/api.md#stripe): signed with the endpoint's secret, so no token."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes: list = []  # Stripe's own retries; the signature check comes first and is cheap.
+
+    @extend_schema(
+        operation_id="receiveStripeWebhook",
+        summary="Stripe's webhook (Stripe calls it)",
+        description=(
+            "Register this URL in Stripe's dashboard (Developers → Webhooks) for `payment_intent.succeeded`, "
+            "`payment_intent.payment_failed` and `charge.refunded`. Each delivery is verified against "
+            "`STRIPE_WEBHOOK_SECRET` (`Stripe-Signature`, else 400 and nothing changes) and each event id is "
+            "handled once. Other event types are acknowledged and ignored. A 503 asks Stripe to send it again."
+        ),
+        auth=[],
+        parameters=[
+            OpenApiParameter("Stripe-Signature", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True),
+        ],
+        request={"application/json": OpenApiTypes.OBJECT},
+        responses={
+            200: inline_serializer(
+                "StripeWebhookReceived",
+                {"received": serializers.BooleanField(), "outcome": serializers.CharField()},
+            ),
+            **problem_responses(
+                (400, problem(400, "The signature does not verify.", codes=("webhook_signature_invalid",))),
+                (404, problem(404, "Stripe is not this service's payment gateway.", codes=("not_found",))),
+                (503, problem(503, "Stripe must send it again later.", codes=("payment_gateway_unavailable",))),
+            ),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        from payments.stripe_webhook import stripe_event_handle  # Imports `stripe` only where it is used.
+
+        outcome = stripe_event_handle(payload=request.body, signature=request.headers.get("Stripe-Signature", ""))
+        return Response({"received": True, "outcome": outcome})

@@ -5,10 +5,12 @@
   tells it to decline, to fail before charging, or to charge and lose the answer.
 - `HttpPaymentGateway`: a generic JSON gateway over `requests` (the contract is in
   docs/design.md#payments-exactly-once).
+- `payments.stripe_gateway.StripePaymentGateway`: Stripe's PaymentIntents (docs/design.md#stripe).
 
 Both forward an idempotency key with every charge and refund, so resending one can never
 move money twice, and raise only `PaymentGatewayUnavailable` (see its `maybe_charged`).
-A decline is an answer, not an error: `Charge.status == "declined"`.
+A decline is an answer, not an error: `Charge.status == "declined"`. So is Stripe's request
+that the customer authenticate (3-D Secure) first: `"requires_action"`, with its `action`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from django.utils import timezone
 from bookings_project import http_client, statements
 from bookings_project.db import may_conflict
 from bookings_project.exceptions import PaymentGatewayUnavailable
-from payments.models import Payment, SimulatedCharge
+from payments.models import CustomerAction, Payment, SimulatedCharge
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class ChargeStatus(StrEnum):
     SUCCEEDED = "succeeded"
     DECLINED = "declined"
     REFUNDED = "refunded"  # Charged, then given back.
+    # Not charged yet, and still open: the customer must act (3-D Secure), or may confirm it.
+    REQUIRES_ACTION = "requires_action"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,13 @@ class Charge:
     amount: Decimal
     currency: str
     decline_reason: str = ""
+    # With REQUIRES_ACTION: what the customer's client must do.
+    action: CustomerAction | None = None
+
+    @property
+    def open(self) -> bool:
+        """It may still charge: settle it as unpaid only once it is stopped (`cancel`)."""
+        return self.status == ChargeStatus.REQUIRES_ACTION
 
     @property
     def money_taken(self) -> bool:
@@ -71,6 +82,10 @@ class PaymentGateway(Protocol):
 
     def find_charge(self, *, reference: str) -> Charge | None:
         """The charge made with this reference, if the gateway has one (for reconciliation)."""
+
+    def cancel(self, *, reference: str) -> Charge | None:
+        """Stop an open charge (`Charge.open`) so that it can no longer take money; answers
+        its final state. Only Stripe's charges can be open; for the others it is a look-up."""
 
 
 def refund_key(payment: Payment) -> str:
@@ -120,6 +135,9 @@ class SimulatedPaymentGateway:
         except DatabaseError as error:
             raise PaymentGatewayUnavailable(f"The simulated gateway failed: {error}") from error
         return _pick_charge([_charge_of(record) for record in records])
+
+    def cancel(self, *, reference: str) -> Charge | None:
+        return self.find_charge(reference=reference)  # A charge here is final once made.
 
     def _charge_once(self, *, amount: Decimal, currency: str, reference: str, key: str, decline: bool):
         try:
@@ -230,6 +248,9 @@ class HttpPaymentGateway:
             return _pick_charge([_parse_charge(item) for item in body["data"]])
         self._raise_unavailable(response, what="look-up", money_moved_if_unclear=False)
 
+    def cancel(self, *, reference: str) -> Charge | None:
+        return self.find_charge(reference=reference)  # A charge of this contract is final once made.
+
     # Mechanics --------------------------------------------------------------------------
 
     def _send(self, method: str, path: str, *, what: str, **kwargs: Any) -> requests.Response:
@@ -266,6 +287,9 @@ def _detail(body: Any) -> str:
     return str(body.get("declineReason") or body.get("detail") or body.get("message") or "")[:255]
 
 
+_HTTP_CHARGE_STATUSES = (ChargeStatus.SUCCEEDED, ChargeStatus.DECLINED, ChargeStatus.REFUNDED)
+
+
 def _parse_charge(body: Any) -> Charge:
     """A charge object, or PaymentGatewayUnavailable: a body we cannot read is no answer."""
     try:
@@ -273,7 +297,8 @@ def _parse_charge(body: Any) -> Charge:
             raise TypeError("not an object")
         status = body["status"]
         charge_id = body.get("id") or ""
-        if status not in {*ChargeStatus} or not isinstance(charge_id, str):
+        # The contract's statuses: a charge here is final once made, never open.
+        if status not in _HTTP_CHARGE_STATUSES or not isinstance(charge_id, str):
             raise ValueError("bad status or id")
         status = ChargeStatus(status)
         if status != ChargeStatus.DECLINED and not charge_id:
@@ -301,7 +326,11 @@ def _http_gateway(base_url: str, token: str, timeout: float) -> HttpPaymentGatew
 
 
 def get_payment_gateway() -> PaymentGateway:
-    """The adapter `PAYMENT_GATEWAY` names; the HTTP one is shared so its connections are reused."""
+    """The adapter `PAYMENT_GATEWAY` names; the remote ones are shared so their connections are reused."""
+    if settings.PAYMENT_GATEWAY == "stripe":
+        from payments.stripe_gateway import stripe_gateway  # Imports `stripe` only where it is used.
+
+        return stripe_gateway(settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.PAYMENT_GATEWAY_TIMEOUT)
     if settings.PAYMENT_GATEWAY == "http":
         return _http_gateway(
             settings.PAYMENT_GATEWAY_URL, settings.PAYMENT_GATEWAY_TOKEN, settings.PAYMENT_GATEWAY_TIMEOUT

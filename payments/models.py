@@ -1,4 +1,6 @@
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -7,6 +9,16 @@ from django.db.models import Q
 
 def new_payment_reference() -> str:
     return f"pay_{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class CustomerAction:
+    """What the customer must do before the gateway can charge (3-D Secure): the client
+    hands `client_secret` to Stripe.js, which performs `next_action`. Never stored on the
+    payment; only the idempotency key's stored answer keeps it, for its replay."""
+
+    client_secret: str
+    next_action: dict[str, Any]
 
 
 class Payment(models.Model):
@@ -20,6 +32,9 @@ class Payment(models.Model):
     class Status(models.TextChoices):
         # The gateway was (or is being) asked; its answer is not recorded yet.
         PROCESSING = "PROCESSING", "Processing"
+        # The gateway waits for the customer to authenticate (3-D Secure); the booking stays
+        # PENDING until its webhook, or cleanup, settles it.
+        REQUIRES_ACTION = "REQUIRES_ACTION", "Requires action"
         SUCCEEDED = "SUCCEEDED", "Succeeded"
         DECLINED = "DECLINED", "Declined"
         # Definitely not charged: the gateway was unreachable or refused the request.
@@ -34,12 +49,16 @@ class Payment(models.Model):
     idempotency_key = models.CharField(max_length=255, help_text="The client's Idempotency-Key for this payment.")
     amount = models.DecimalField(max_digits=12, decimal_places=2)
     currency = models.CharField(max_length=3)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PROCESSING)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PROCESSING)
     reference = models.CharField(max_length=64, unique=True, default=new_payment_reference, editable=False)
-    gateway_reference = models.CharField(max_length=128, blank=True, help_text="The gateway's charge id.")
+    gateway_reference = models.CharField(
+        max_length=128, blank=True, help_text="The gateway's charge id (Stripe: the PaymentIntent's)."
+    )
     # Why it was declined or failed, or the last error of an attempt whose outcome is unknown.
     failure_reason = models.CharField(max_length=255, blank=True)
     refund_reference = models.CharField(max_length=128, blank=True)
+    # The customer's Stripe PaymentMethod (`pm_...`), as the request gave it; empty elsewhere.
+    payment_method = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     # When the gateway was last asked to charge: reconciliation waits until that call is over.
@@ -56,9 +75,19 @@ class Payment(models.Model):
     # was cut short in a small index instead of joining every payment to its booking.
     late_charge_at = models.DateTimeField(null=True, blank=True)
 
+    # Not settled yet: the gateway may still charge it. At most one per booking.
+    IN_FLIGHT = (Status.PROCESSING, Status.REQUIRES_ACTION)
+
+    # Set by `payments.services.payment_create` when the gateway asks the customer to act.
+    action: CustomerAction | None = None
+
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
+            # Stripe's webhooks name the PaymentIntent (docs/design.md#stripe).
+            models.Index(
+                fields=["gateway_reference"], name="payment_gateway_ref_idx", condition=~Q(gateway_reference="")
+            ),
             # The payments list (docs/api.md#payments), a customer's and staff's, newest first.
             models.Index(fields=["user", "-created_at", "-id"], name="payment_user_recent_idx"),
             models.Index(fields=["-created_at", "-id"], name="payment_recent_idx"),
@@ -79,7 +108,7 @@ class Payment(models.Model):
             # for one booking cannot be recorded, whatever a bug upstream does.
             models.UniqueConstraint(
                 fields=["booking"],
-                condition=Q(status__in=["PROCESSING", "SUCCEEDED"]),
+                condition=Q(status__in=["PROCESSING", "REQUIRES_ACTION", "SUCCEEDED"]),
                 name="payment_one_live_per_booking",
             ),
         ]
@@ -150,3 +179,23 @@ class SimulatedCharge(models.Model):
 
     def __str__(self) -> str:
         return f"{self.charge_id} ({self.status}, {self.amount} {self.currency})"
+
+
+class StripeEvent(models.Model):
+    """A Stripe webhook event we acted on: each event id is handled once, however often
+    Stripe sends it (docs/design.md#stripe)."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=64)
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    # What handling it came to, for ops: "booked", "declined", "refunded", "ignored: ...".
+    outcome = models.CharField(max_length=255, blank=True)
+    # When Stripe created it (its `created`), and when we handled it.
+    created = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} ({self.type})"

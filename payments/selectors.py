@@ -71,11 +71,17 @@ def payment_get(*, user: AbstractBaseUser, payment_id: int) -> Payment:
     return payment
 
 
-def payment_attempt_window() -> dt.timedelta:
-    """How long a payment attempt can last: the gateway's connect and read timeouts plus a
-    margin for lock waits and slow workers. Past it, the request that made it is over."""
+def gateway_call_seconds() -> float:
+    """The longest the gateway's calls for one charge can take: its connect and read timeouts,
+    once per call (Stripe's adapter makes two: create the intent, then confirm it)."""
     connect, read = timeouts(settings.PAYMENT_GATEWAY_TIMEOUT)
-    return dt.timedelta(seconds=connect + read + settings.PAYMENT_ATTEMPT_MARGIN_SECONDS)
+    return (connect + read) * (2 if settings.PAYMENT_GATEWAY == "stripe" else 1)
+
+
+def payment_attempt_window() -> dt.timedelta:
+    """How long a payment attempt can last: the gateway's calls plus a margin for lock waits
+    and slow workers. Past it, the request that made it is over."""
+    return dt.timedelta(seconds=gateway_call_seconds() + settings.PAYMENT_ATTEMPT_MARGIN_SECONDS)
 
 
 # The waits before each new try of recording a charge's answer when the database fails (a
@@ -86,15 +92,14 @@ RECORD_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)
 def payment_request_duration() -> dt.timedelta:
     """The longest a live payment request runs: the gateway's timeouts, then the retries of
     recording its answer. A request that claimed a key longer ago than this has ended."""
-    connect, read = timeouts(settings.PAYMENT_GATEWAY_TIMEOUT)
-    return dt.timedelta(seconds=connect + read + sum(RECORD_RETRY_DELAYS) + 1)
+    return dt.timedelta(seconds=gateway_call_seconds() + sum(RECORD_RETRY_DELAYS) + 1)
 
 
 def payment_in_flight(*, booking_id: int, lock: bool = False) -> Payment | None:
-    """The booking's payment attempt still PROCESSING, if any (there is at most one); with
-    `lock`, its row locked for the caller's transaction."""
+    """The booking's payment attempt not settled yet (PROCESSING, or REQUIRES_ACTION), if any
+    (there is at most one); with `lock`, its row locked for the caller's transaction."""
     payments = Payment.objects.select_for_update() if lock else Payment.objects.all()
-    return payments.filter(booking_id=booking_id, status=Payment.Status.PROCESSING).first()
+    return payments.filter(booking_id=booking_id, status__in=Payment.IN_FLIGHT).first()
 
 
 def payment_of_key(*, booking_id: int, caller: AbstractBaseUser, idempotency_key: str) -> Payment | None:

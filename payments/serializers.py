@@ -4,6 +4,7 @@ the other way round (docs/design.md#layers)."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from rest_framework import serializers
 
 from bookings.serializers import BookingSerializer
@@ -59,8 +60,20 @@ class PaymentCreateSerializer(serializers.Serializer):
         required=False,
         help_text="Optional. Must be your own id, unless you are staff paying for a customer.",
     )
+    paymentMethod = serializers.RegexField(
+        r"^pm_[A-Za-z0-9_]{1,250}$",
+        required=False,
+        help_text=(
+            "With Stripe (`PAYMENT_GATEWAY=stripe`), required: the customer's Stripe PaymentMethod id, made by "
+            "Stripe.js in the client (`pm_card_visa` in test mode). Other gateways ignore it."
+        ),
+    )
 
     def validate(self, attrs: dict) -> dict:
+        if settings.PAYMENT_GATEWAY == "stripe" and not attrs.get("paymentMethod"):
+            raise serializers.ValidationError(
+                {"paymentMethod": "Required: this service takes payments through Stripe."}
+            )
         return resolve_alias(attrs, "amount", "totalCost")
 
     def normalised(self, *, caller_id: int) -> dict:
@@ -71,7 +84,34 @@ class PaymentCreateSerializer(serializers.Serializer):
         body = {"bookingId": data["bookingId"], "amount": f"{data['amount']:.2f}"}
         if data.get("userId") not in (None, caller_id):
             body["userId"] = data["userId"]
+        if data.get("paymentMethod"):
+            body["paymentMethod"] = data["paymentMethod"]
         return body
+
+
+class PaymentActionSerializer(PaymentSerializer):
+    """A REQUIRES_ACTION payment (202): what the customer's client does next, with Stripe.js."""
+
+    clientSecret = serializers.CharField(
+        source="action.client_secret",
+        help_text="The PaymentIntent's client secret: give it to Stripe.js (`stripe.handleNextAction`). Keep it "
+        "from logs; it is shown in this answer only.",
+    )
+    nextAction = serializers.JSONField(
+        source="action.next_action", help_text="Stripe's `next_action`, as Stripe gave it (`use_stripe_sdk`)."
+    )
+
+    class Meta(PaymentSerializer.Meta):
+        fields = [*PaymentSerializer.Meta.fields, "clientSecret", "nextAction"]
+        read_only_fields = fields
+
+
+def payment_answer(payment: Payment) -> tuple[int, dict]:
+    """The status and body that answer a payment request: 201 with the payment, or 202 with
+    what the customer must do (3-D Secure)."""
+    if payment.status == Payment.Status.REQUIRES_ACTION and payment.action is not None:
+        return 202, dict(PaymentActionSerializer(payment).data)
+    return 201, dict(PaymentSerializer(payment).data)
 
 
 class PaymentSummarySerializer(serializers.Serializer):

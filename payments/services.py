@@ -8,11 +8,14 @@ A payment is three short steps, and no transaction or row lock is held across th
    resent charge (a retry, or a resumed attempt) can never charge twice;
 3. under the lock again: record the outcome (BOOKED + ChargeStatus.SUCCEEDED, or INITIATED + DECLINED).
    An unknown outcome leaves the booking PENDING for a retry with the same key, or for
-   cleanup to reconcile with the gateway.
+   cleanup to reconcile with the gateway. Stripe may ask the customer to authenticate first
+   (3-D Secure): the payment is then REQUIRES_ACTION and the booking stays PENDING until
+   Stripe's webhook says what came of it (`payment_settle_from_event`), or cleanup does.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -68,22 +71,30 @@ def payment_create(
     amount: Decimal,
     idempotency_key: str,
     user_id: int | None = None,
+    payment_method: str = "",
     gateway: PaymentGateway | None = None,
     on_settled: OnSettled | None = None,
 ) -> Payment:
-    """Pay a booking's totalCost. Answers the ChargeStatus.SUCCEEDED payment (the booking is BOOKED).
+    """Pay a booking's totalCost. Answers the SUCCEEDED payment (the booking is BOOKED), or a
+    REQUIRES_ACTION one whose `action` the customer must perform (the booking stays PENDING).
+    `payment_method` is the customer's Stripe PaymentMethod (the other gateways need none).
 
     Raises a definite refusal (`NotFound`, `BookingExpired`, `BookingNotPayable`,
     `PaymentInProgress`, `AmountMismatch`, `UserMismatch`, `PaymentDeclined`) or
     `PaymentGatewayUnavailable`, after which the same key may be sent again.
 
     `on_settled(payment, refusal)` is called inside the transaction that records the
-    gateway's answer, if this call records it: the payment SUCCEEDED (`refusal` None) or
-    DECLINED (`refusal` the `PaymentDeclined` about to be raised). What it writes commits
+    gateway's answer, if this call records it: the payment SUCCEEDED or REQUIRES_ACTION
+    (`refusal` None) or DECLINED (`refusal` the `PaymentDeclined` about to be raised). What it writes commits
     with that answer or not at all (the request's idempotency key stores its answer there).
     """
     attempt = _start_attempt(
-        caller=caller, booking_id=booking_id, amount=amount, idempotency_key=idempotency_key, user_id=user_id
+        caller=caller,
+        booking_id=booking_id,
+        amount=amount,
+        idempotency_key=idempotency_key,
+        user_id=user_id,
+        payment_method=payment_method,
     )
     payment = attempt.payment
     if not attempt.charge_needed:
@@ -138,12 +149,20 @@ def _refusal_of(payment: Payment) -> PaymentDeclined | None:
 
 
 def _start_attempt(
-    *, caller: AbstractBaseUser, booking_id: int, amount: Decimal, idempotency_key: str, user_id: int | None
+    *,
+    caller: AbstractBaseUser,
+    booking_id: int,
+    amount: Decimal,
+    idempotency_key: str,
+    user_id: int | None,
+    payment_method: str = "",
 ) -> _Attempt:
     with transaction.atomic():
         bound_lock_wait()
         payment = (
-            _start_first_attempt(caller=caller, booking_id=booking_id, amount=amount, key=idempotency_key)
+            _start_first_attempt(
+                caller=caller, booking_id=booking_id, amount=amount, key=idempotency_key, payment_method=payment_method
+            )
             if user_id in (None, caller.pk)
             else None
         )
@@ -192,6 +211,7 @@ def _start_attempt(
                 idempotency_key=idempotency_key,
                 amount=booking.total_cost,
                 currency=booking.currency,
+                payment_method=payment_method,
                 attempted_at=timezone.now(),
             )
     if expired:
@@ -201,7 +221,9 @@ def _start_attempt(
     return _Attempt(payment=payment, charge_needed=True)
 
 
-def _start_first_attempt(*, caller: AbstractBaseUser, booking_id: int, amount: Decimal, key: str) -> Payment | None:
+def _start_first_attempt(
+    *, caller: AbstractBaseUser, booking_id: int, amount: Decimal, key: str, payment_method: str
+) -> Payment | None:
     """The usual case in one conditional UPDATE: the caller's own unpaid booking, seats held,
     not expired, this amount. It takes the booking's row lock, moves it to PENDING and writes
     the attempt; None (nothing written) when the booking is anything else."""
@@ -237,6 +259,7 @@ def _start_first_attempt(*, caller: AbstractBaseUser, booking_id: int, amount: D
             idempotency_key=key,
             amount=amount,
             currency=settings.CURRENCY,
+            payment_method=payment_method,
             attempted_at=now,
         )
     )
@@ -255,7 +278,15 @@ def _record_charge(
         booking = Booking.objects.select_for_update().get(pk=payment.booking_id)  # Booking, then payment.
         payment = Payment.objects.select_for_update().get(pk=payment.pk)
         now = timezone.now()
-        if payment.status == PaymentStatus.PROCESSING and booking.status == BookingStatus.PENDING:
+        if charge.open:
+            # The customer must act first (3-D Secure): nothing settles, the booking stays PENDING.
+            if payment.status == PaymentStatus.PROCESSING and booking.status == BookingStatus.PENDING:
+                payment.status, payment.gateway_reference = PaymentStatus.REQUIRES_ACTION, charge.gateway_reference
+                payment.save()
+                payment.action = charge.action
+                if on_settled:
+                    on_settled(payment, None)
+        elif payment.status in Payment.IN_FLIGHT and booking.status == BookingStatus.PENDING:
             payment.gateway_reference = charge.gateway_reference
             payment.completed_at = now
             if charge.money_taken:
@@ -287,7 +318,9 @@ def _record_charge(
         )
     if refusal := _refusal_of(payment):
         raise refusal
-    if payment.status != PaymentStatus.SUCCEEDED:
+    if payment.status == PaymentStatus.REQUIRES_ACTION and charge.open:
+        payment.action = charge.action
+    elif payment.status != PaymentStatus.SUCCEEDED:
         raise BookingNotPayable(f"Payment {payment.pk} ended {payment.status}.")
     return payment
 
@@ -298,11 +331,15 @@ class _Moved(Exception):
 
 def _record_answer(payment: Payment, charge: Charge, on_settled: OnSettled | None = None) -> bool:
     """The usual case in two conditional UPDATEs: the booking still PENDING and this payment
-    still PROCESSING, so the gateway's answer settles both (BOOKED, or INITIATED to pay again
-    after a decline), and `on_settled` writes with them. False, with nothing written, when
-    either had moved on meanwhile (cleanup settled it): the caller then reads both under
-    their locks."""
+    still as the caller read it (PROCESSING, or REQUIRES_ACTION for a webhook's news), so the
+    gateway's answer settles both (BOOKED, or INITIATED to pay again after a decline), and
+    `on_settled` writes with them. False, with nothing written, when either had moved on
+    meanwhile (cleanup or a webhook settled it): the caller then reads both under their locks."""
+    if payment.status not in Payment.IN_FLIGHT:
+        return False
     now = timezone.now()
+    if charge.open:
+        return _record_action(payment, charge, now, on_settled)
     if charge.money_taken:
         status, failure, to, reason = PaymentStatus.SUCCEEDED, "", BookingStatus.BOOKED, Reason.PAYMENT_SUCCEEDED
     else:
@@ -324,9 +361,7 @@ def _record_answer(payment: Payment, charge: Charge, on_settled: OnSettled | Non
                 values={"status": to, "updated_at": now},
             ):
                 return False
-            if not statements.update(
-                Payment, where={"pk": payment.pk, "status": PaymentStatus.PROCESSING}, values=settled
-            ):
+            if not statements.update(Payment, where={"pk": payment.pk, "status": payment.status}, values=settled):
                 raise _Moved()
             record_status_change(
                 booking_id=payment.booking_id,
@@ -341,6 +376,31 @@ def _record_answer(payment: Payment, charge: Charge, on_settled: OnSettled | Non
                 on_settled(payment, _refusal_of(payment))
     except _Moved:
         return False
+    return True
+
+
+def _record_action(payment: Payment, charge: Charge, now: dt.datetime, on_settled: OnSettled | None) -> bool:
+    """The gateway waits for the customer (3-D Secure): the payment REQUIRES_ACTION, in one
+    conditional UPDATE; the booking stays PENDING. `on_settled` stores the 202 with it."""
+    with transaction.atomic():
+        if not statements.update(
+            Payment,
+            where={"pk": payment.pk, "status": PaymentStatus.PROCESSING},
+            values={
+                "status": PaymentStatus.REQUIRES_ACTION,
+                "gateway_reference": charge.gateway_reference,
+                "updated_at": now,
+            },
+        ):
+            return False
+        payment.status, payment.gateway_reference, payment.updated_at = (
+            PaymentStatus.REQUIRES_ACTION,
+            charge.gateway_reference,
+            now,
+        )
+        payment.action = charge.action
+        if on_settled:
+            on_settled(payment, None)
     return True
 
 
@@ -383,21 +443,47 @@ def _refund(payment_id: int, gateway: PaymentGateway | None) -> tuple[Payment, b
     if payment.status != PaymentStatus.SUCCEEDED:
         return payment, False
     refund = (gateway or get_payment_gateway()).refund(payment=payment)
+    recorded = payment_record_refund(payment=payment, refund_reference=refund.refund_reference)
+    payment.refresh_from_db()
+    return payment, recorded
+
+
+def payment_record_refund(*, payment: Payment, refund_reference: str) -> bool:
+    """Record that the gateway gave a SUCCEEDED payment's money back (our refund, or one made
+    at the gateway, which its webhook reports), with its outbox event. Two callers may both
+    learn of the one refund: one of them records it. True if this call did."""
     now = timezone.now()
-    # Two callers may both get the gateway's (one, keyed) refund: one of them records it, and
-    # its outbox event with it.
     with transaction.atomic():
         recorded = Payment.objects.filter(pk=payment.pk, status=PaymentStatus.SUCCEEDED).update(
-            status=PaymentStatus.REFUNDED, refund_reference=refund.refund_reference, refunded_at=now, updated_at=now
+            status=PaymentStatus.REFUNDED, refund_reference=refund_reference, refunded_at=now, updated_at=now
         )
         if recorded:
             outbox.record_event(
                 type=outbox.EventType.PAYMENT_REFUNDED, booking_id=payment.booking_id, payment_id=payment.pk
             )
-    payment.refresh_from_db()
     if recorded:
-        logger.info("payment %s: refunded (%s)", payment.pk, refund.refund_reference)
-    return payment, bool(recorded)
+        logger.info("payment %s: refunded (%s)", payment.pk, refund_reference)
+    return bool(recorded)
+
+
+def payment_settle_from_event(*, payment: Payment, charge: Charge, gateway: PaymentGateway | None = None) -> Payment:
+    """What the gateway's webhook says became of a payment's charge, once it is final (Stripe's
+    `payment_intent.succeeded`, or a failure whose intent was then cancelled): a charge books
+    the booking if it is still PENDING, and is refunded if the booking was settled meanwhile
+    (expired, cancelled); a decline puts a PENDING booking back to INITIATED. A payment
+    settled already stays as it was: news that comes twice or late changes nothing, and a
+    decline never undoes a charge. Answers the payment as it now is."""
+    try:
+        _record_charge(payment, charge, gateway or get_payment_gateway())
+    except (PaymentDeclined, BookingNotPayable):
+        pass  # Settled as declined, now or before.
+    except BookingExpired:
+        pass  # Charged after its booking was settled: recorded, and refunded.
+    except PaymentGatewayUnavailable as error:
+        # The late charge is recorded (`late_charge_at`): cleanup refunds it.
+        logger.error("payment %s: the refund of a late charge failed (%s); cleanup will retry", payment.pk, error)
+    payment.refresh_from_db()
+    return payment
 
 
 def payment_refund_for_booking(*, booking_id: int, gateway: PaymentGateway | None = None) -> list[Payment]:
@@ -406,10 +492,18 @@ def payment_refund_for_booking(*, booking_id: int, gateway: PaymentGateway | Non
     return [payment_refund(payment_id=payment.pk, gateway=gateway) for payment in payments]
 
 
-def payment_find_charge(*, payment: Payment, gateway: PaymentGateway | None = None) -> Charge | None:
-    """The gateway's charge under the payment's reference, if any. A charge that took another
+def payment_find_charge(
+    *, payment: Payment, gateway: PaymentGateway | None = None, stop_if_open: bool = True
+) -> Charge | None:
+    """The gateway's charge under the payment's reference, if any, final: an open one is
+    cancelled first, unless `stop_if_open` is false (a dry run changes nothing). A charge that took another
     amount or currency is no answer we can act on: `PaymentGatewayUnavailable`, for a person."""
-    charge = (gateway or get_payment_gateway()).find_charge(reference=payment.reference)
+    gateway = gateway or get_payment_gateway()
+    charge = gateway.find_charge(reference=payment.reference)
+    if charge is not None and charge.open and stop_if_open:
+        # It could still take money (the customer may yet confirm it): stop it first, so that
+        # what we settle on stays true. A cancel that finds it charged answers the charge.
+        charge = gateway.cancel(reference=payment.reference)
     taken = charge is not None and charge.money_taken
     if taken and (charge.amount, charge.currency) != (payment.amount, payment.currency):
         raise PaymentGatewayUnavailable(

@@ -111,6 +111,11 @@ EXPECTED: dict[tuple[str, str], dict[str, Answer]] = {
     ),
     ("api/v1/payments", "POST"): _customers(201),
     ("api/v1/payments/<pk>", "GET"): _customers(200),
+    # Stripe's webhook takes no token: its signature decides (tests/payments/test_stripe_webhook.py).
+    # With the simulated gateway, as here, it is served to nobody.
+    ("api/v1/payments/stripe/webhook", "POST"): row(
+        anonymous=NOT_YOURS, owner=NOT_YOURS, other=NOT_YOURS, staff=NOT_YOURS, service=NOT_YOURS
+    ),
     # Webhook endpoints: staff only; the service token is nobody here.
     ("api/v1/webhooks", "GET"): _staff_only(200),
     ("api/v1/webhooks", "POST"): _staff_only(201),
@@ -522,7 +527,8 @@ CHECKS: dict[tuple[str, str], Callable] = {
 
 
 def test_every_row_has_a_success_check():
-    assert CHECKS.keys() == EXPECTED.keys()
+    succeeds = {key for key, answers in EXPECTED.items() if any(isinstance(answer, int) for answer in answers.values())}
+    assert CHECKS.keys() == succeeds
 
 
 # The matrix ------------------------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ SEED_PAYMENTS = """
 INSERT INTO payments_payment (
     booking_id, user_id, created_by_id, idempotency_key, amount, currency, status, reference, gateway_reference,
     failure_reason, refund_reference, created_at, updated_at, attempted_at, attempts, completed_at, refunded_at,
-    reconciled_at, late_charge_at
+    reconciled_at, late_charge_at, payment_method
 )
 SELECT
     id, user_id, user_id, md5('payment-' || id), total_cost, 'INR', paid, 'pay_' || md5('reference-' || id),
@@ -151,7 +151,8 @@ SELECT
     CASE WHEN paid <> 'PROCESSING' THEN created_at + interval '2 minutes' END,
     CASE WHEN paid = 'REFUNDED' THEN created_at + interval '6 minutes' END,
     CASE WHEN paid = 'FAILED' AND mod(id, 2) = 0 THEN created_at + interval '20 minutes' END,
-    CASE WHEN paid = 'SUCCEEDED' AND status = 'CANCELLED' THEN created_at + interval '20 minutes' END
+    CASE WHEN paid = 'SUCCEEDED' AND status = 'CANCELLED' THEN created_at + interval '20 minutes' END,
+    ''
 FROM (
     SELECT
         *,

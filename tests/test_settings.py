@@ -131,7 +131,8 @@ def test_env_example_names_every_key_the_settings_read():
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"PAYMENT_GATEWAY": "stripe"}, "PAYMENT_GATEWAY must be"),
+        ({"PAYMENT_GATEWAY": "paypal"}, "PAYMENT_GATEWAY must be"),
+        ({"PAYMENT_GATEWAY": "stripe", "STRIPE_SECRET_KEY": "sk_test_x"}, "needs STRIPE_SECRET_KEY and"),
         ({"PAYMENT_GATEWAY": "http"}, "needs PAYMENT_GATEWAY_URL"),
         ({"PAYMENT_SIMULATED_OUTCOME": "maybe"}, "PAYMENT_SIMULATED_OUTCOME must be"),
     ],

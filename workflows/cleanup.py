@@ -412,7 +412,7 @@ def _refund_stranded(run: _Run, payment_id: int) -> None:
 def _refund_if_charged_late(run: _Run, payment_id: int) -> None:
     if run.dry_run:
         payment = Payment.objects.get(pk=payment_id)
-        charge = payment_find_charge(payment=payment, gateway=run.payments)
+        charge = payment_find_charge(payment=payment, gateway=run.payments, stop_if_open=False)
         if charge is not None and charge.status == ChargeStatus.SUCCEEDED:
             run.counts.refunded += 1
             run.report(f"payment {payment_id}: charged after it was settled as unpaid: would refund")
@@ -442,7 +442,8 @@ def _reconcile(run: _Run, booking_id: int) -> None:
 
 def _preview_reconciliation(run: _Run, booking_id: int) -> None:
     payment = payment_selectors.payment_in_flight(booking_id=booking_id)
-    charge = payment and payment_find_charge(payment=payment, gateway=run.payments)
+    # An open charge (3-D Secure never finished) would be cancelled, then the booking expired.
+    charge = payment and payment_find_charge(payment=payment, gateway=run.payments, stop_if_open=False)
     if charge is not None and charge.status == ChargeStatus.SUCCEEDED:
         run.counts.reconciled_booked += 1
         run.report(f"booking {booking_id}: the gateway has charged it: would be BOOKED")

@@ -24,14 +24,19 @@ def nested(levels: int) -> str:
     return '{"flightId": ' + "[" * levels + "]" * levels + ', "numberOfSeats": 1}'
 
 
+# Stripe's webhook reads its body only once the signature over it verifies: whatever it holds,
+# an unsigned one is a 400 `webhook_signature_invalid` (tests/payments/test_stripe_webhook.py).
+SIGNED_BODIES = {("POST", "/api/v1/payments/stripe/webhook")}
+
+
 def body_operations() -> list[tuple[str, str]]:
-    """(method, path) of every operation the API documents with a request body."""
+    """(method, path) of every operation the API documents with a request body, whose body it parses."""
     schema = SchemaGenerator().get_schema(request=None, public=True)
     return sorted(
         (method.upper(), path)
         for path, operations in schema["paths"].items()
         for method, operation in operations.items()
-        if "requestBody" in operation
+        if "requestBody" in operation and (method.upper(), path) not in SIGNED_BODIES
     )
 
 

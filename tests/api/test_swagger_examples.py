@@ -41,6 +41,9 @@ STAFF_WALK = [
     "listWebhookDeliveries",
     "deleteWebhookEndpoint",
 ]
+# Called by another service, never tried by a person: Stripe signs each call with a secret of
+# its own (tests/payments/test_stripe_webhook.py tries it).
+CALLED_BY_OTHERS = ["receiveStripeWebhook"]
 
 
 def operations(schema: dict) -> dict[str, tuple[str, str, dict]]:
@@ -102,7 +105,7 @@ def demo(transactional_db):
 def test_every_example_works_when_tried_as_the_demo_users(demo):
     schema = APIClient().get("/api/schema/?format=json").json()
     found = operations(schema)
-    assert sorted(found) == sorted(CUSTOMER_WALK + STAFF_WALK), "every operation is tried: add a new one to a walk"
+    assert sorted(found) == sorted(CUSTOMER_WALK + STAFF_WALK + CALLED_BY_OTHERS), "add a new operation to a walk"
 
     tried = []
     for walk, user in ((CUSTOMER_WALK, "demo"), (STAFF_WALK, "staff")):
@@ -118,7 +121,7 @@ def test_every_example_works_when_tried_as_the_demo_users(demo):
                 if fields is not None:
                     assert set(response.json()) == fields, label
                 tried.append(operation_id)
-    assert set(tried) == set(found)
+    assert set(tried) == set(found) - set(CALLED_BY_OTHERS)
 
 
 @pytest.mark.django_db(transaction=True, reset_sequences=True)

@@ -21,14 +21,25 @@ def post_booking(client, flight: Flight | int, seats: int = 2, *, fields: dict |
     return client.post(BOOKINGS, body, format="json", **extra)
 
 
-def post_payment(client, booking: Booking | int, key: str, amount: Decimal | str | None = None, **extra):
-    """POST /payments under the Idempotency-Key `key`, for `amount` (default: the booking's total)."""
+def post_payment(
+    client,
+    booking: Booking | int,
+    key: str,
+    amount: Decimal | str | None = None,
+    *,
+    payment_method: str | None = None,
+    **extra,
+):
+    """POST /payments under the Idempotency-Key `key`, for `amount` (default: the booking's total),
+    with a Stripe `paymentMethod` if given."""
     if isinstance(booking, int):
         booking_id = booking
     else:
         booking_id, amount = booking.pk, booking.total_cost if amount is None else amount
     assert amount is not None, "a booking id needs its amount"
     body = {"bookingId": booking_id, "amount": str(amount)}
+    if payment_method is not None:
+        body["paymentMethod"] = payment_method
     return client.post(PAYMENTS, body, format="json", HTTP_IDEMPOTENCY_KEY=key, **extra)
 
 
