@@ -131,7 +131,7 @@ class StripePaymentGateway:
         except stripe.InvalidRequestError as error:
             if error.code == "charge_already_refunded":
                 # Refunded already (by hand in Stripe's dashboard, say): the money is back.
-                return Refund(refund_reference=self._refund_of(payment.gateway_reference))
+                return Refund(refund_reference=self.latest_refund_id(payment.gateway_reference))
             _raise_unavailable(error, what="refund", may_have_charged=False)
         except stripe.StripeError as error:
             _raise_unavailable(error, what="refund", may_have_charged=True)
@@ -192,17 +192,18 @@ class StripePaymentGateway:
                 options={"idempotency_key": intent_key(payment.reference)},
             )
         except stripe.StripeError as error:
-            # An intent that was made is unconfirmed: it cannot have charged.
-            _raise_unavailable(error, what="payment intent", may_have_charged=False)
+            # Nothing can have charged (an intent made is unconfirmed), but one may have been
+            # made: unless Stripe refused the request, the payment stays in flight, so that the
+            # retry with the same Idempotency-Key resends this key and gets that intent back
+            # rather than a second one. Reconciliation settles it as not charged.
+            _raise_unavailable(error, what="payment intent", may_have_charged=True)
         try:
             Payment.objects.filter(pk=payment.pk, gateway_reference="").update(gateway_reference=intent.id)
         except DatabaseError as error:
-            raise PaymentGatewayUnavailable(
-                f"The payment intent {intent.id} could not be recorded: {error}", maybe_charged=False
-            ) from error
+            raise PaymentGatewayUnavailable(f"The payment intent {intent.id} could not be recorded: {error}") from error
         return intent.id
 
-    def _refund_of(self, intent_id: str) -> str:
+    def latest_refund_id(self, intent_id: str) -> str:
         """The id of the intent's latest refund ("" if Stripe lists none)."""
         try:
             refunds = self.client.v1.refunds.list(params={"payment_intent": intent_id, "limit": 1})

@@ -120,7 +120,7 @@ def assert_money_matches_bookings(standing: set[str] | None = None) -> None:
         charged = payment.reference in standing
         if payment.status == Payment.Status.SUCCEEDED:
             assert charged, f"payment {payment.pk} SUCCEEDED without a standing charge"
-        elif payment.status != Payment.Status.PROCESSING:
+        elif payment.status not in Payment.IN_FLIGHT:  # In flight: its charge may have landed.
             assert not charged, f"payment {payment.pk} is {payment.status} but its charge stands"
     assert standing <= set(references), f"charges for no payment: {standing - set(references)}"
     for booking in Booking.objects.all():

@@ -47,7 +47,7 @@ WEBHOOK_SECRET = "whsec_fake_secret"
 API_VERSION = "2026-10-28.endive"  # stripe 16.1.0's `_ApiVersion.CURRENT`.
 MOCK_BASE = "https://api.stripe.test"  # Without /v1: what `base_addresses={"api": ...}` takes.
 
-Kind = Literal["create", "confirm", "retrieve", "cancel", "refund"]
+Kind = Literal["create", "confirm", "retrieve", "cancel", "refund", "refunds"]
 Behaviour = Callable[["FakeStripe", requests.PreparedRequest], tuple[int, dict, str]]
 
 # Currencies whose amounts have no minor unit (https://docs.stripe.com/currencies#zero-decimal).
@@ -69,6 +69,7 @@ _ROUTES: tuple[tuple[str, str, Kind], ...] = (
     ("POST", r"/v1/payment_intents/([^/]+)/cancel", "cancel"),
     ("GET", r"/v1/payment_intents/([^/]+)", "retrieve"),
     ("POST", r"/v1/refunds", "refund"),
+    ("GET", r"/v1/refunds", "refunds"),
 )
 
 
@@ -432,6 +433,8 @@ class FakeStripe:
             return self._cancel(self.intents[intent_id], form)
         if kind == "refund":
             return self._refund(form)
+        if kind == "refunds":
+            return 200, self._refund_list(query)
         raise _Invalid(*_error(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path})."))
 
     def _create(self, form: dict) -> tuple[int, dict]:
@@ -584,6 +587,14 @@ class FakeStripe:
             code="payment_intent_unexpected_state",
             payment_intent=copy.deepcopy(intent),
         )
+
+    def _refund_list(self, query: dict) -> dict:
+        """GET /v1/refunds?payment_intent=...&limit=N: newest first, in Stripe's list shape."""
+        intent_id = query.get("payment_intent")
+        refunds = [r for r in self.refunds.values() if not intent_id or r.get("payment_intent") == intent_id]
+        refunds.sort(key=lambda refund: refund.get("created", 0), reverse=True)
+        limit = int(query.get("limit") or 10)
+        return {"object": "list", "url": "/v1/refunds", "has_more": len(refunds) > limit, "data": refunds[:limit]}
 
     def _refund(self, form: dict) -> tuple[int, dict]:
         intent_id, charge_id = form.get("payment_intent"), form.get("charge")
@@ -826,9 +837,10 @@ def mocked(
     retrieve: tuple[Behaviour, ...] = (),
     cancel: tuple[Behaviour, ...] = (),
     refund: tuple[Behaviour, ...] = (),
+    refunds: tuple[Behaviour, ...] = (),
     base: str = MOCK_BASE,
 ) -> Mocked:
-    """A RequestsMock for the five endpoints at `base`: each plays its scripted behaviours, one
+    """A RequestsMock for the six endpoints at `base`: each plays its scripted behaviours, one
     per call, then answers as the healthy fake."""
 
     def scripted(behaviours: tuple[Behaviour, ...]) -> Callable[[requests.PreparedRequest], tuple[int, dict, str]]:
@@ -849,6 +861,7 @@ def mocked(
         ("cancel", responses.POST, cancel, re.compile(intent + "/cancel$")),
         ("retrieve", responses.GET, retrieve, re.compile(intent + r"(\?.*)?$")),
         ("refund", responses.POST, refund, re.compile(root + r"/v1/refunds$")),
+        ("refunds", responses.GET, refunds, re.compile(root + r"/v1/refunds(\?.*)?$")),
     ]
     endpoints = {
         kind: rsps.add_callback(method, pattern, callback=scripted(behaviours))
