@@ -9,7 +9,8 @@ before anything is read. Three event types matter:
   intent again), so the intent is cancelled first, and the cancel's answer is what we settle
   on: a decline puts the booking back to INITIATED; a cancel that finds it succeeded books it;
 - `charge.refunded`: a full refund (ours, or one made in Stripe's dashboard) marks the
-  payment REFUNDED.
+  payment REFUNDED (a refund that comes before the success's event settles the charge
+  first); a booking still BOOKED then has its cancel requested, which cleanup finishes.
 
 Each event id is handled once: a `StripeEvent` row is written after it is handled, and a
 repeat is answered from it. Handling is idempotent by the payment's state, so an event that
@@ -111,6 +112,7 @@ def _payment_of(obj: dict[str, Any], event_type: str) -> Payment | None:
 
 
 def _succeeded(payment: Payment, intent: dict[str, Any]) -> str:
+    """The intent's money was taken (or its charge's: a `charge.refunded` that came first)."""
     try:
         currency = str(intent["currency"]).upper()
         amount = from_minor_units(int(intent["amount"]), currency)
@@ -126,7 +128,8 @@ def _succeeded(payment: Payment, intent: dict[str, Any]) -> str:
             payment.currency,
         )
         return f"ignored: charged {amount} {currency}, not {payment.amount} {payment.currency}"
-    charge = Charge(gateway_reference=intent["id"], status=ChargeStatus.SUCCEEDED, amount=amount, currency=currency)
+    intent_id = intent["payment_intent"] if intent.get("object") == "charge" else intent["id"]
+    charge = Charge(gateway_reference=intent_id, status=ChargeStatus.SUCCEEDED, amount=amount, currency=currency)
     return _outcome(services.payment_settle_from_event(payment=payment, charge=charge))
 
 
@@ -153,8 +156,18 @@ def _refunded(payment: Payment, charge: dict[str, Any]) -> str:
     if not charge.get("refunded"):
         logger.warning("stripe: payment %s partly refunded at Stripe: left as it is", payment.pk)
         return "ignored: partial refund"
+    if payment.status in Payment.IN_FLIGHT:
+        # The refund's event came before the success's: a refund proves the charge, so settle
+        # that first (booked, or refunded as a late charge), then the refund.
+        _succeeded(payment, charge)
+        payment.refresh_from_db()
+    if payment.status != Payment.Status.SUCCEEDED:
+        return f"already {payment.status}"  # Our own refund (recorded when it was made), or none to record.
+    # Events of the API version the library pins carry no refunds list: ask for the latest.
     refunds = (charge.get("refunds") or {}).get("data") or []
-    refund_id = str(refunds[0].get("id") or "") if refunds else ""
+    refund_id = (
+        str(refunds[0].get("id") or "") if refunds else get_payment_gateway().latest_refund_id(charge["payment_intent"])
+    )
     if not services.payment_record_refund(payment=payment, refund_reference=refund_id):
         return f"already {payment.status}"
     # Refunded in Stripe's dashboard while the booking is BOOKED (our own cancel asks for the
