@@ -1,4 +1,5 @@
-"""201 answers carry `Location`, the created resource's URL (docs/api.md#created-resources)."""
+"""201 answers carry `Location`, the created resource's URL, and so does a payment's 202
+(docs/api.md#created-resources)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,19 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-LOCATION_HEADER = OpenApiParameter(
-    "Location",
-    OpenApiTypes.URI,
-    OpenApiParameter.HEADER,
-    response=[201],
-    description="The created resource's URL.",
-)
+
+def location_header(*statuses: int) -> OpenApiParameter:
+    """The `Location` response header of these statuses, for the schema."""
+    return OpenApiParameter(
+        "Location",
+        OpenApiTypes.URI,
+        OpenApiParameter.HEADER,
+        response=list(statuses),
+        description="The created resource's URL.",
+    )
+
+
+LOCATION_HEADER = location_header(201)
 
 
 def location_of(request: Request, view_name: str, pk: int) -> str:

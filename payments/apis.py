@@ -22,7 +22,7 @@ from bookings.services import booking_owner
 from bookings_project.authentication import TokenAuthentication
 from bookings_project.errors import PROBLEM_CONTENT_TYPE
 from bookings_project.exceptions import DomainError, IdempotencyKeyMissing
-from bookings_project.locations import LOCATION_HEADER, location_of
+from bookings_project.locations import location_header, location_of
 from bookings_project.openapi import ID_PATH_PARAMETER, ID_PATTERN, problem, problem_responses
 from bookings_project.throttling import PaymentsThrottle
 from payments import idempotency, selectors, services
@@ -140,7 +140,12 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "`idempotency_key_in_use` / `payment_in_progress` / `resource_busy`, 503) are not stored: retry them "
             "with the same key. After a 402 decline, pay again with a new key. `totalCost` is accepted for `amount`."
         ),
-        parameters=[IDEMPOTENCY_KEY_PARAMETER, SEED_IDEMPOTENCY_KEY_PARAMETER, REPLAYED_PARAMETER, LOCATION_HEADER],
+        parameters=[
+            IDEMPOTENCY_KEY_PARAMETER,
+            SEED_IDEMPOTENCY_KEY_PARAMETER,
+            REPLAYED_PARAMETER,
+            location_header(201, 202),  # A 202's payment exists too: follow it there.
+        ],
         request=PaymentCreateSerializer,
         responses={
             201: PaymentSerializer,
