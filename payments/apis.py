@@ -272,7 +272,8 @@ class StripeWebhookView(APIView):
             "Register this URL in Stripe's dashboard (Developers → Webhooks) for `payment_intent.succeeded`, "
             "`payment_intent.payment_failed` and `charge.refunded`. Each delivery is verified against "
             "`STRIPE_WEBHOOK_SECRET` (`Stripe-Signature`, else 400 and nothing changes) and each event id is "
-            "handled once. Other event types are acknowledged and ignored. A 503 asks Stripe to send it again."
+            "handled once. Other event types are acknowledged and ignored. Any other answer than 200 (a 409, a 503) "
+            "has Stripe send it again."
         ),
         auth=[],
         parameters=[
@@ -287,7 +288,15 @@ class StripeWebhookView(APIView):
             **problem_responses(
                 (400, problem(400, "The signature does not verify.", codes=("webhook_signature_invalid",))),
                 (404, problem(404, "Stripe is not this service's payment gateway.", codes=("not_found",))),
-                (503, problem(503, "Stripe must send it again later.", codes=("payment_gateway_unavailable",))),
+                (409, problem(409, "A row it changes was locked: Stripe sends it again.", codes=("resource_busy",))),
+                (
+                    503,
+                    problem(
+                        503,
+                        "Stripe (a cancel, a refund) or the database did not answer: Stripe sends it again.",
+                        codes=("payment_gateway_unavailable", "service_unavailable"),
+                    ),
+                ),
             ),
         },
     )
