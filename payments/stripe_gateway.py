@@ -114,7 +114,8 @@ class StripePaymentGateway:
                 )
             if intent is None or intent.get("status") not in ("succeeded", "canceled"):
                 _raise_unavailable(error, what="payment confirmation", may_have_charged=True)
-            # Confirmed before (another key?), or cancelled meanwhile: the intent's state answers.
+            # Stripe refused the confirm for the intent's state: it succeeded already (a confirm
+            # whose key Stripe no longer keeps), or cleanup cancelled it meanwhile. That state answers.
         charge = _charge_of(intent)
         if charge.money_taken and (charge.amount, charge.currency) != (amount, currency):
             raise PaymentGatewayUnavailable(
