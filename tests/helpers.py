@@ -53,6 +53,15 @@ def seats_left(flight: Flight) -> int:
     return flight.available_seats
 
 
+def states(booking_id: int) -> tuple[str, list[str]]:
+    """The booking's status and its payments' statuses, oldest first."""
+    from bookings.models import Booking
+    from payments.models import Payment
+
+    status = Booking.objects.values_list("status", flat=True).get(pk=booking_id)
+    return status, list(Payment.objects.filter(booking_id=booking_id).order_by("id").values_list("status", flat=True))
+
+
 def race(count: int, task: Callable[[int], object]) -> list:
     """Run `task(i)` in `count` threads released at the same moment, each with its own
     database connection (closed afterwards), as concurrent requests on app workers are."""

@@ -27,11 +27,16 @@ from decimal import Decimal
 import pytest
 import requests
 
-from bookings.models import Booking
 from bookings_project.exceptions import PaymentGatewayUnavailable
 from payments.gateway import HttpPaymentGateway, get_payment_gateway
 from payments.models import Payment
-from tests.helpers import assert_bookings_match_ledger, assert_money_matches_bookings, assert_problem
+from tests.helpers import (
+    assert_bookings_match_ledger,
+    assert_money_matches_bookings,
+    assert_problem,
+    seats_left,
+    states,
+)
 from tests.support import http_faults
 from tests.support.api import patch_cancel, post_booking, post_payment
 from tests.support.payment_gateway import (
@@ -727,17 +732,6 @@ def book(client, flight) -> dict:
     body = response.json()
     assert (body["status"], body["totalCost"]) == ("INITIATED", TOTAL)
     return body
-
-
-def states(booking_id: int) -> tuple[str, list[str]]:
-    """The booking's status and its payments' statuses, oldest first."""
-    booking = Booking.objects.get(pk=booking_id)
-    return booking.status, list(Payment.objects.filter(booking=booking).order_by("id").values_list("status", flat=True))
-
-
-def seats_left(flight) -> int:
-    flight.refresh_from_db()
-    return flight.available_seats
 
 
 def assert_unavailable(response) -> None:

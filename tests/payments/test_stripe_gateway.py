@@ -46,6 +46,8 @@ from tests.helpers import (
     assert_money_matches_bookings,
     assert_problem,
     closed_port,
+    seats_left,
+    states,
 )
 from tests.support import http_faults
 from tests.support.api import patch_cancel, post_booking, post_payment
@@ -1020,17 +1022,6 @@ def refund_by_hand(fake: FakeStripe, intent_id: str) -> str:
     )
     assert status == 200, body
     return body["id"]
-
-
-def states(booking_id: int) -> tuple[str, list[str]]:
-    """The booking's status and its payments' statuses, oldest first."""
-    booking = Booking.objects.get(pk=booking_id)
-    return booking.status, list(Payment.objects.filter(booking=booking).order_by("id").values_list("status", flat=True))
-
-
-def seats_left(flight) -> int:
-    flight.refresh_from_db()
-    return flight.available_seats
 
 
 def assert_unavailable(response) -> dict:

@@ -66,6 +66,7 @@ from tests.helpers import (
     assert_problem,
     race,
     seats_left,
+    states,
 )
 from tests.support import fake_stripe
 from tests.support.api import patch_cancel, post_booking, post_payment
@@ -137,13 +138,6 @@ def outcome(client: Client, event: dict) -> str:
 def only(fake: FakeStripe, type_: str) -> dict:
     (event,) = fake.events_of(type_)
     return event
-
-
-def states(booking_id: int) -> tuple[str, list[str]]:
-    booking = Booking.objects.get(pk=booking_id)
-    return booking.status, list(
-        Payment.objects.filter(booking_id=booking_id).order_by("id").values_list("status", flat=True)
-    )
 
 
 def outbox(booking_id: int) -> list[str]:
