@@ -47,6 +47,8 @@ def stripe_event_handle(*, payload: bytes, signature: str) -> str:
     """Verify and handle one delivery; answers what it came to (for the log and the answer).
     Raises `WebhookSignatureInvalid` (nothing changes), `NotFound` when Stripe is not our
     gateway, or `PaymentGatewayUnavailable` when Stripe must send it again later."""
+    if not signature:
+        raise WebhookSignatureInvalid("No Stripe-Signature header.")  # Whatever the gateway: never Stripe's.
     if settings.PAYMENT_GATEWAY != "stripe":
         raise NotFound("Stripe is not this service's payment gateway.")
     event = _verified(payload, signature)

@@ -61,6 +61,7 @@ UNAUTHENTICATED: Answer = (401, "not_authenticated")
 FORBIDDEN: Answer = (403, "permission_denied")
 NOT_YOURS: Answer = (404, "not_found")
 USER_MISMATCH: Answer = (403, "user_mismatch")
+UNSIGNED: Answer = (400, "webhook_signature_invalid")
 
 
 def row(*, anonymous: Answer, owner: Answer, other: Answer, staff: Answer, service: Answer) -> dict[str, Answer]:
@@ -111,10 +112,10 @@ EXPECTED: dict[tuple[str, str], dict[str, Answer]] = {
     ),
     ("api/v1/payments", "POST"): _customers(201),
     ("api/v1/payments/<pk>", "GET"): _customers(200),
-    # Stripe's webhook takes no token: its signature decides (tests/payments/test_stripe_webhook.py).
-    # With the simulated gateway, as here, it is served to nobody.
+    # Stripe's webhook takes no token: its signature decides (tests/payments/test_stripe_webhook.py),
+    # and a call without one, as here, is refused whoever sends it.
     ("api/v1/payments/stripe/webhook", "POST"): row(
-        anonymous=NOT_YOURS, owner=NOT_YOURS, other=NOT_YOURS, staff=NOT_YOURS, service=NOT_YOURS
+        anonymous=UNSIGNED, owner=UNSIGNED, other=UNSIGNED, staff=UNSIGNED, service=UNSIGNED
     ),
     # Webhook endpoints: staff only; the service token is nobody here.
     ("api/v1/webhooks", "GET"): _staff_only(200),

@@ -244,6 +244,14 @@ def test_the_webhook_is_404_when_stripe_is_not_the_gateway(settings, client):
     assert StripeEvent.objects.count() == 0
 
 
+def test_a_call_without_a_signature_is_a_400_whatever_the_gateway(settings, client):
+    settings.PAYMENT_GATEWAY = "simulated"
+    response = client.post(WEBHOOK, {}, content_type="application/json")
+
+    body = assert_problem(response, 400, "webhook_signature_invalid")
+    assert body["detail"] == "No Stripe-Signature header."
+
+
 # 2. Each event id once --------------------------------------------------------------------------
 
 
