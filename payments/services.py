@@ -279,13 +279,7 @@ def _record_charge(
         payment = Payment.objects.select_for_update().get(pk=payment.pk)
         now = timezone.now()
         if charge.open:
-            # The customer must act first (3-D Secure): nothing settles, the booking stays PENDING.
-            if payment.status == PaymentStatus.PROCESSING and booking.status == BookingStatus.PENDING:
-                payment.status, payment.gateway_reference = PaymentStatus.REQUIRES_ACTION, charge.gateway_reference
-                payment.save()
-                payment.action = charge.action
-                if on_settled:
-                    on_settled(payment, None)
+            pass  # Nothing to settle: the customer must act, and the payment moved on meanwhile.
         elif payment.status in Payment.IN_FLIGHT and booking.status == BookingStatus.PENDING:
             payment.gateway_reference = charge.gateway_reference
             payment.completed_at = now
@@ -475,10 +469,8 @@ def payment_settle_from_event(*, payment: Payment, charge: Charge, gateway: Paym
     decline never undoes a charge. Answers the payment as it now is."""
     try:
         _record_charge(payment, charge, gateway or get_payment_gateway())
-    except (PaymentDeclined, BookingNotPayable):
-        pass  # Settled as declined, now or before.
-    except BookingExpired:
-        pass  # Charged after its booking was settled: recorded, and refunded.
+    except (PaymentDeclined, BookingNotPayable, BookingExpired):
+        pass  # Declined, now or before; or charged after its booking was settled: recorded and refunded.
     except PaymentGatewayUnavailable as error:
         # The late charge is recorded (`late_charge_at`): cleanup refunds it.
         logger.error("payment %s: the refund of a late charge failed (%s); cleanup will retry", payment.pk, error)
@@ -496,8 +488,9 @@ def payment_find_charge(
     *, payment: Payment, gateway: PaymentGateway | None = None, stop_if_open: bool = True
 ) -> Charge | None:
     """The gateway's charge under the payment's reference, if any, final: an open one is
-    cancelled first, unless `stop_if_open` is false (a dry run changes nothing). A charge that took another
-    amount or currency is no answer we can act on: `PaymentGatewayUnavailable`, for a person."""
+    cancelled first, unless `stop_if_open` is false (a dry run changes nothing). A charge
+    that took another amount or currency is no answer we can act on:
+    `PaymentGatewayUnavailable`, for a person."""
     gateway = gateway or get_payment_gateway()
     charge = gateway.find_charge(reference=payment.reference)
     if charge is not None and charge.open and stop_if_open:

@@ -32,15 +32,17 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
 import responses
+
+from tests.support.payment_gateway import served
 
 API_KEY = "sk_test_fake"
 WEBHOOK_SECRET = "whsec_fake_secret"
@@ -712,7 +714,7 @@ def signed(event: dict, secret: str = WEBHOOK_SECRET, timestamp: int | None = No
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _StripeServer
+    server: Any  # tests.support.payment_gateway's server, whose `fake` is a FakeStripe.
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -755,28 +757,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _StripeServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    fake: FakeStripe
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # A client that timed out and hung up, or a connection we dropped, is expected here.
-
-
-@contextlib.contextmanager
-def serving(fake: FakeStripe) -> Iterator[str]:
+def serving(fake: FakeStripe) -> contextlib.AbstractContextManager[str]:
     """The fake on a real socket for the duration of the block. Yields its base address (no /v1)."""
-    server = _StripeServer(("127.0.0.1", 0), _Handler)
-    server.fake = fake
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    return served(fake, _Handler)
 
 
 # The fake as `responses` callbacks, with scripted faults -------------------------------------

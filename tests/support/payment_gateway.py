@@ -205,12 +205,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _StubServer(ThreadingHTTPServer):
+    """A fake's server: `fake` is what its handler answers from."""
+
     daemon_threads = True
     block_on_close = False
-    fake: FakeGateway
+    fake: Any
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # A client that timed out and hung up is expected here.
+        pass  # A client that timed out and hung up, or a connection the fake dropped, is expected here.
 
 
 def close_gateway(gateway: HttpPaymentGateway) -> None:
@@ -227,18 +229,24 @@ def dead_url() -> str:
 
 
 @contextlib.contextmanager
-def serving(fake: FakeGateway) -> Iterator[str]:
-    """The fake on a real socket for the duration of the block. Yields its base URL."""
-    server = _StubServer(("127.0.0.1", 0), _Handler)
+def served(fake: Any, handler: type[BaseHTTPRequestHandler], path: str = "") -> Iterator[str]:
+    """`fake` answered by `handler` on a real socket of 127.0.0.1 for the duration of the block.
+    Yields its base URL (`path` after the port)."""
+    server = _StubServer(("127.0.0.1", 0), handler)
     server.fake = fake
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}{PREFIX}"
+        yield f"http://127.0.0.1:{server.server_address[1]}{path}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def serving(fake: FakeGateway) -> contextlib.AbstractContextManager[str]:
+    """The fake on a real socket for the duration of the block. Yields its base URL."""
+    return served(fake, _Handler, PREFIX)
 
 
 # The fake as `responses` callbacks, with scripted faults ---------------------------------------
