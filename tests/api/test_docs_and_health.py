@@ -87,6 +87,35 @@ def test_readyz_when_the_database_answers(client):
     assert response.json() == {"status": "ok", "checks": {"database": "ok", "clock": "ok"}}
 
 
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("cache_url", "limits", "checks", "status"),
+    [
+        # The limits count in a Redis nobody listens on: the host is not ready.
+        (f"redis://127.0.0.1:{closed_port()}/0", True, {"database": "ok", "clock": "ok", "cache": "failing"}, 503),
+        # Redis answers (CI has one on this machine).
+        ("redis://127.0.0.1:6379/0", True, {"database": "ok", "clock": "ok", "cache": "ok"}, 200),
+        # No limit set: the cache counts nothing, and is not asked.
+        (f"redis://127.0.0.1:{closed_port()}/0", False, {"database": "ok", "clock": "ok"}, 200),
+    ],
+)
+def test_readyz_asks_the_cache_the_rate_limits_count_in(client, settings, cache_url, limits, checks, status):
+    import environ
+
+    settings.CACHES = {"default": environ.Env.cache_url_config(cache_url)}
+    settings.THROTTLE_RATES = {"token": "10/min" if limits else "", "bookings": "", "payments": ""}
+    response = client.get("/readyz")
+
+    assert (response.status_code, response.json()["checks"]) == (status, checks)
+
+
 def test_readyz_is_503_when_the_database_does_not_answer(client, monkeypatch):
     from django.db import OperationalError
 
