@@ -17,7 +17,7 @@ from contextvars import ContextVar
 
 from bookings import outbox
 from bookings.models import BookingEvent
-from bookings_project import request_id, statements
+from bookings_project import metrics, request_id, statements
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def record_status_change(
         outbox.record_event(type=reported, booking_id=booking_id, written_with=(event,))
     else:
         statements.insert(event)
+    metrics.count_on_commit(metrics.BOOKING_STATUS_CHANGES.labels(to_status, reason))
     _log(event)
     return event
 
@@ -72,6 +73,7 @@ def record_status_changes(*, booking_ids: list[int], from_status: str, to_status
     BookingEvent.objects.bulk_create(events)
     if reported := outbox.event_for_status_change(from_status=from_status, to_status=to_status):
         outbox.record_events(type=reported, booking_ids=booking_ids)
+    metrics.count_on_commit(metrics.BOOKING_STATUS_CHANGES.labels(to_status, reason), len(events))
     for event in events:
         _log(event)
 

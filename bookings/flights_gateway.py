@@ -193,7 +193,9 @@ class HttpFlightGateway:
         self, *, base_url: str, token: str = "", timeout: float = 5.0, retries: int = 2, remember_seconds: float = 0
     ) -> None:
         # 500 is not retried: the seed answers 500 for an unknown flight, and for real faults.
-        self.transport = http_client.Transport(base_url=base_url, token=token, timeout=timeout, retries=retries)
+        self.transport = http_client.Transport(
+            service="flights", base_url=base_url, token=token, timeout=timeout, retries=retries
+        )
         self.base_url = self.transport.base_url
         self.remember_seconds = remember_seconds
         # flight id -> (monotonic time, the flight as last answered); shared by the process's threads.

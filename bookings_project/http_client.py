@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from enum import StrEnum
@@ -17,7 +18,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from bookings_project import request_id
+from bookings_project import metrics, request_id
 
 # Gateway errors that say "try again": retried for GETs only.
 RETRY_STATUSES = (502, 503, 504)
@@ -29,10 +30,11 @@ def timeouts(read_seconds: float) -> tuple[float, float]:
     return (min(read_seconds, MAX_CONNECT_SECONDS), read_seconds)
 
 
-def json_session(*, token: str = "", retries: int = 2) -> requests.Session:
-    """A Session that retries, with backoff and `retries` times at most, a GET that failed or
-    answered 502/503/504, and any request whose connection could not be made (it was never
-    sent). A request that was sent is never resent here unless it is a GET."""
+def json_session(*, service: str, token: str = "", retries: int = 2) -> requests.Session:
+    """A Session to `service` (its name in the metrics) that retries, with backoff and
+    `retries` times at most, a GET that failed or answered 502/503/504, and any request whose
+    connection could not be made (it was never sent). A request that was sent is never resent
+    here unless it is a GET."""
     session = requests.Session()
     retry = _Retry(
         total=retries,
@@ -45,13 +47,38 @@ def json_session(*, token: str = "", retries: int = 2) -> requests.Session:
         raise_on_status=False,
         respect_retry_after_header=False,
     )
-    adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
+    mount_measured(session, service=service, max_retries=retry)
     session.headers.update({"Accept": "application/json"})
     if token:
         session.headers["Authorization"] = f"Bearer {token}"
     return session
+
+
+def mount_measured(session: requests.Session, *, service: str, max_retries: Retry | int) -> None:
+    """Every request the session sends is counted by outcome and timed (bookings_project.metrics)."""
+    adapter = _MeasuredAdapter(service=service, max_retries=max_retries)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+
+
+class _MeasuredAdapter(HTTPAdapter):
+    def __init__(self, *, service: str, **kwargs: Any) -> None:
+        self.service = service
+        super().__init__(**kwargs)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        started = time.perf_counter()
+        outcome = Failure.OTHER.name.lower()
+        try:
+            response = super().send(request, **kwargs)
+            outcome = f"{response.status_code // 100}xx"
+            return response
+        except TRANSPORT_EXCEPTIONS as error:
+            outcome = classify(error).name.lower()
+            raise
+        finally:
+            metrics.OUTBOUND_REQUESTS.labels(self.service, outcome).inc()
+            metrics.OUTBOUND_REQUEST_SECONDS.labels(self.service).observe(time.perf_counter() - started)
 
 
 def trace_headers() -> dict[str, str]:
@@ -114,10 +141,10 @@ class Transport:
     are the caller's to read. GETs are retried (see `json_session`); nothing else is resent.
     """
 
-    def __init__(self, *, base_url: str, token: str = "", timeout: float, retries: int = 2) -> None:
+    def __init__(self, *, service: str, base_url: str, token: str = "", timeout: float, retries: int = 2) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeouts(timeout)
-        self.session = json_session(token=token, retries=retries)
+        self.session = json_session(service=service, token=token, retries=retries)
         # What requests would read from the environment on every request (proxies, by walking
         # os.environ twice, and ~/.netrc, whose login would replace our token), read once:
         # the proxy for this one service (NO_PROXY honoured) and the CA bundle it names.

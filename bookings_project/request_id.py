@@ -14,6 +14,8 @@ from contextvars import ContextVar
 
 from django.http import HttpRequest, HttpResponse
 
+from bookings_project import metrics
+
 HEADER = "X-Request-ID"
 _META_KEY = "HTTP_X_REQUEST_ID"
 # Anything else from a client is replaced: the id ends up in logs and outbound headers.
@@ -56,7 +58,9 @@ class RequestIdMiddleware:
         started = time.monotonic()
         try:
             response = self.get_response(request)
-            _log_request(request, response.status_code, started)
+            seconds = time.monotonic() - started
+            _log_request(request, response.status_code, seconds)
+            metrics.observe_request(request, response, seconds)
         finally:
             _current.reset(token)
             _request.reset(request_token)
@@ -64,7 +68,7 @@ class RequestIdMiddleware:
         return response
 
 
-def _log_request(request: HttpRequest, status: int, started: float) -> None:
+def _log_request(request: HttpRequest, status: int, seconds: float) -> None:
     """One line per request: what, for whom, the answer and how long it took."""
     user = getattr(request, "user", None)  # Set by DRF's or the session's authentication.
     request_log.info(
@@ -76,7 +80,7 @@ def _log_request(request: HttpRequest, status: int, started: float) -> None:
             "method": request.method,
             "path": request.path,
             "status": status,
-            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            "duration_ms": round(seconds * 1000, 1),
             "user_id": getattr(user, "pk", None),
         },
     )

@@ -55,9 +55,10 @@ INSTALLED_APPS = [
     "flights",
     "bookings",
     "payments",
+    # Before django_tasks_db: its `db_worker` command is ours, with a heartbeat.
+    "notifications",
     "django_tasks",
     "django_tasks_db",
-    "notifications",
     "workflows",
 ]
 
@@ -251,7 +252,7 @@ SECURE_PROXY_SSL_HEADER = (
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=PRODUCTION)
 # Load balancers probe over plain HTTP. The API is not redirected but refused over plain HTTP
 # (bookings_project/request_guard.py).
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^api/v\d+/"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$", r"^api/v\d+/"]
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=PRODUCTION)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=PRODUCTION)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if PRODUCTION else 0)
@@ -424,6 +425,23 @@ NOTIFICATION_REQUEUE_AFTER_SECONDS = env.int("NOTIFICATION_REQUEUE_AFTER_SECONDS
 NOTIFICATION_RETENTION_DAYS = env.int("NOTIFICATION_RETENTION_DAYS", default=30)
 if NOTIFICATION_LEASE_SECONDS <= WEBHOOK_TIMEOUT_SECONDS:
     raise ImproperlyConfigured("NOTIFICATION_LEASE_SECONDS must be longer than WEBHOOK_TIMEOUT_SECONDS.")
+
+
+# Metrics (docs/operations.md#metrics) ---------------------------------------------------------
+# GET /metrics answers only a request with `Authorization: Bearer <METRICS_TOKEN>`; unset, it
+# is off (404). Prometheus on another host reaches it through nginx, which never sheds it.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# The directory every process on a host (gunicorn's workers, the worker, cleanup) writes its
+# counts to, for /metrics to add up (bookings_project/metrics.py); unset, each process counts
+# alone, right only with one process (`make run`). The systemd units set it.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+if PROMETHEUS_MULTIPROC_DIR and not os.path.isdir(PROMETHEUS_MULTIPROC_DIR):
+    raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR {PROMETHEUS_MULTIPROC_DIR!r} is not a directory.")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters.")
+# The worker writes its heartbeat this often; /metrics and `check_background` count it
+# missed after three.
+WORKER_HEARTBEAT_SECONDS = 15
 
 
 # Logging --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from bookings_project.auth import TokenView
 from flights.apis import FlightViewSet
 from notifications.apis import WebhookEndpointViewSet
 from payments.apis import PaymentViewSet, StripeWebhookView
+from workflows.apis import metrics_view
 
 router = SimpleRouter(trailing_slash=False)
 router.register("flights", FlightViewSet, basename="flight")
@@ -26,6 +27,7 @@ api_v1 = [
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, F, IntegerField, Value, When
 from django.utils import timezone
 
-from bookings_project import statements
+from bookings_project import metrics, statements
 from bookings_project.db import bound_lock_wait
 from bookings_project.exceptions import CapacityExceeded, InsufficientSeats, NotFound, ReservationConflict
 from flights.models import Flight, FlightEdit, SeatHold, default_currency
@@ -91,7 +91,8 @@ def _as_text(value: Any) -> str:
 
 def _flight_for_update(flight_id: int) -> Flight:
     """Lock the flight's row for the rest of the transaction. Every seat change goes here."""
-    flight = statements.get(Flight, flight_id, for_update=True)
+    with metrics.seat_lock():
+        flight = statements.get(Flight, flight_id, for_update=True)
     if flight is None:
         raise NotFound(f"Flight {flight_id} does not exist.")
     return flight
@@ -138,11 +139,12 @@ def flight_seats_take(*, flight_id: int, seats: int, price: Decimal) -> bool:
     price changed since it was read.
     """
     bound_lock_wait()
-    taken = statements.update(
-        Flight,
-        where={"pk": flight_id, "available_seats__gte": seats, "price": price},
-        values={"available_seats": F("available_seats") - seats, "updated_at": timezone.now()},
-    )
+    with metrics.seat_lock():  # The UPDATE takes the row lock.
+        taken = statements.update(
+            Flight,
+            where={"pk": flight_id, "available_seats__gte": seats, "price": price},
+            values={"available_seats": F("available_seats") - seats, "updated_at": timezone.now()},
+        )
     if taken:
         return True
     available = Flight.objects.filter(pk=flight_id).values_list("available_seats", flat=True).first()
@@ -239,13 +241,14 @@ def seat_holds_release(*, holds: list[tuple[str, int, int]]) -> dict[str, int]:
     bound_lock_wait()
     # In id order, as each seat change locks its one flight first and then its holds: two
     # batches never deadlock, and no other change to these flights' holds runs meanwhile.
-    flights = {
-        pk: (available, capacity)
-        for pk, available, capacity in Flight.objects.select_for_update()
-        .filter(pk__in={flight_id for flight_id, _ in wanted.values()})
-        .order_by("pk")
-        .values_list("pk", "available_seats", "capacity")
-    }
+    with metrics.seat_lock():
+        flights = {
+            pk: (available, capacity)
+            for pk, available, capacity in Flight.objects.select_for_update()
+            .filter(pk__in={flight_id for flight_id, _ in wanted.values()})
+            .order_by("pk")
+            .values_list("pk", "available_seats", "capacity")
+        }
     held = SeatHold.objects.filter(ref__in=wanted, state=SeatHold.State.HELD).values_list(
         "pk", "ref", "flight_id", "seats"
     )

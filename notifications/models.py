@@ -102,6 +102,8 @@ class Delivery(models.Model):
             models.Index(fields=["endpoint", "-created_at", "-id"], name="delivery_endpoint_recent_idx"),
             # Due ones: the worker's next for a lane, and cleanup's re-queue of the forgotten.
             models.Index(fields=["next_attempt_at"], name="delivery_pending_due_idx", condition=Q(state="pending")),
+            # Those whose retries ran out: counted by /metrics at every scrape.
+            models.Index(fields=["updated_at"], name="delivery_failed_idx", condition=Q(state="failed")),
         ]
         constraints = [
             models.UniqueConstraint(fields=["event", "endpoint"], name="delivery_one_per_event_endpoint"),
@@ -136,3 +138,22 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"Attempt {self.number} of delivery {self.delivery_id}"
+
+
+class WorkerHeartbeat(models.Model):
+    """A worker process's (`manage.py db_worker`) latest sign of life, written every
+    `WORKER_HEARTBEAT_SECONDS`: /metrics and `check_background` tell from it whether a worker
+    is running, which no web probe can. Its row goes when it stops; a killed one's goes when
+    the next worker on its host starts."""
+
+    worker_id = models.CharField(max_length=64, unique=True)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["-beat_at"], name="worker_heartbeat_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"Worker {self.worker_id} on {self.host}"

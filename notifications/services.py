@@ -23,9 +23,9 @@ from django_tasks_db.backend import DatabaseBackend
 from django_tasks_db.models import DBTaskResult
 
 from bookings.models import OutboxEvent
-from bookings_project import statements
+from bookings_project import metrics, statements
 from notifications import selectors
-from notifications.models import Delivery, DeliveryAttempt, WebhookEndpoint, endpoint_of, lane_of
+from notifications.models import Delivery, DeliveryAttempt, WebhookEndpoint, WorkerHeartbeat, endpoint_of, lane_of
 from notifications.urlsafety import check_url
 
 logger = logging.getLogger(__name__)
@@ -214,6 +214,9 @@ def delivery_record(*, claim: Claim, outcome: Outcome) -> dt.datetime | None:
             held.state, held.next_attempt_at = State.FAILED, None
             held.failures += 1
         held.save()
+        metrics.count_on_commit(
+            metrics.NOTIFICATION_ATTEMPTS.labels(delivery.channel, "delivered" if outcome.succeeded else "failed")
+        )
     level = logging.INFO if outcome.succeeded else logging.WARNING
     logger.log(
         level,
@@ -278,3 +281,22 @@ def task_results_purge(*, now: dt.datetime) -> int:
     abandoned = Q(status=TaskResultStatus.RUNNING, started_at__lt=now - TASK_ABANDONED_AFTER)
     deleted, _ = DBTaskResult.objects.filter(finished | abandoned).delete()
     return deleted
+
+
+# The worker's heartbeat ---------------------------------------------------------------------
+
+
+def worker_heartbeat_beat(*, worker_id: str, host: str, pid: int, started_at: dt.datetime) -> None:
+    """This worker is alive now: its row's `beat_at`, made on its first beat."""
+    now = timezone.now()
+    if not WorkerHeartbeat.objects.filter(worker_id=worker_id).update(beat_at=now):
+        # A new worker: the rows its host's killed workers left are no one's.
+        WorkerHeartbeat.objects.filter(
+            host=host, beat_at__lt=now - 3 * dt.timedelta(seconds=settings.WORKER_HEARTBEAT_SECONDS)
+        ).delete()
+        WorkerHeartbeat.objects.create(worker_id=worker_id, host=host, pid=pid, started_at=started_at, beat_at=now)
+
+
+def worker_heartbeat_end(*, worker_id: str) -> None:
+    """The worker stopped as asked: it is not missing."""
+    WorkerHeartbeat.objects.filter(worker_id=worker_id).delete()

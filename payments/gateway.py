@@ -185,7 +185,9 @@ class HttpPaymentGateway:
     """
 
     def __init__(self, *, base_url: str, token: str = "", timeout: float = 10.0, retries: int = 2) -> None:
-        self.transport = http_client.Transport(base_url=base_url, token=token, timeout=timeout, retries=retries)
+        self.transport = http_client.Transport(
+            service="payment_gateway", base_url=base_url, token=token, timeout=timeout, retries=retries
+        )
         self.base_url = self.transport.base_url
 
     @property

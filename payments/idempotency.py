@@ -31,7 +31,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, IntegrityError
 from django.utils import timezone
 
-from bookings_project import statements
+from bookings_project import metrics, statements
 from bookings_project.db import may_conflict
 from bookings_project.errors import problem_body
 from bookings_project.exceptions import DomainError, IdempotencyKeyInUse, IdempotencyKeyReused, ServiceUnavailable
@@ -144,6 +144,7 @@ def _claim(*, user: AbstractBaseUser, key: str, fingerprint: str) -> Idempotency
         if row.fingerprint != fingerprint:
             raise IdempotencyKeyReused()
         if row.state == IdempotencyKey.State.COMPLETED:
+            metrics.IDEMPOTENT_REPLAYS.inc()
             return Answer(status=row.response_status, body=row.response_body, replayed=True)
         if row.locked_until and row.locked_until > now:
             raise IdempotencyKeyInUse(retry_after=_in_use_retry_after(row, now))

@@ -32,7 +32,7 @@ from bookings import outbox
 from bookings.audit import record_status_change
 from bookings.models import Booking, BookingEvent
 from bookings.services import booking_expire, booking_move, booking_release_seats
-from bookings_project import statements
+from bookings_project import metrics, statements
 from bookings_project.db import bound_lock_wait, is_lock_contention
 from bookings_project.exceptions import (
     AmountMismatch,
@@ -111,11 +111,19 @@ def payment_create(
         # Only the first attempt can be known not to have charged: an earlier one of a
         # resumed payment may have, so its outcome stays unknown.
         if not error.maybe_charged and payment.attempts == 1:
+            metrics.PAYMENT_OUTCOMES.labels("failed").inc()
             _record_not_charged(payment, error.detail)
         else:
+            metrics.PAYMENT_OUTCOMES.labels("unknown").inc()
             _record_unknown_outcome(payment, error.detail)
         raise
+    _count_outcome(charge)
     return _record_charge_retrying(payment, charge, gateway, on_settled)
+
+
+def _count_outcome(charge: Charge) -> None:
+    outcome = "requires_action" if charge.open else "succeeded" if charge.money_taken else "declined"
+    metrics.PAYMENT_OUTCOMES.labels(outcome).inc()
 
 
 def _record_charge_retrying(
@@ -436,7 +444,11 @@ def _refund(payment_id: int, gateway: PaymentGateway | None) -> tuple[Payment, b
     payment = Payment.objects.get(pk=payment_id)
     if payment.status != PaymentStatus.SUCCEEDED:
         return payment, False
-    refund = (gateway or get_payment_gateway()).refund(payment=payment)
+    try:
+        refund = (gateway or get_payment_gateway()).refund(payment=payment)
+    except PaymentGatewayUnavailable:
+        metrics.REFUNDS.labels("failed").inc()
+        raise
     recorded = payment_record_refund(payment=payment, refund_reference=refund.refund_reference)
     payment.refresh_from_db()
     return payment, recorded
@@ -455,6 +467,7 @@ def payment_record_refund(*, payment: Payment, refund_reference: str) -> bool:
             outbox.record_event(
                 type=outbox.EventType.PAYMENT_REFUNDED, booking_id=payment.booking_id, payment_id=payment.pk
             )
+            metrics.count_on_commit(metrics.REFUNDS.labels("refunded"))
     if recorded:
         logger.info("payment %s: refunded (%s)", payment.pk, refund_reference)
     return bool(recorded)
@@ -467,6 +480,7 @@ def payment_settle_from_event(*, payment: Payment, charge: Charge, gateway: Paym
     (expired, cancelled); a decline puts a PENDING booking back to INITIATED. A payment
     settled already stays as it was: news that comes twice or late changes nothing, and a
     decline never undoes a charge. Answers the payment as it now is."""
+    _count_outcome(charge)
     try:
         _record_charge(payment, charge, gateway or get_payment_gateway())
     except (PaymentDeclined, BookingNotPayable, BookingExpired):

@@ -86,6 +86,7 @@ class StripePaymentGateway:
 
     def __init__(self, *, secret_key: str, api_base: str = stripe.DEFAULT_API_BASE, timeout: float = 10.0) -> None:
         session = requests.Session()  # Shared: connections are reused across payments.
+        http_client.mount_measured(session, service="stripe", max_retries=0)
         self.client = stripe.StripeClient(
             secret_key,
             base_addresses={"api": api_base},

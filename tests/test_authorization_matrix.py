@@ -131,6 +131,8 @@ EXPECTED: dict[tuple[str, str], dict[str, Answer]] = {
 OPERATIONS: dict[str, tuple[str, Answer]] = {
     "healthz": ("/healthz", 200),
     "readyz": ("/readyz", 200),
+    # Off without METRICS_TOKEN (as here); with it, only for its bearer (tests/test_metrics.py).
+    "metrics": ("/metrics", 404),
     "api/schema/": ("/api/schema/", 200),
     "api/docs/": ("/api/docs/", 200),
     "api-docs": ("/api-docs", 301),

@@ -44,7 +44,7 @@ ATTEMPTS = {"GET": 3, "POST": 1}
 
 @METHODS
 def test_a_closed_port_is_never_arrived(method):
-    error = failure_of(Transport(base_url=f"http://127.0.0.1:{closed_port()}", timeout=0.5), method)
+    error = failure_of(Transport(service="test", base_url=f"http://127.0.0.1:{closed_port()}", timeout=0.5), method)
 
     assert (error.failure, error.may_have_arrived) == NEVER_ARRIVED
     assert shape(error.__cause__) == shape(http_faults.refused())
@@ -52,7 +52,7 @@ def test_a_closed_port_is_never_arrived(method):
 
 @METHODS
 def test_an_unresolvable_host_is_never_arrived(method):
-    error = failure_of(Transport(base_url="http://nonexistent.invalid", timeout=0.5), method)
+    error = failure_of(Transport(service="test", base_url="http://nonexistent.invalid", timeout=0.5), method)
 
     assert (error.failure, error.may_have_arrived) == NEVER_ARRIVED
     assert isinstance(error.__cause__.args[0].reason, urllib3.exceptions.NameResolutionError)
@@ -60,7 +60,8 @@ def test_an_unresolvable_host_is_never_arrived(method):
 
 def test_a_connect_timeout_is_never_arrived():
     with full_backlog() as port:
-        error = failure_of(Transport(base_url=f"http://127.0.0.1:{port}", timeout=0.2, retries=0), "POST")
+        transport = Transport(service="test", base_url=f"http://127.0.0.1:{port}", timeout=0.2, retries=0)
+        error = failure_of(transport, "POST")
 
     assert (error.failure, error.may_have_arrived) == NEVER_ARRIVED
     assert isinstance(error.__cause__, requests.ConnectTimeout)
@@ -205,7 +206,7 @@ PROXY_DROPPED = requests.exceptions.ProxyError(
 def test_every_failure_becomes_a_transport_error_read_from_its_type(error, failure):
     with responses.RequestsMock() as rsps:
         rsps.add(responses.POST, URL + "/charges", body=error)
-        raised = failure_of(Transport(base_url=URL, timeout=1.0), "POST")
+        raised = failure_of(Transport(service="test", base_url=URL, timeout=1.0), "POST")
 
     assert raised.failure is failure
     assert raised.may_have_arrived is (failure is not Failure.NOT_CONNECTED)
@@ -226,7 +227,7 @@ def test_the_chain_is_walked_by_links_not_by_what_was_being_handled():
 
 
 def test_every_request_carries_the_trace_the_token_and_the_idempotency_key_when_given():
-    transport = Transport(base_url=URL + "/", token="secret", timeout=1.0)
+    transport = Transport(service="test", base_url=URL + "/", token="secret", timeout=1.0)
     with responses.RequestsMock() as rsps:
         charge = rsps.add(
             responses.POST,
@@ -258,7 +259,7 @@ def test_every_request_carries_the_trace_the_token_and_the_idempotency_key_when_
 def test_only_gets_are_retried_on_502_503_504(method, calls):
     with responses.RequestsMock() as rsps:
         endpoint = rsps.add(method, URL + "/charges", status=503, json={})
-        response = Transport(base_url=URL, timeout=1.0).send(method, "/charges")
+        response = Transport(service="test", base_url=URL, timeout=1.0).send(method, "/charges")
 
     assert (response.status_code, endpoint.call_count) == (503, calls)
 
@@ -313,7 +314,7 @@ class RawServer:
             conn.close()
 
     def transport(self, *, timeout: float = 0.5, scheme: str = "http") -> Transport:
-        return Transport(base_url=f"{scheme}://127.0.0.1:{self.port}/v1", timeout=timeout)
+        return Transport(service="test", base_url=f"{scheme}://127.0.0.1:{self.port}/v1", timeout=timeout)
 
     def requests_received(self) -> int:
         return sum(1 for data in self.received if data.split(b" ", 1)[0] in (b"GET", b"POST"))
@@ -456,7 +457,7 @@ def test_the_proxy_named_in_the_environment_is_used(monkeypatch):
         monkeypatch.setenv("HTTP_PROXY", proxy)
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
-        transport = Transport(base_url="http://flights.internal:3000", timeout=2.0)
+        transport = Transport(service="test", base_url="http://flights.internal:3000", timeout=2.0)
         monkeypatch.delenv("HTTP_PROXY")  # Read when the transport was made, not on each request.
 
         assert transport.send("GET", "/api/v1/flights/1").status_code == 200
@@ -469,7 +470,7 @@ def test_a_host_in_no_proxy_is_reached_directly(monkeypatch):
     with recording_server() as (proxy, seen), recording_server() as (service, direct):
         monkeypatch.setenv("HTTP_PROXY", proxy)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        assert Transport(base_url=service, timeout=2.0).send("GET", "/x").status_code == 200
+        assert Transport(service="test", base_url=service, timeout=2.0).send("GET", "/x").status_code == 200
 
     assert seen == []
     assert [line for line, _ in direct] == ["GET /x HTTP/1.1"]
@@ -483,7 +484,7 @@ def test_a_netrc_entry_never_replaces_the_token(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with recording_server() as (service, seen):
-        Transport(base_url=service, token="secret", timeout=2.0).send("GET", "/x")
+        Transport(service="test", base_url=service, token="secret", timeout=2.0).send("GET", "/x")
 
     ((_, headers),) = seen
     assert headers["Authorization"] == "Bearer secret"
@@ -491,7 +492,8 @@ def test_a_netrc_entry_never_replaces_the_token(monkeypatch, tmp_path):
 
 def test_the_ca_bundle_named_in_the_environment_verifies_tls(monkeypatch):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ours.pem")
-    assert Transport(base_url="https://pay.internal", timeout=1.0).session.verify == "/etc/ssl/certs/ours.pem"
+    transport = Transport(service="test", base_url="https://pay.internal", timeout=1.0)
+    assert transport.session.verify == "/etc/ssl/certs/ours.pem"
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    assert Transport(base_url="https://pay.internal", timeout=1.0).session.verify is True
+    assert Transport(service="test", base_url="https://pay.internal", timeout=1.0).session.verify is True

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Count, Min, QuerySet
 from django.utils import timezone
 
 from bookings import selectors
@@ -593,6 +593,5 @@ def cleanup_backlog(*, now: dt.datetime | None = None) -> list[BacklogItem]:
 
 
 def backlog_item(work: WorkSet, cutoffs: Cutoffs) -> BacklogItem:
-    rows = work.rows(cutoffs)
-    oldest = rows.order_by(work.due_field).values_list(work.due_field, flat=True).first()
-    return BacklogItem(work.label or work.name, rows.count(), oldest, work.attention and work.attention[0])
+    found = work.rows(cutoffs).order_by().aggregate(count=Count("pk"), oldest=Min(work.due_field))
+    return BacklogItem(work.label or work.name, found["count"], found["oldest"], work.attention and work.attention[0])
