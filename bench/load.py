@@ -98,6 +98,7 @@ from typing import Any
 
 import aiohttp
 import psycopg
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -776,6 +777,9 @@ class AdapterRun:
         self.password = secrets.token_urlsafe(16)
         self.secret_key = secrets.token_urlsafe(50)
         self.service_token = secrets.token_urlsafe(24)
+        # /metrics on, counting as production does: each host's processes into one directory.
+        self.metrics_token = secrets.token_urlsafe(24)
+        self.metrics_dirs: dict[str, str] = {}
         roles = ("bookings", "flights") if adapter == "http" else ("bookings",)
         self.databases = {role: f"{args.db_prefix}_{adapter}_{role}" for role in roles}
         self.urls = {role: f"{args.pg_url}/{name}" for role, name in self.databases.items()}
@@ -860,12 +864,40 @@ class AdapterRun:
         if args.worker:
             # One worker for the hosts' one database, as `make run` starts one beside the server.
             env = {**self.env("bookings", flights_url=flights_url), "WEBHOOK_ALLOW_INSECURE": "true"}
+            env |= self.metrics_env("bookings")  # The first host's.
             worker = Worker(f"{self.adapter}-worker", env, code_dir=args.code_dir, log_dir=self.log_dir)
             self.servers.append(worker)
             self.running["worker"] = worker
             worker.start()
             self.running["receiver"] = self.receiver  # Measured too: else its CPU would be "other".
-        return asyncio.run(self.drive())
+        results = asyncio.run(self.drive())
+        self.report_metrics(gunicorns)
+        return results
+
+    def metrics_env(self, role: str) -> dict[str, str]:
+        """A host's metrics directory, shared by its gunicorn's workers and its worker: in RAM,
+        as production's /run is (tmpfs), when the machine has /dev/shm."""
+        if role not in self.metrics_dirs:
+            memory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            self.metrics_dirs[role] = tempfile.mkdtemp(prefix=f"bench-{self.adapter}-{role}-metrics-", dir=memory)
+        directory = self.metrics_dirs[role]
+        return {"PROMETHEUS_MULTIPROC_DIR": str(directory), "METRICS_TOKEN": self.metrics_token}
+
+    def report_metrics(self, gunicorns: list[Gunicorn]) -> None:
+        """What each host's /metrics counted (a checkout without /metrics answers 404)."""
+        for server in gunicorns:
+            response = requests.get(
+                f"{server.url}/metrics", headers={"Authorization": f"Bearer {self.metrics_token}"}, timeout=30
+            )
+            if response.status_code != 200:
+                print(f"  metrics: {server.name}: /metrics answered {response.status_code}")
+                continue
+            counted = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in response.text.splitlines()
+                if line.startswith("flight_bookings_http_requests_total{")
+            )
+            print(f"  metrics: {server.name}: /metrics counted {counted:.0f} requests")
 
     async def notifications_at(self, when: float) -> dict[str, int]:
         await asyncio.sleep(max(0.0, when - time.perf_counter()))
@@ -877,7 +909,7 @@ class AdapterRun:
         without_enqueue = self.args.no_enqueue and role.startswith("bookings")
         server = Gunicorn(
             f"{self.adapter}-{role}",
-            env,
+            env | self.metrics_env(role),
             workers=workers,
             threads=threads,
             worker_class=worker_class,
@@ -1499,6 +1531,8 @@ class Bench:
             self.receiver.kill()
         for run in self.runs:
             self.drop_databases(run)
+            for directory in run.metrics_dirs.values():
+                shutil.rmtree(directory, ignore_errors=True)
         if self.args.keep:
             names = ", ".join(name for run in self.runs for name in run.databases.values())
             print(f"kept: databases {names}; server logs in {self.log_dir}")

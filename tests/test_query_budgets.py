@@ -205,3 +205,14 @@ def test_staff_page_of_everyones_50_bookings_costs_what_a_page_of_1_does(user, o
 
     assert one == fifty, f"{one} statements for 1 booking, {fifty} for 50: a query per booking"
     assert fifty <= _budget(**LIST_BUDGET)
+
+
+def test_a_scrape_of_metrics(client, settings, django_assert_max_num_queries):
+    # The database's clock 1; the last cleanup run, the last with no failed step, the newest
+    #   heartbeat 3; cleanup's ten work sets, a count and the oldest in one each 10; deliveries
+    #   pending, failed 2; the oldest task due 1. Counting the events sends nothing.
+    settings.METRICS_TOKEN = "metrics-token-for-tests"
+    with django_assert_max_num_queries(17):
+        response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-token-for-tests")
+
+    assert response.status_code == 200

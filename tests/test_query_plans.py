@@ -633,3 +633,15 @@ def test_expiry_batches_skip_the_settled_history(seeded: Seeded, stale: int) -> 
         indexes=("booking_unpaid_idx", "booking_status_expiry_idx"),
     )
     assert "bookings_booking_pkey" not in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("state", "index"), [("pending", "delivery_pending_due_idx"), ("failed", "delivery_failed_idx")]
+)
+def test_a_scrape_counts_deliveries_on_their_partial_index(seeded: Seeded, state: str, index: str) -> None:
+    """/metrics at every scrape: the deliveries pending and failed (the rest is delivered)."""
+    from workflows.monitoring import StateCollector
+
+    statements = _explain_executed(lambda: list(StateCollector().collect()), DELIVERIES_TABLE)
+    [plan] = [plan for sql, plan in statements if sql.startswith("SELECT COUNT(*)") and f"'{state}'" in sql]
+    _check(f"scrape: deliveries {state}", plan, tables=(DELIVERIES_TABLE,), indexes=(index,))

@@ -174,3 +174,16 @@ def test_a_cors_origin_that_is_not_an_origin_refuses_to_start(origin):
     result = manage("check", CORS_ALLOWED_ORIGINS=f"https://ok.example.com,{origin}")
     assert result.returncode != 0
     assert "CORS_ALLOWED_ORIGINS lists origins like" in result.stderr
+
+
+def test_a_short_metrics_token_refuses_to_start():
+    result = manage("check", METRICS_TOKEN="short")
+    assert result.returncode != 0
+    assert "METRICS_TOKEN must be at least 16 characters" in result.stderr
+
+
+def test_a_metrics_directory_that_is_not_there_refuses_to_start(tmp_path):
+    result = manage("check", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "missing"))
+    assert result.returncode != 0
+    assert "is not a directory this user can write" in result.stderr
+    assert manage("check", PROMETHEUS_MULTIPROC_DIR=str(tmp_path)).returncode == 0
