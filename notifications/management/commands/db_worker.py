@@ -2,10 +2,10 @@
 
 It takes the place of django-tasks-db's command of the same name (notifications comes first
 in INSTALLED_APPS), so every way the worker is started (make run, the systemd unit) beats.
-A thread writes the heartbeat every `WORKER_HEARTBEAT_SECONDS` while the worker runs (not
-with `--batch`, which runs what is due and exits)
-(notifications.services.worker_heartbeat_beat); /metrics shows its age, and
-`check_background` fails when no worker on the host beat for three of them.
+While the worker runs, a thread writes its heartbeat every `WORKER_HEARTBEAT_SECONDS`
+(`notifications.services.worker_heartbeat_beat`); /metrics shows its age, and
+`check_background` fails when no worker on the host beat for three of them. A `--batch` run,
+which runs what is due and exits, writes none.
 """
 
 from __future__ import annotations
