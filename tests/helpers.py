@@ -1,11 +1,13 @@
 """Assertions and concurrency tools shared by the tests."""
 
 import contextlib
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import responses
 from django.db import connections, transaction
 from django.db.models import Sum
@@ -174,3 +176,13 @@ def close_cached_flight_gateway() -> None:
     if _http_gateway.cache_info().currsize:
         get_flight_gateway().transport.close()
     _http_gateway.cache_clear()
+
+
+def needed(what: str, found: bool, *, checks: str) -> None:
+    """Skip without `what` (a tool a test runs), or fail in CI, where it must be installed
+    (.ci/run does)."""
+    if found:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{checks} cannot run in CI: {what} is missing")
+    pytest.skip(f"{what} is missing")

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from scripts.serving import free_port, nginx_binary, render_nginx_conf
+from tests.helpers import needed
 from tests.support.gunicorn import GUNICORN, scratch_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,18 +56,9 @@ REFERENCES = {
 }
 
 
-def needed(what: str, found: bool) -> None:
-    """Skip without `what`, or fail in CI, where it must be installed (.ci/run does)."""
-    if found:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"deploy checks cannot run in CI: {what} is missing")
-    pytest.skip(f"{what} is missing")
-
-
 def systemd_tool(name: str) -> str:
     path = shutil.which(name)
-    needed(f"{name} (Debian: apt-get install systemd)", path is not None)
+    needed(f"{name} (Debian: apt-get install systemd)", path is not None, checks="deploy checks")
     return path
 
 
@@ -140,7 +132,7 @@ def install_dir() -> str:
 def installed_copy(tmp_path: Path) -> Path:
     """The unit files as a host would install them, but with this checkout for the app's, so
     that their executables (.venv/bin/gunicorn, .venv/bin/python) exist."""
-    needed(f"{ROOT / '.venv'} (make venv)", (ROOT / ".venv" / "bin" / "gunicorn").exists())
+    needed(f"{ROOT / '.venv'} (make venv)", (ROOT / ".venv" / "bin" / "gunicorn").exists(), checks="deploy checks")
     folder = tmp_path / "units"
     folder.mkdir()
     for path in UNIT_FILES:
@@ -433,7 +425,7 @@ def rendered_nginx_conf(tmp_path: Path) -> Path:
     try:
         nginx_binary()
     except RuntimeError as missing:
-        needed(str(missing), False)
+        needed(str(missing), False, checks="deploy checks")
     run_dir = tmp_path / "nginx"
     run_dir.mkdir()
     conf = run_dir / "nginx.conf"

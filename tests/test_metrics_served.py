@@ -106,6 +106,11 @@ def read_flight_from_many_clients(host: Host, customer: dict[str, str], flight_i
     race(CLIENTS, client)
 
 
+def book(host: Host, customer: dict[str, str], flight_id: int, *, seats: int) -> requests.Response:
+    body = {"flightId": flight_id, "numberOfSeats": seats}
+    return requests.post(f"{host.url}/api/v1/bookings", json=body, headers=customer, timeout=10)
+
+
 def flight_reads(samples: Samples) -> float:
     labels = {"method": "GET", "endpoint": "flight-detail", "status": "200", "code": ""}
     return value(samples, P + "http_requests_total", **labels)
@@ -125,17 +130,8 @@ def test_every_scrape_shows_both_workers_counts(host, customer):
     flight = make_flight(capacity=50)
     read_flight_from_many_clients(host, customer, flight.pk, each=5)
     for _ in range(3):
-        booked = requests.post(
-            f"{host.url}/api/v1/bookings",
-            json={"flightId": flight.pk, "numberOfSeats": 1},
-            headers=customer,
-            timeout=10,
-        )
-        assert booked.status_code == 201, booked.text
-    refused = requests.post(
-        f"{host.url}/api/v1/bookings", json={"flightId": flight.pk, "numberOfSeats": 0}, headers=customer, timeout=10
-    )
-    assert refused.status_code == 400
+        assert book(host, customer, flight.pk, seats=1).status_code == 201
+    assert book(host, customer, flight.pk, seats=0).status_code == 400
 
     # Both workers served reads: each process's file holds some, and they add up.
     reads = [count for count in per_file_flight_reads(host) if count]
@@ -190,13 +186,7 @@ def test_cleanup_and_the_worker_count_into_the_same_scrape(host, customer, tmp_p
         receiver.always = 503
         register(receiver.url, events=["booking.created"])
         for _ in range(2):
-            booked = requests.post(
-                f"{host.url}/api/v1/bookings",
-                json={"flightId": flight.pk, "numberOfSeats": 1},
-                headers=customer,
-                timeout=10,
-            )
-            assert booked.status_code == 201, booked.text
+            assert book(host, customer, flight.pk, seats=1).status_code == 201
         worker_log = tmp_path / "worker.log"
         with running_worker(worker_log, host.env):
             wait_until(lambda: Delivery.objects.filter(attempts=1).count() == 2, worker_log)

@@ -19,7 +19,6 @@ Nothing here uses the database. A missing promtool skips the promtool tests, exc
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ import yaml
 from django.urls import NoReverseMatch, reverse
 
 from bookings_project.metrics import METRIC_NAMES
+from tests.helpers import needed
 from tests.test_grafana_dashboard import _innermost_aggregation
 from workflows.cleanup import WORK_SETS
 from workflows.monitoring import STATE_METRIC_NAMES
@@ -50,19 +50,10 @@ ALERT_HEADING = re.compile(r"^###\s+(FlightBookings\w+)\s*$", re.MULTILINE)
 LABEL_MATCHER = re.compile(r'\b(work|endpoint)\s*=~?\s*"([^"]*)"')
 
 
-def needed(what: str, found: bool) -> None:
-    """Skip without `what`, or fail in CI, where it must be installed (.ci/run does)."""
-    if found:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"Prometheus checks cannot run in CI: {what} is missing")
-    pytest.skip(f"{what} is missing")
-
-
 @pytest.fixture(scope="module")
 def promtool() -> str:
     path = shutil.which("promtool")
-    needed("promtool (Debian: apt-get install prometheus)", path is not None)
+    needed("promtool (Debian: apt-get install prometheus)", path is not None, checks="Prometheus checks")
     return path
 
 
