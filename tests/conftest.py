@@ -13,15 +13,21 @@ pytest_plugins = ["tests.fixtures.cleanup", "tests.fixtures.flights", "tests.fix
 
 
 def pytest_collection_modifyitems(config, items):
-    """`@pytest.mark.postgres` tests need PostgreSQL's row locks; on SQLite they are skipped."""
+    """`@pytest.mark.postgres` tests need PostgreSQL's row locks: on SQLite they are skipped.
+    `no_database` tests touch no database, so their outcome is the same on both: the SQLite
+    suite runs them (CI runs both suites), the PostgreSQL one skips them."""
     from django.conf import settings
 
-    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        return
-    skip = pytest.mark.skip(reason="needs PostgreSQL (set DATABASE_URL)")
+    on_postgresql = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    needs_postgresql = pytest.mark.skip(reason="needs PostgreSQL (set DATABASE_URL)")
+    ran_on_sqlite = pytest.mark.skip(reason="touches no database: the SQLite suite runs it")
     for item in items:
-        if "postgres" in item.keywords:
-            item.add_marker(skip)
+        if "no_database" in item.keywords and "django_db" in item.keywords:
+            raise pytest.UsageError(f"{item.nodeid} is marked no_database but uses the database")
+        if "postgres" in item.keywords and not on_postgresql:
+            item.add_marker(needs_postgresql)
+        elif "no_database" in item.keywords and on_postgresql:
+            item.add_marker(ran_on_sqlite)
 
 
 def _client_for(user) -> APIClient:

@@ -32,6 +32,8 @@ from scripts.serving import free_port, nginx_binary, render_nginx_conf
 from tests.helpers import needed
 from tests.support.gunicorn import GUNICORN, scratch_env
 
+pytestmark = pytest.mark.no_database  # The SQLite suite runs it (tests/conftest.py).
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 SYSTEMD = DEPLOY / "systemd"

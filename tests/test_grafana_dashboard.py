@@ -17,6 +17,10 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.no_database  # The SQLite suite runs it (tests/conftest.py).
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_FILE = ROOT / "deploy" / "grafana" / "flight-bookings.json"
 DATASOURCE_UID = "${DS_PROMETHEUS}"

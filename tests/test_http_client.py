@@ -32,6 +32,8 @@ from bookings_project.http_client import Failure, Transport, TransportError, cla
 from tests.helpers import closed_port
 from tests.support import http_faults
 
+pytestmark = pytest.mark.no_database  # The SQLite suite runs it (tests/conftest.py).
+
 NEVER_ARRIVED = (Failure.NOT_CONNECTED, False)
 METHODS = pytest.mark.parametrize("method", ["GET", "POST"])
 # urllib3 retries a GET twice after a failed read (and any request whose connection could

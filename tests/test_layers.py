@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.no_database  # The SQLite suite runs it (tests/conftest.py).
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bookings_project", "flights", "bookings", "payments", "notifications", "workflows")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")

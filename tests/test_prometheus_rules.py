@@ -34,6 +34,8 @@ from tests.test_grafana_dashboard import _innermost_aggregation
 from workflows.cleanup import WORK_SETS
 from workflows.monitoring import STATE_METRIC_NAMES
 
+pytestmark = pytest.mark.no_database  # The SQLite suite runs it (tests/conftest.py).
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"

@@ -20,6 +20,8 @@ import requests
 
 from tests.support.gunicorn import CONFIG, GUNICORN, ROOT, clean_env, running_gunicorn, scratch_env
 
+pytestmark = pytest.mark.no_database  # The SQLite suite runs it (tests/conftest.py).
+
 
 def resolved_config(tmp_path: Path, **env: str) -> dict[str, str]:
     """gunicorn's settings as it resolves them from the config file, started from elsewhere."""

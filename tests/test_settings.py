@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.no_database  # The SQLite suite runs it (tests/conftest.py).
+
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_SECRET = "x" * 20 + "-a-long-random-production-secret-key-" + "y" * 20
 
