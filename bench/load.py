@@ -99,6 +99,7 @@ from typing import Any
 import aiohttp
 import psycopg
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -893,9 +894,10 @@ class AdapterRun:
                 print(f"  metrics: {server.name}: /metrics answered {response.status_code}")
                 continue
             counted = sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in response.text.splitlines()
-                if line.startswith("flight_bookings_http_requests_total{")
+                sample.value
+                for family in text_string_to_metric_families(response.text)
+                for sample in family.samples
+                if sample.name == "flight_bookings_http_requests_total"
             )
             print(f"  metrics: {server.name}: /metrics counted {counted:.0f} requests")
 

@@ -20,6 +20,7 @@ from bookings_project.admin import OPS_CSS, ReadOnlyAdmin, badge, csv_export, fl
 from bookings_project.exceptions import DomainError
 from payments.models import Payment
 from workflows.cleanup import WORK_SETS, Cutoffs, cleanup_backlog
+from workflows.monitoring import cleanup_overdue_after
 from workflows.services import booking_cancel
 from workflows.staff_selectors import booking_history, cancel_previews
 
@@ -203,7 +204,7 @@ class BookingAdmin(ReadOnlyAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         now = timezone.now()
-        overdue_after = dt.timedelta(minutes=2 * settings.CLEANUP_INTERVAL_MINUTES)
+        overdue_after = cleanup_overdue_after()  # /metrics and check_background's rule too.
         backlog = cleanup_backlog(now=now)
         runs = list(CleanupRun.objects.all()[:10])
         warnings = []
@@ -211,7 +212,7 @@ class BookingAdmin(ReadOnlyAdmin):
             warnings.append(
                 "cleanup_stale_bookings has never run: install its cron line (docs/operations.md#cleanup-from-cron)."
             )
-        elif now - runs[0].started_at > overdue_after:
+        elif now - runs[0].finished_at > overdue_after:
             warnings.append(f"No cleanup run since {runs[0].started_at:%Y-%m-%d %H:%M:%S %Z}: is cron running it?")
         for item in backlog:
             if item.count and item.oldest and now - item.oldest > overdue_after:

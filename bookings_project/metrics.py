@@ -190,11 +190,16 @@ def count_on_commit(counter, amount: int = 1) -> None:
     transaction.on_commit(functools.partial(counter.inc, amount))
 
 
+# A client may send any method: only these are labels, so that it cannot make series at will.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def observe_request(request: HttpRequest, response: HttpResponse, seconds: float) -> None:
     match = request.resolver_match
     endpoint = match.view_name if match is not None else "unmatched"
-    HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code), _problem_code(response)).inc()
-    HTTP_REQUEST_SECONDS.labels(request.method, endpoint).observe(seconds)
+    method = request.method if request.method in _METHODS else "other"
+    HTTP_REQUESTS.labels(method, endpoint, str(response.status_code), _problem_code(response)).inc()
+    HTTP_REQUEST_SECONDS.labels(method, endpoint).observe(seconds)
 
 
 def _problem_code(response: HttpResponse) -> str:

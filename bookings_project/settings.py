@@ -443,9 +443,10 @@ if PROMETHEUS_MULTIPROC_DIR and not (
     )
 if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
     raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters.")
-# The worker writes its heartbeat this often; /metrics and `check_background` count it
-# missed after three.
+# The worker writes its heartbeat this often; three missed, /metrics, `check_background` and
+# the next worker on its host count it gone.
 WORKER_HEARTBEAT_SECONDS = 15
+WORKER_MISSING_AFTER_SECONDS = 3 * WORKER_HEARTBEAT_SECONDS
 
 
 # Logging --------------------------------------------------------------------------------

@@ -292,7 +292,7 @@ def worker_heartbeat_beat(*, worker_id: str, host: str, pid: int, started_at: dt
     if not WorkerHeartbeat.objects.filter(worker_id=worker_id).update(beat_at=now):
         # A new worker: the rows its host's killed workers left are no one's.
         WorkerHeartbeat.objects.filter(
-            host=host, beat_at__lt=now - 3 * dt.timedelta(seconds=settings.WORKER_HEARTBEAT_SECONDS)
+            host=host, beat_at__lt=now - dt.timedelta(seconds=settings.WORKER_MISSING_AFTER_SECONDS)
         ).delete()
         WorkerHeartbeat.objects.create(worker_id=worker_id, host=host, pid=pid, started_at=started_at, beat_at=now)
 

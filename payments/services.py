@@ -480,7 +480,8 @@ def payment_settle_from_event(*, payment: Payment, charge: Charge, gateway: Paym
     (expired, cancelled); a decline puts a PENDING booking back to INITIATED. A payment
     settled already stays as it was: news that comes twice or late changes nothing, and a
     decline never undoes a charge. Answers the payment as it now is."""
-    _count_outcome(charge)
+    if payment.status in Payment.IN_FLIGHT:  # News of an answer already counted (the confirm's) is no new outcome.
+        _count_outcome(charge)
     try:
         _record_charge(payment, charge, gateway or get_payment_gateway())
     except (PaymentDeclined, BookingNotPayable, BookingExpired):

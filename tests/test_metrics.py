@@ -43,7 +43,7 @@ def metrics_on(settings):
 
 def test_off_without_a_token(client, settings):
     settings.METRICS_TOKEN = ""
-    assert client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 404
+    assert_problem(client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}"), 404, "not_found")
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,7 @@ def test_refused_without_the_bearer_token(client, metrics_on, authorization):
     response = client.get("/metrics", **headers)
 
     assert response.status_code == 401
+    assert_problem(response, 401, "not_authenticated")
     assert response["WWW-Authenticate"] == 'Bearer realm="metrics"'
     assert b"flight_bookings" not in response.content
 
@@ -144,6 +145,38 @@ def test_payment_outcomes(client, user_client, flight, metrics_on, settings, sim
         assert delta(before, after, P + "payment_outcomes_total", outcome=each) == (each == outcome), each
     labels = {"method": "POST", "endpoint": "payment-list", "status": str(status), "code": code}
     assert delta(before, after, P + "http_requests_total", **labels) == 1
+
+
+@pytest.mark.parametrize("three_ds", [False, True], ids=["confirmed at once", "after 3-D Secure"])
+def test_stripes_news_of_an_answer_already_counted_is_not_counted_again(
+    client, user_client, flight, metrics_on, served_stripe, stripe_fake, three_ds
+):
+    """Stripe sends payment_intent.succeeded for every intent that succeeds, the ones whose
+    confirm answered succeeded too: one payment, one outcome."""
+    from tests.payments.test_stripe_webhook import BOOKED_NOW, SUCCEEDED, book, only, outcome, pay, pending_3ds
+
+    before = scrape(client)
+    if three_ds:
+        _, payment = pending_3ds(user_client, flight)
+        stripe_fake.complete_action(payment.gateway_reference, succeed=True)
+    else:
+        assert pay(user_client, book(user_client, flight)).status_code == 201
+    assert outcome(client, only(stripe_fake, SUCCEEDED)) == BOOKED_NOW
+    after = scrape(client)
+
+    assert delta(before, after, P + "payment_outcomes_total", outcome="succeeded") == 1
+    assert delta(before, after, P + "payment_outcomes_total", outcome="requires_action") == three_ds
+
+
+def test_a_method_of_the_clients_own_is_one_label(client, metrics_on):
+    before = scrape(client)
+    for method in ("FOO", "BAR"):
+        client.generic(method, "/healthz")
+    after = scrape(client)
+
+    labels = {"endpoint": "healthz", "status": "200", "code": ""}
+    assert delta(before, after, P + "http_requests_total", method="other", **labels) == 2
+    assert not any(("method", "FOO") in labels for _, labels in after)
 
 
 def test_a_change_rolled_back_is_not_counted(client, user, flight, metrics_on):

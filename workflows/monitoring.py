@@ -43,12 +43,18 @@ class BackgroundStatus:
     @property
     def cleanup_overdue(self) -> bool:
         """No run for two cron intervals: cron has stopped running it (or every run crashes)."""
-        return _age(self.now, self.last_cleanup) > 2 * settings.CLEANUP_INTERVAL_MINUTES * 60
+        return _age(self.now, self.last_cleanup) > cleanup_overdue_after().total_seconds()
 
     @property
     def worker_missing(self) -> bool:
         """Three heartbeats missed: no worker is running (or it is stuck)."""
-        return _age(self.now, self.last_heartbeat) > 3 * settings.WORKER_HEARTBEAT_SECONDS
+        return _age(self.now, self.last_heartbeat) > settings.WORKER_MISSING_AFTER_SECONDS
+
+
+def cleanup_overdue_after() -> dt.timedelta:
+    """Two cron intervals: cleanup's work, or cleanup itself, waiting longer means it has stopped
+    (the admin's cleanup page warns by the same rule)."""
+    return dt.timedelta(minutes=2 * settings.CLEANUP_INTERVAL_MINUTES)
 
 
 def background_status(*, host: str | None = None) -> BackgroundStatus:

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
-from workflows.monitoring import background_status
+from workflows.monitoring import background_status, cleanup_overdue_after
 
 
 class Command(BaseCommand):
@@ -34,12 +34,12 @@ class Command(BaseCommand):
         problems = []
         if status.cleanup_overdue:
             problems.append(
-                f"cleanup has not run on {where} for {2 * settings.CLEANUP_INTERVAL_MINUTES} minutes "
+                f"cleanup has not run on {where} for {cleanup_overdue_after().total_seconds() / 60:.0f} minutes "
                 f"(last finished: {_when(status.last_cleanup)}): is its cron line or timer installed?"
             )
         if status.worker_missing:
             problems.append(
-                f"no worker on {where} has written a heartbeat for {3 * settings.WORKER_HEARTBEAT_SECONDS} s "
+                f"no worker on {where} has written a heartbeat for {settings.WORKER_MISSING_AFTER_SECONDS} s "
                 f"(last: {_when(status.last_heartbeat)}): is db_worker running?"
             )
         if problems:
